@@ -1,0 +1,30 @@
+"""Installs the vmchecker package and every command in bin/."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="vmchecker",
+    version="0.1.0",
+    description="Automated grading of programming assignments in LXC, KVM and VMware guests",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["vmchecker", "vmchecker.*"]),
+    package_data={"vmchecker": ["storer/web/templates/*", "storer/web/static/*"]},
+    scripts=sorted(str(p) for p in Path("bin").glob("vmchecker-*")),
+    install_requires=[
+        "PyYAML>=6.0",
+        "paramiko>=3.4",
+        "pyinotify>=0.9.6",
+        "pyasyncore; python_version>='3.12'",
+        "defusedxml>=0.7",
+    ],
+    extras_require={
+        "lxc": ["lxc==3.0.4.0"],
+        "kvm": ["libvirt-python"],
+        "vmware": ["pyvmomi"],
+        "test": ["pytest>=8", "hypothesis>=6", "ruff"],
+    },
+)

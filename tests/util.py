@@ -1,0 +1,109 @@
+"""Small helpers shared by the tests: course folders and archives built on the spot."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+import yaml
+
+COURSE_YAML = textwrap.dedent("""\
+    course:
+      id: {course_id}
+      name: Operating Systems
+      repository: repo
+      upload_active_from: 2026-02-16 00:00:00
+      upload_active_until: 2026-06-30 23:59:00
+      holidays: [{{start: 2026-04-10 00:00:00, end: 2026-04-20 00:00:00}}]
+      admins: [alice]
+      public_results: true
+    storer:
+      daemon: http://127.0.0.1:19999/
+      ssh_key: keys/id_ed25519
+      known_hosts: keys/known_hosts
+    testers:
+      t1: {{host: 127.0.0.1, port: 22, user: vmchecker, queue: /srv/vmchecker-tester/queue, slots: 2}}
+    machines:
+      linux:
+        type: lxc
+        testers: [t1]
+        vm: vmchecker-base
+        limits: {{memory_mb: 512, pids: 256, cpus: 1, output_kb: 1024}}
+    assignments:
+      defaults:
+        timeout: 90
+        total_points: 10
+        penalty_weights: [0.5, 0.5, 1]
+        penalty_limit: 4
+        min_interval: 120
+        max_submission_size: 10M
+      1-hello:
+        title: Hello, world
+        deadline: 2026-03-01 23:55:00
+        machine: linux
+        order: 1
+    """)
+
+
+def write_course(root: Path, course_id: str = "so", extra: dict | None = None) -> Path:
+    """Write a course folder (config, build/run scripts, tests) and register it in a
+    global config next to it. ``extra`` is deep-merged into the course YAML.
+    Returns the course config path; the global config is ``root/global.yaml``."""
+    course = root / course_id
+    course.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load(COURSE_YAML.format(course_id=course_id))
+    for section, body in (extra or {}).items():
+        if isinstance(body, dict) and isinstance(data.get(section), dict):
+            for k, v in body.items():
+                if isinstance(v, dict) and isinstance(data[section].get(k), dict):
+                    data[section][k].update(v)
+                else:
+                    data[section][k] = v
+        else:
+            data[section] = body
+    path = course / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    (course / "build.sh").write_text("#!/bin/bash\nmake\n")
+    (course / "run.sh").write_text("#!/bin/bash\n./hello\n")
+    (course / "tests").mkdir(exist_ok=True)
+    glob = root / "global.yaml"
+    courses = {}
+    if glob.exists():
+        courses = (yaml.safe_load(glob.read_text()) or {}).get("courses") or {}
+    courses[course_id] = str(path)
+    glob.write_text(yaml.safe_dump({"courses": courses}))
+    return path
+
+
+def make_zip(path: Path, members: dict[str, bytes | str]) -> Path:
+    """A zip archive with the given members (name -> content)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def zip_bytes(members: dict[str, bytes | str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def make_targz(path: Path, members: dict[str, bytes | str]) -> Path:
+    """A tar.gz archive with regular-file members (name -> content)."""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in members.items():
+            raw = data.encode() if isinstance(data, str) else data
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+    return path
+
+
+HELLO_C = '#include <stdio.h>\nint main(void) { puts("Hello, world!"); return 0; }\n'
+HELLO_MAKEFILE = "hello: hello.c\n\tgcc -Wall -o hello hello.c\n"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vmchecker needs on a storer+tester machine, only those
+# missing, so running it twice is cheap. Usage: tools/install-deps.sh [extra packages]
+set -euo pipefail
+packages=(
+  lxc lxc-dev debootstrap mmdebstrap pkg-config gcc make   # LXC backend + binding build
+  openssh-server openssh-client                           # storer <-> tester transport
+  iproute2 procps psmisc zip unzip sqlite3                # namespaces, process tools
+  "$@"
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,613 @@
+"""YAML configuration, loaded once into typed, frozen objects.
+
+Three kinds of file (DESIGN.md section 4):
+
+* the global file (``$VMCHECKER_CONFIG``, default ``/etc/vmchecker/config.yaml``)
+  maps course ids to course config files;
+* a course config (storer side): ``course``, ``storer``, ``testers``, ``machines``,
+  ``assignments`` with a ``defaults`` block;
+* a tester config: ``tester`` and per-machine instance overrides.
+
+Only ``yaml.safe_load`` is used. Every problem is a :class:`ConfigError` naming the
+file, the key path (``assignments.1-hello.deadline``) and what is wrong. Key names
+are part of the contract: keys may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from vmchecker.errors import ConfigError, NotFound
+
+log = logging.getLogger(__name__)
+
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+DEFAULT_GLOBAL_CONFIG = "/etc/vmchecker/config.yaml"
+MACHINE_TYPES = ("lxc", "kvm", "vmware")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def parse_datetime(value: Any) -> dt.datetime:
+    """Parse ``YYYY-MM-DD HH:MM:SS`` (local time, naive) or pass a datetime through."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None, microsecond=0) if value.tzinfo else value
+    if isinstance(value, str):
+        try:
+            return dt.datetime.strptime(value.strip(), DATE_FORMAT)
+        except ValueError:
+            pass
+    raise ValueError(f"bad date {value!r}: expected YYYY-MM-DD HH:MM:SS")
+
+
+def format_datetime(value: dt.datetime) -> str:
+    """The one textual form of a date in files and output."""
+    return value.strftime(DATE_FORMAT)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """Parse a byte size: an integer, or a string such as ``10M``, ``512K``, ``1G``."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad size {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"bad size {value!r}: must not be negative")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    raise ValueError(f"bad size {value!r}: expected bytes or a number with K, M or G")
+
+
+class _Size(int):
+    """Marker type: a byte size written as ``10M``."""
+
+
+class _When(dt.datetime):
+    """Marker type: a local date and time."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class Holiday:
+    start: _When
+    end: _When
+
+
+@dataclass(frozen=True)
+class CourseInfo:
+    id: str
+    name: str = ""
+    repository: str = "repo"
+    upload_active_from: Optional[_When] = None
+    upload_active_until: Optional[_When] = None
+    holidays: list[Holiday] = field(default_factory=list)
+    admins: list[str] = field(default_factory=list)
+    public_results: bool = False
+
+
+@dataclass(frozen=True)
+class StorerSettings:
+    daemon: str = "http://127.0.0.1:19999/"
+    ssh_key: str = "keys/id_ed25519"
+    known_hosts: str = "keys/known_hosts"
+    queue_task_from: list[str] = field(default_factory=list)
+    max_attempts: int = 3
+    failure_penalty_factor: float = 10.0
+    notify_margin: int = 60
+
+
+@dataclass(frozen=True)
+class Tester:
+    name: str
+    host: str
+    user: str
+    queue: str
+    port: int = 22
+    slots: int = 1
+    done: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int = 512
+    pids: int = 256
+    cpus: float = 1.0
+    output_kb: int = 1024
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One kind of guest. The storer only reads ``type`` and ``testers``; the rest
+    travels in the bundle to the tester's executor."""
+
+    name: str
+    type: str
+    vm: str
+    testers: list[str] = field(default_factory=list)
+    snapshot: str = "clean"
+    guest_user: str = "root"
+    guest_base_path: str = "/root/vmchecker"
+    guest_shell: str = "/bin/bash"
+    build_script: str = "build.sh"
+    run_script: str = "run.sh"
+    limits: Limits = field(default_factory=Limits)
+    network: bool = False
+    kernel_messages: list[str] = field(default_factory=list)
+    host_commands: list[str] = field(default_factory=list)
+    boot_timeout: int = 120
+    # kvm only
+    domain_type: str = "auto"
+    revert: str = "snapshot"
+    keep_failed: bool = False
+    channel: str = "agent"
+    base_image: str = ""
+    # vmware only
+    vmware_url: str = ""
+    vmware_user: str = ""
+    vmware_password: str = ""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    id: str
+    deadline: _When
+    machine: str
+    title: str = ""
+    statement: str = ""
+    order: int = 0
+    timeout: int = 90
+    total_points: float = 10.0
+    penalty_weights: list[float] = field(default_factory=lambda: [0.5, 0.5, 1.0])
+    penalty_limit: float = 4.0
+    min_interval: int = 120
+    max_submission_size: _Size = 10 * 1024 * 1024
+    hard_deadline: bool = False
+    submit_only: bool = False
+    hidden: bool = False
+    show_grades_before_deadline: bool = False
+    ignored_vmrs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CourseConfig:
+    """A whole course config; paths in it are relative to ``root``."""
+
+    path: Path
+    course: CourseInfo
+    storer: StorerSettings
+    testers: dict[str, Tester]
+    machines: dict[str, Machine]
+    assignments: dict[str, Assignment]
+
+    @property
+    def id(self) -> str:
+        return self.course.id
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the course folder unless absolute."""
+        return self.root / relative
+
+    @property
+    def repository(self) -> Path:
+        return self.resolve(self.course.repository)
+
+    @property
+    def database(self) -> Path:
+        return self.root / "vmchecker.db"
+
+    def tests_archive(self, assignment: str) -> Path:
+        return self.root / "tests" / f"{assignment}.zip"
+
+    def assignment(self, assignment_id: str) -> Assignment:
+        try:
+            return self.assignments[assignment_id]
+        except KeyError:
+            raise NotFound(
+                f"course {self.id!r} has no assignment {assignment_id!r}"
+                f" (known: {', '.join(sorted(self.assignments)) or 'none'})"
+            ) from None
+
+    def machine_for(self, assignment_id: str) -> Machine:
+        return self.machines[self.assignment(assignment_id).machine]
+
+    def is_admin(self, account: str) -> bool:
+        return account in self.course.admins
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    listen: str = "127.0.0.1:19999"
+    state: str = "/var/lib/vmchecker"
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    path: Path
+    courses: dict[str, Path]
+    daemon: DaemonSettings
+
+    def course_path(self, course_id: str) -> Path:
+        try:
+            return self.courses[course_id]
+        except KeyError:
+            raise NotFound(
+                f"{self.path}: no course {course_id!r}"
+                f" (known: {', '.join(sorted(self.courses)) or 'none'})"
+            ) from None
+
+
+@dataclass(frozen=True)
+class TesterSettings:
+    name: str = "tester"
+    queue: str = "queue"
+    work: str = "tmpunzip"
+    done: str = "done"
+    slots: int = 2
+    executor_timeout: int = 600
+    storer_daemon: str = ""
+    state: str = "state"
+
+
+@dataclass(frozen=True)
+class TesterConfig:
+    """A tester's own config; ``machines`` holds partial overrides of machine keys."""
+
+    path: Path
+    tester: TesterSettings
+    machines: dict[str, dict[str, Any]]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def _dir(self, value: str) -> Path:
+        return self.root / value
+
+    @property
+    def queue_dir(self) -> Path:
+        return self._dir(self.tester.queue)
+
+    @property
+    def work_dir(self) -> Path:
+        return self._dir(self.tester.work)
+
+    @property
+    def done_dir(self) -> Path:
+        return self._dir(self.tester.done)
+
+    @property
+    def state_dir(self) -> Path:
+        return self._dir(self.tester.state)
+
+    def machine(self, bundled: Machine) -> Machine:
+        """The bundle's machine with this tester's instance overrides applied."""
+        overrides = self.machines.get(bundled.name)
+        if not overrides:
+            return bundled
+        merged = _deep_merge(machine_to_dict(bundled), overrides)
+        return build(Machine, {**merged, "name": bundled.name}, self.path, f"machines.{bundled.name}")
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def _type_name(tp: Any) -> str:
+    names = {
+        str: "a string", int: "an integer", float: "a number", bool: "true or false",
+        _When: "a date YYYY-MM-DD HH:MM:SS", _Size: "a size such as 10M",
+    }
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return names.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, file: Path, key: str) -> Any:
+    """Check ``value`` against ``tp`` and convert it; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(inner, value, file, key)
+
+    def wrong() -> ConfigError:
+        return ConfigError(file, key, f"expected {_type_name(tp)}, got {value!r}")
+
+    if tp is _When:
+        try:
+            return parse_datetime(value)
+        except ValueError as exc:
+            raise ConfigError(file, key, str(exc)) from None
+    if tp is _Size:
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(file, key, str(exc)) from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong()
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise wrong()
+        return str(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise wrong()
+        (inner,) = typing.get_args(tp)
+        return [_convert(inner, item, file, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise wrong()
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, file, key)
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in this module
+
+
+def build(cls: type, data: Any, file: Path, key: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown and missing keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, key, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{key}." if key else ""
+    unknown = sorted(str(k) for k in data if k not in fields)
+    if unknown:
+        raise ConfigError(
+            file, prefix + unknown[0],
+            f"unknown key (known keys here: {', '.join(fields)})",
+        )
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _convert(hints[name], data[name], file, prefix + name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(file, prefix + name, "missing required key")
+    return cls(**values)
+
+
+def _deep_merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def machine_to_dict(machine: Machine) -> dict[str, Any]:
+    """A machine as plain data (for the bundle's submission-config)."""
+    return dataclasses.asdict(machine)
+
+
+def parse_machine(data: Any, file: Path | str, key: str = "machine") -> Machine:
+    """Validate a machine section (from a course config or a bundle)."""
+    machine = build(Machine, data, Path(file), key)
+    if machine.type not in MACHINE_TYPES:
+        raise ConfigError(file, f"{key}.type",
+                          f"unknown machine type {machine.type!r} (known: {', '.join(MACHINE_TYPES)})")
+    return machine
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: Path | str) -> Any:
+    """``yaml.safe_load`` a file; errors name the file (and line, for syntax)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such file") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "", f"not valid YAML: {exc}") from None
+
+
+def _check_id(value: str, file: Path, key: str, what: str) -> None:
+    if not _ID_RE.match(str(value)):
+        raise ConfigError(file, key, f"bad {what} {value!r}: use letters, digits, '_', '-', '.'")
+
+
+def _named(cls: type, section: Any, file: Path, key: str, what: str) -> dict:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(file, key, f"expected a mapping of {what} names, got {section!r}")
+    out = {}
+    for name, body in section.items():
+        name = str(name)
+        _check_id(name, file, f"{key}.{name}", f"{what} name")
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(file, f"{key}.{name}", f"expected a mapping, got {body!r}")
+        out[name] = build(cls, {**(body or {}), "name": name}, file, f"{key}.{name}")
+    return out
+
+
+def load_course(path: Path | str) -> CourseConfig:
+    """Load and validate a course config."""
+    path = Path(path).absolute()
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "expected a mapping with course, storer, testers, machines, assignments")
+    known = ("course", "storer", "testers", "machines", "assignments")
+    for k in data:
+        if k not in known:
+            raise ConfigError(path, str(k), f"unknown key (known keys here: {', '.join(known)})")
+    if "course" not in data:
+        raise ConfigError(path, "course", "missing required key")
+    course = build(CourseInfo, data["course"], path, "course")
+    _check_id(course.id, path, "course.id", "course id")
+    for i, h in enumerate(course.holidays):
+        if h.end < h.start:
+            raise ConfigError(path, f"course.holidays[{i}]", "end is before start")
+    storer = build(StorerSettings, data.get("storer"), path, "storer")
+    testers = _named(Tester, data.get("testers"), path, "testers", "tester")
+    for t in testers.values():
+        if t.slots < 1:
+            raise ConfigError(path, f"testers.{t.name}.slots", "must be at least 1")
+    machines: dict[str, Machine] = {}
+    section = data.get("machines") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(path, "machines", f"expected a mapping of machine names, got {section!r}")
+    for name, body in section.items():
+        name = str(name)
+        _check_id(name, path, f"machines.{name}", "machine name")
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(path, f"machines.{name}", f"expected a mapping, got {body!r}")
+        machine = parse_machine({**(body or {}), "name": name}, path, f"machines.{name}")
+        for i, tester in enumerate(machine.testers):
+            if tester not in testers:
+                raise ConfigError(path, f"machines.{name}.testers[{i}]",
+                                  f"names tester {tester!r}, which is not under testers")
+        machines[name] = machine
+    assignments = _load_assignments(data.get("assignments"), path, machines)
+    return CourseConfig(path, course, storer, testers, machines, assignments)
+
+
+def _load_assignments(section: Any, path: Path, machines: dict[str, Machine]) -> dict[str, Assignment]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(path, "assignments", f"expected a mapping, got {section!r}")
+    defaults = section.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(path, "assignments.defaults", f"expected a mapping, got {defaults!r}")
+    names = {f.name for f in dataclasses.fields(Assignment)}
+    for k in defaults:
+        if k not in names or k == "id":
+            raise ConfigError(path, f"assignments.defaults.{k}", "unknown key")
+    out = {}
+    for name, body in section.items():
+        name = str(name)
+        if name == "defaults":
+            continue
+        key = f"assignments.{name}"
+        _check_id(name, path, key, "assignment name")
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(path, key, f"expected a mapping, got {body!r}")
+        body = {**defaults, **(body or {}), "id": name}
+        # a wrong key is reported where it was written
+        for k in body:
+            if k not in names:
+                raise ConfigError(path, f"{key}.{k}", f"unknown key (known keys here: {', '.join(sorted(names - {'id'}))})")
+        assignment = build(Assignment, body, path, key)
+        if assignment.machine not in machines:
+            raise ConfigError(path, f"{key}.machine",
+                              f"names machine {assignment.machine!r}, which is not under machines")
+        if not assignment.penalty_weights:
+            raise ConfigError(path, f"{key}.penalty_weights", "needs at least one weight")
+        if assignment.timeout <= 0:
+            raise ConfigError(path, f"{key}.timeout", "must be positive")
+        if not assignment.title:
+            assignment = dataclasses.replace(assignment, title=name)
+        out[name] = assignment
+    return out
+
+
+def global_config_path(path: Path | str | None = None) -> Path:
+    return Path(path or os.environ.get("VMCHECKER_CONFIG") or DEFAULT_GLOBAL_CONFIG).absolute()
+
+
+def load_global(path: Path | str | None = None) -> GlobalConfig:
+    """Load the global file: ``courses: {id: path}`` and optional ``daemon``."""
+    path = global_config_path(path)
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "expected a mapping with 'courses'")
+    for k in data:
+        if k not in ("courses", "daemon"):
+            raise ConfigError(path, str(k), "unknown key (known keys here: courses, daemon)")
+    courses_raw = data.get("courses") or {}
+    if not isinstance(courses_raw, dict):
+        raise ConfigError(path, "courses", f"expected a mapping of course id to config file, got {courses_raw!r}")
+    courses = {}
+    for cid, cpath in courses_raw.items():
+        _check_id(str(cid), path, f"courses.{cid}", "course id")
+        if not isinstance(cpath, str):
+            raise ConfigError(path, f"courses.{cid}", f"expected a path, got {cpath!r}")
+        courses[str(cid)] = (path.parent / cpath)
+    daemon = build(DaemonSettings, data.get("daemon"), path, "daemon")
+    return GlobalConfig(path, courses, daemon)
+
+
+def find_course(course_id: str, global_path: Path | str | None = None) -> CourseConfig:
+    """Load the course registered as ``course_id`` in the global file."""
+    glob = load_global(global_path)
+    config = load_course(glob.course_path(course_id))
+    if config.id != course_id:
+        raise ConfigError(config.path, "course.id",
+                          f"is {config.id!r} but {glob.path} registers this file as {course_id!r}")
+    return config
+
+
+def load_tester(path: Path | str) -> TesterConfig:
+    """Load a tester config."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        path = path / "config.yaml"
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "expected a mapping with 'tester'")
+    for k in data:
+        if k not in ("tester", "machines"):
+            raise ConfigError(path, str(k), "unknown key (known keys here: tester, machines)")
+    tester = build(TesterSettings, data.get("tester"), path, "tester")
+    if tester.slots < 1:
+        raise ConfigError(path, "tester.slots", "must be at least 1")
+    machines = data.get("machines") or {}
+    if not isinstance(machines, dict):
+        raise ConfigError(path, "machines", f"expected a mapping, got {machines!r}")
+    names = {f.name for f in dataclasses.fields(Machine)} - {"name"}
+    for mname, body in machines.items():
+        if not isinstance(body, dict):
+            raise ConfigError(path, f"machines.{mname}", f"expected a mapping, got {body!r}")
+        for k in body:
+            if k not in names:
+                raise ConfigError(path, f"machines.{mname}.{k}", "unknown machine key")
+    return TesterConfig(path, tester, {str(k): v for k, v in machines.items()})
