@@ -1,0 +1,81 @@
+"""vmchecker-grades COURSE: rebuild the grades database from the repository and print it.
+
+For graders and sysadmins: every account's current submission per assignment, with
+its status or grade, late days, penalty and upload time, as an aligned table, CSV
+or JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from typing import TextIO
+
+from vmchecker import config, grades
+from vmchecker.cli import common
+from vmchecker.penalty import format_points
+
+log = logging.getLogger(__name__)
+
+PROG = "vmchecker-grades"
+FORMATS = ("table", "csv", "json")
+_HEADERS = ("account", "assignment", "status", "grade", "late_days", "penalty", "upload_time")
+
+
+def _cells(row: grades.GradeRow) -> list[str]:
+    return [row.account, row.assignment, row.status,
+            "" if row.grade is None else format_points(row.grade),
+            str(row.late_days), format_points(row.penalty), config.format_datetime(row.upload_time)]
+
+
+def render(found: list[grades.GradeRow], fmt: str, out: TextIO) -> None:
+    """Write rows in one of FORMATS."""
+    if fmt == "json":
+        json.dump([r.to_dict() for r in found], out, indent=2)
+        out.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(_HEADERS)
+        writer.writerows(_cells(r) for r in found)
+    else:
+        table = [[h.replace("_", " ") for h in _HEADERS]] + [_cells(r) for r in found]
+        widths = [max(len(line[i]) for line in table) for i in range(len(_HEADERS))]
+        for line in table:
+            out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
+        if not found:
+            out.write("(no submissions)\n")
+
+
+def show_grades(course_id: str, fmt: str = "table", assignment: str | None = None,
+                account: str | None = None, config_path: str | None = None,
+                out: TextIO | None = None) -> list[grades.GradeRow]:
+    """Rebuild the course's grades database, then print the (filtered) rows."""
+    course = config.find_course(course_id, config_path)
+    if assignment is not None:
+        course.assignment(assignment)  # NotFound naming the known assignments
+    grades.rebuild(course)
+    found = grades.rows(course, assignment=assignment, account=account)
+    render(found, fmt, out or sys.stdout)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.parser(PROG, "Rebuild a course's grades from its repository and print them.")
+    p.add_argument("course", metavar="COURSE", help="course id (as registered in the global config)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("--assignment", metavar="X", help="only this assignment")
+    p.add_argument("--account", metavar="A", help="only this account")
+    args = p.parse_args(argv)
+    common.setup_logging(args.verbose)
+
+    def work() -> int:
+        show_grades(args.course, args.format, args.assignment, args.account, args.config)
+        return 0
+
+    return common.run(PROG, work, args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
