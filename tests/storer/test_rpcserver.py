@@ -1,0 +1,83 @@
+"""The restricted XML-RPC server: explicit methods, address rules, hardened parsing."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import xmlrpc.client
+
+import pytest
+
+from vmchecker.storer import rpcserver
+
+
+@pytest.fixture
+def server():
+    srv = rpcserver.RestrictedServer(("127.0.0.1", 0), max_request_bytes=4096)
+    calls = []
+
+    def echo(address, value):
+        calls.append((address, value))
+        return value
+
+    def refuse(address):
+        raise rpcserver.Refused("not you")
+
+    srv.register("echo", echo, rpcserver.loopback_or([]))
+    srv.register("refuse", refuse, rpcserver.anyone)
+    srv.register("remote_only", echo, lambda addr: addr == "10.9.9.9")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    srv.calls = calls
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def _proxy(srv):
+    return xmlrpc.client.ServerProxy(f"http://127.0.0.1:{srv.port}/", allow_none=True)
+
+
+def _post(srv, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    conn.request("POST", "/", body=body, headers={"Content-Type": "text/xml"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, data
+
+
+def test_registered_method_gets_caller_address(server):
+    assert _proxy(server).echo("hi") == "hi"
+    assert server.calls == [("127.0.0.1", "hi")]
+
+
+def test_unknown_method_and_address_rule_refused(server):
+    with pytest.raises(xmlrpc.client.Fault) as info:
+        _proxy(server).system.listMethods()
+    assert info.value.faultCode == rpcserver.FAULT_NOT_FOUND
+    with pytest.raises(xmlrpc.client.Fault) as info:
+        _proxy(server).remote_only("x")
+    assert info.value.faultCode == rpcserver.FAULT_REFUSED
+    with pytest.raises(xmlrpc.client.Fault, match="not you"):
+        _proxy(server).refuse()
+    assert server.calls == []
+
+
+def test_entity_expansion_refused(server):
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">'
+            b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            b"<methodCall><methodName>echo</methodName><params><param><value><string>&b;</string>"
+            b"</value></param></params></methodCall>")
+    status, body = _post(server, bomb)
+    assert server.calls == []
+    assert b"aaaaaaaaaa" not in body
+    assert status in (200, 500)
+
+
+def test_oversized_request_refused_before_parsing(server):
+    big = xmlrpc.client.dumps(("x" * 10000,), "echo").encode()
+    status, _ = _post(server, big)
+    assert status == 413
+    assert server.calls == []

@@ -1,0 +1,131 @@
+"""A threaded XML-RPC server that trusts nothing it receives.
+
+After the thesis's SelectiveServer: each method is registered explicitly together with
+the rule that decides which caller addresses may use it, and the method receives the
+caller's address. Requests are size-capped before they are read and parsed with
+defusedxml, so entity expansion and external entities are refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socketserver
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from xmlrpc.client import Fault
+from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+import defusedxml.xmlrpc
+
+from vmchecker.errors import RpcError, VmcheckerError
+
+log = logging.getLogger(__name__)
+
+# xmlrpc.client's parser is the one the server uses: replace it with defusedxml's,
+# which refuses entity declarations (billion laughs, external entities).
+defusedxml.xmlrpc.monkey_patch()
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+# Fault codes a caller can tell apart (xmlrpc.client.Fault.faultCode).
+FAULT_REFUSED = 403
+FAULT_BAD_REQUEST = 400
+FAULT_NOT_FOUND = 404
+FAULT_INTERNAL = 500
+
+AddressRule = Callable[[str], bool]
+
+
+def loopback_or(allowed: list[str]) -> AddressRule:
+    """A rule admitting loopback addresses and the listed addresses or networks."""
+    networks = [ipaddress.ip_network(a, strict=False) for a in allowed]
+
+    def rule(address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return ip.is_loopback or any(ip in n for n in networks)
+
+    return rule
+
+
+def anyone(address: str) -> bool:
+    """A rule for methods that check their caller themselves (``notify``)."""
+    return True
+
+
+class Refused(RpcError):
+    """The caller may not do this; logged, answered with a fault, nothing written."""
+
+
+@dataclass(frozen=True)
+class _Method:
+    func: Callable[..., Any]
+    rule: AddressRule
+
+
+class _Handler(SimpleXMLRPCRequestHandler):
+    rpc_paths = ("/", "/RPC2")
+
+    def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+        try:
+            length = int(self.headers.get("content-length", "-1"))
+        except ValueError:
+            length = -1
+        if length < 0 or length > self.server.max_request_bytes:
+            log.warning("refused a request of %s bytes from %s", length, self.client_address[0])
+            self.send_response(413 if length > 0 else 411)
+            self.send_header("Content-length", "0")
+            self.end_headers()
+            return
+        self.server.local.address = self.client_address[0]
+        super().do_POST()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.client_address[0], format % args)
+
+
+class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
+    """XML-RPC over HTTP; only registered methods, each behind an address rule."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], max_request_bytes: int = MAX_REQUEST_BYTES):
+        self.max_request_bytes = max_request_bytes
+        self.local = threading.local()
+        self._methods: dict[str, _Method] = {}
+        SimpleXMLRPCServer.__init__(self, address, requestHandler=_Handler, logRequests=False,
+                                    allow_none=True, use_builtin_types=True)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def register(self, name: str, func: Callable[..., Any], rule: AddressRule) -> None:
+        """Expose ``func(caller_address, *params)`` as ``name`` to callers ``rule`` admits."""
+        self._methods[name] = _Method(func, rule)
+
+    def _dispatch(self, method: str, params: tuple) -> Any:
+        address = getattr(self.local, "address", "")
+        entry = self._methods.get(method)
+        if entry is None:
+            raise Fault(FAULT_NOT_FOUND, f"no method {method!r}")
+        if not entry.rule(address):
+            log.warning("refused %s from %s: address not allowed", method, address)
+            raise Fault(FAULT_REFUSED, f"{method} is not allowed from {address}")
+        try:
+            return entry.func(address, *params)
+        except Refused as exc:
+            log.warning("refused %s from %s: %s", method, address, exc.message)
+            raise Fault(FAULT_REFUSED, exc.message) from None
+        except VmcheckerError as exc:
+            log.warning("%s from %s failed: %s", method, address, exc.message)
+            raise Fault(FAULT_BAD_REQUEST, exc.message) from None
+        except TypeError as exc:
+            log.warning("bad call to %s from %s: %s", method, address, exc)
+            raise Fault(FAULT_BAD_REQUEST, f"bad arguments for {method}") from None
+        except Exception:
+            log.exception("%s from %s crashed", method, address)
+            raise Fault(FAULT_INTERNAL, f"internal error in {method}; see the daemon's log") from None
