@@ -1,0 +1,222 @@
+"""``vmchecker-init-course``: create a course's folders (storer) or a tester's folders.
+
+``storer DIR --course-id ID`` makes DIR/{repo,tests,keys}, a commented config.yaml,
+sample build.sh/run.sh, the course's SSH key pair (for reaching testers) and an empty
+known_hosts, and registers the course in the global config (creating that file).
+``tester DIR`` makes DIR/{queue,tmpunzip,done,state} and a commented config.yaml.
+
+Safe to run twice: an existing config, script or key is never overwritten; the command
+says what it kept. The config templates live in ``vmchecker/templates/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.resources
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+
+import yaml
+
+from vmchecker import config, fsutil
+from vmchecker.cli import common
+from vmchecker.errors import ConfigError, VmcheckerError
+
+log = logging.getLogger(__name__)
+
+PROG = "vmchecker-init-course"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as config.py accepts
+
+
+def template(name: str) -> str:
+    """The text of a file in vmchecker/templates/."""
+    return importlib.resources.files("vmchecker").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _create(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Write a new file; False (and untouched) if it already exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        print(f"kept existing {path}")
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, mode)
+    print(f"created {path}")
+    return True
+
+
+def _mkdirs(root: Path, names: list[str], mode: int = 0o755) -> None:
+    for name in ["", *names]:
+        folder = root / name
+        if folder.is_dir():
+            continue
+        folder.mkdir(mode=mode, parents=True)
+        print(f"created {folder}/")
+
+
+# --------------------------------------------------------------------------- storer
+
+
+def course_config_text(course_id: str, today: dt.date | None = None) -> str:
+    """A commented course config that loads as is: window from today for half a year,
+    a sample assignment due in two weeks."""
+    start = dt.datetime.combine(today or dt.date.today(), dt.time())
+    return Template(template("course-config.yaml")).substitute(
+        course_id=course_id,
+        opens=config.format_datetime(start),
+        closes=config.format_datetime(start + dt.timedelta(days=182, hours=23, minutes=59)),
+        deadline=config.format_datetime(start + dt.timedelta(days=14, hours=23, minutes=55)),
+    )
+
+
+def _existing_course_id(path: Path) -> str | None:
+    """The course id an existing config declares, if it can be read."""
+    try:
+        data = config.read_yaml(path)
+    except ConfigError:
+        return None
+    course = data.get("course") if isinstance(data, dict) else None
+    return str(course.get("id")) if isinstance(course, dict) and course.get("id") is not None else None
+
+
+def _ssh_key(keys: Path, course_id: str) -> None:
+    key = keys / "id_ed25519"
+    pub = keys / "id_ed25519.pub"
+    if key.exists():
+        print(f"kept existing {key}")
+        if not pub.exists():
+            public = _ssh_keygen(["-y", "-f", str(key)])
+            _create(pub, public)
+        return
+    if pub.exists():
+        raise VmcheckerError(f"{pub} exists without its private key {key}: restore the key or remove {pub}")
+    _ssh_keygen(["-q", "-t", "ed25519", "-N", "", "-C", f"vmchecker-{course_id}", "-f", str(key)])
+    print(f"created {key} and {pub}")
+
+
+def _ssh_keygen(args: list[str]) -> str:
+    try:
+        done = subprocess.run(["ssh-keygen", *args], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, check=False)
+    except FileNotFoundError:
+        raise VmcheckerError("ssh-keygen not found: install openssh-client") from None
+    if done.returncode != 0:
+        raise VmcheckerError(f"ssh-keygen {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _read_global(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    data = config.read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "expected a mapping with 'courses'")
+    courses = data.get("courses")
+    if courses is not None and not isinstance(courses, dict):
+        raise ConfigError(path, "courses", f"expected a mapping of course id to config file, got {courses!r}")
+    return data
+
+
+def _check_registration(glob: Path, course_id: str, course_config: Path) -> bool:
+    """True if already registered to this config; refuse if registered elsewhere."""
+    registered = (_read_global(glob).get("courses") or {}).get(course_id)
+    if registered is None:
+        return False
+    if (glob.parent / str(registered)).resolve() == course_config.resolve():
+        return True
+    raise ConfigError(glob, f"courses.{course_id}",
+                      f"course {course_id!r} is already registered to {registered}, not {course_config}")
+
+
+def _register(glob: Path, course_id: str, course_config: Path) -> None:
+    if _check_registration(glob, course_id, course_config):
+        print(f"kept registration of {course_id} in {glob}")
+        return
+    data = _read_global(glob)
+    data["courses"] = {**(data.get("courses") or {}), course_id: str(course_config)}
+    glob.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.write_atomic(glob, yaml.safe_dump(data, sort_keys=False))
+    print(f"registered {course_id} -> {course_config} in {glob}")
+
+
+def init_storer(root: Path, course_id: str, global_path: Path | str | None = None) -> Path:
+    """Create (or complete) a course folder and register it; returns its config path."""
+    if not _ID_RE.match(course_id):
+        raise VmcheckerError(f"bad course id {course_id!r}: use letters, digits, '_', '-', '.'")
+    root = Path(root).absolute()
+    course_config = root / "config.yaml"
+    glob = config.global_config_path(global_path)
+    _check_registration(glob, course_id, course_config)  # refuse before creating anything
+    declared = _existing_course_id(course_config) if course_config.exists() else None
+    if declared is not None and declared != course_id:
+        raise VmcheckerError(f"{course_config} is the config of course {declared!r}, not {course_id!r}")
+    _mkdirs(root, ["repo", "tests"])
+    _mkdirs(root, ["keys"], mode=0o700)
+    _create(course_config, course_config_text(course_id))
+    _create(root / "build.sh", template("build.sh"), 0o755)
+    _create(root / "run.sh", template("run.sh"), 0o755)
+    _ssh_key(root / "keys", course_id)
+    _create(root / "keys" / "known_hosts", "")
+    _register(glob, course_id, course_config)
+    return course_config
+
+
+# --------------------------------------------------------------------------- tester
+
+
+def init_tester(root: Path, name: str = "tester") -> Path:
+    """Create (or complete) a tester folder; returns its config path."""
+    if not _ID_RE.match(name):
+        raise VmcheckerError(f"bad tester name {name!r}: use letters, digits, '_', '-', '.'")
+    root = Path(root).absolute()
+    _mkdirs(root, ["queue", "tmpunzip", "done", "state"])
+    path = root / "config.yaml"
+    _create(path, Template(template("tester-config.yaml")).substitute(name=name))
+    return path
+
+
+# --------------------------------------------------------------------------- command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(PROG, "Create the folders and a commented config of a course (storer) or a tester.")
+    sub = p.add_subparsers(dest="kind", required=True, metavar="{storer,tester}")
+    storer = sub.add_parser("storer", help="a course folder on the storer, registered in the global config")
+    storer.add_argument("dir", metavar="DIR", type=Path)
+    storer.add_argument("--course-id", required=True, metavar="ID")
+    tester = sub.add_parser("tester", help="a tester's folder (queue, work, done, state)")
+    tester.add_argument("dir", metavar="DIR", type=Path)
+    tester.add_argument("--name", default="tester", help="the tester's name (default: tester)")
+    return p
+
+
+def work(args: argparse.Namespace) -> int:
+    if args.kind == "storer":
+        path = init_storer(args.dir, args.course_id, args.config)
+        config.load_course(path)  # an edited, broken config is reported now
+        print(f"course {args.course_id} is ready: edit {path}")
+    else:
+        path = init_tester(args.dir, args.name)
+        config.load_tester(path)
+        print(f"tester is ready: edit {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(args.verbose)
+    return common.run(PROG, lambda: work(args), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

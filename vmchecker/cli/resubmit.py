@@ -1,0 +1,75 @@
+"""``vmchecker-resubmit``: recheck the ``current`` submission of some accounts.
+
+Earlier results are never destroyed: each recheck moves ``results/`` aside to the next
+free ``results.N/``. ``--dry-run`` lists what would be rechecked and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+
+from vmchecker import config
+from vmchecker.cli import common
+from vmchecker.errors import NotFound
+from vmchecker.repo import Repository, Submission
+from vmchecker.submit import recheck
+
+PROG = "vmchecker-resubmit"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(PROG, "Mark the current submission of matching accounts for testing again.")
+    p.add_argument("course", metavar="COURSE", help="course id from the global config")
+    p.add_argument("--account", metavar="A", help="only this account (may be combined with --assignment)")
+    p.add_argument("--assignment", metavar="X", help="only this assignment (may be combined with --account)")
+    p.add_argument("--all", action="store_true", help="every account of every assignment")
+    p.add_argument("--dry-run", action="store_true", help="list what would be rechecked, change nothing")
+    return p
+
+
+def select(repo: Repository, account: str | None, assignment: str | None) -> Iterator[Submission]:
+    """The current submissions matching the filters (None matches everything)."""
+    if assignment is not None:
+        repo.course.assignment(assignment)  # NotFound names the known ones
+    for sub in repo.iter_current(assignment):
+        if account is None or sub.account == account:
+            yield sub
+
+
+def work(args: argparse.Namespace) -> int:
+    course = config.find_course(args.course, args.config)
+    repo = Repository(course)
+    chosen = list(select(repo, args.account, args.assignment))
+    if not chosen:
+        if args.account is not None:
+            where = f" for {args.assignment}" if args.assignment else ""
+            raise NotFound(f"{args.account} has no submission{where} in course {course.id}")
+        print("nothing to recheck")
+        return 0
+    for sub in chosen:
+        label = f"{course.id}/{sub.assignment}/{sub.account}/{sub.name}"
+        if args.dry_run:
+            print(f"would recheck {label} (status {sub.status().value})")
+            continue
+        sub = recheck(sub)
+        aside = sub.earlier_results()
+        moved = f"; earlier results in {aside[-1].name}" if aside else ""
+        print(f"rechecked {label}: status {sub.status().value}{moved}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.all and (args.account or args.assignment):
+        parser.error("--all cannot be combined with --account or --assignment")
+    if not (args.all or args.account or args.assignment):
+        parser.error("say which submissions: --account A, --assignment X (or both), or --all")
+    common.setup_logging(args.verbose)
+    return common.run(PROG, lambda: work(args), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

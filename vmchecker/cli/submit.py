@@ -1,0 +1,61 @@
+"""``vmchecker-submit``: store an archive as an account's submission (graders, CLI students).
+
+The same :func:`vmchecker.submit.submit` the web form calls, so every check applies;
+``--skip-time-checks`` lets a grader store an upload outside the window, after a hard
+deadline or sooner than the minimum interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from vmchecker import config
+from vmchecker.cli import common
+from vmchecker.submit import submit
+
+PROG = "vmchecker-submit"
+
+
+def upload_time(value: str) -> dt.datetime:
+    """argparse type for ``--upload-time``."""
+    try:
+        return config.parse_datetime(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(PROG, "Store ARCHIVE (zip or tar.gz) as ACCOUNT's submission for ASSIGNMENT.")
+    p.add_argument("--skip-time-checks", action="store_true",
+                   help="accept outside the upload window, after a hard deadline and sooner than"
+                        " the minimum interval (graders)")
+    p.add_argument("--upload-time", type=upload_time, metavar="'YYYY-MM-DD HH:MM:SS'",
+                   help="the upload time to record (default: now)")
+    p.add_argument("course", metavar="COURSE", help="course id from the global config")
+    p.add_argument("assignment", metavar="ASSIGNMENT")
+    p.add_argument("account", metavar="ACCOUNT")
+    p.add_argument("archive", metavar="ARCHIVE", type=Path)
+    return p
+
+
+def work(args: argparse.Namespace) -> int:
+    course = config.find_course(args.course, args.config)
+    sub = submit(course, args.assignment, args.account, args.archive,
+                 upload_time=args.upload_time, skip_time_checks=args.skip_time_checks)
+    print(f"saved {course.id}/{sub.assignment}/{sub.account} upload of"
+          f" {config.format_datetime(sub.upload_time)} in {sub.path}")
+    print(f"status: {sub.status().value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(args.verbose)
+    return common.run(PROG, lambda: work(args), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The repository's write side: storing an upload, and marking one for a recheck.
+
+:func:`submit` is the one path every upload takes (``vmchecker-submit``, later the web
+form). The order of work keeps the two promises of DESIGN.md section 1:
+
+1. checks that need no disk (assignment, size, time window) refuse before anything is
+   written;
+2. the upload is written and unpacked into ``<repository>/.incoming-XXXX/`` outside
+   the lock, so a hostile archive leaves nothing in an account's folder;
+3. under the per-assignment lock the time checks are repeated (the clock moved), the
+   minimum interval is checked against the account's stored uploads, the folder gets
+   its name (``.n`` when the second is taken), is renamed into place, and ``current``
+   is swapped. Any refusal removes the incoming folder and an account folder it created.
+
+``archive.zip`` is fsynced before the rename and the rename before ``current`` moves,
+so a crash leaves the previous state or the new one. ``files/`` is not fsynced: it can
+always be unpacked again from ``archive.zip``. A crash before the rename can leave an
+``.incoming-*`` folder in the repository root; nothing reads those.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from vmchecker import fsutil
+from vmchecker.archive import safe_extract
+from vmchecker.config import Assignment, CourseConfig, format_datetime
+from vmchecker.errors import NotFound, SubmissionRefused, VmcheckerError
+from vmchecker.repo import (
+    CURRENT,
+    GRADE_VMR,
+    SUBMISSION_CONFIG,
+    Repository,
+    Status,
+    Submission,
+    SubmissionInfo,
+    check_account,
+    folder_name,
+    load_submission,
+)
+
+log = logging.getLogger(__name__)
+
+HARD_DEADLINE_GRACE = dt.timedelta(seconds=60)
+ARCHIVE_NAME = "archive.zip"
+INCOMING_PREFIX = ".incoming-"
+
+Notify = Callable[[Submission], None]
+
+
+def submit(
+    course: CourseConfig,
+    assignment: str,
+    account: str,
+    archive: Path | bytes,
+    upload_time: dt.datetime | None = None,
+    skip_time_checks: bool = False,
+    notify: Notify | None = None,
+) -> Submission:
+    """Store an upload and make it the account's ``current`` submission.
+
+    ``upload_time`` defaults to now (taken under the lock, so stored order is time
+    order). ``skip_time_checks`` (graders) skips the upload window, the hard deadline
+    and the minimum interval. ``notify`` is called once the submission is durable.
+    Raises SubmissionRefused (ArchiveError for a bad archive) with nothing written."""
+    check_account(account)
+    task = _assignment(course, assignment, account)
+    data = _read_upload(archive, task)
+    if not skip_time_checks:
+        _check_window(course, task, upload_time or _now())
+    repo = Repository(course)
+    incoming = _prepare_incoming(repo.root, data)
+    try:
+        with repo.lock(assignment):
+            sub = _store(repo, task, account, incoming, len(data), upload_time, skip_time_checks)
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    log.info("saved %s/%s/%s as %s", course.id, assignment, account, sub.path)
+    _notify(notify, sub)
+    return sub
+
+
+def recheck(sub: Submission, notify: Notify | None = None) -> Submission:
+    """Mark a submission for testing again; its results move aside to ``results.N/``.
+
+    Takes the same per-assignment lock as :func:`submit` (the ``.lock`` file in the
+    assignment's folder, two levels above the submission)."""
+    with fsutil.locked(sub.path.parent.parent / ".lock"):
+        sub = load_submission(sub.path)
+        if sub.results_dir.exists():
+            aside = sub.path / f"results.{_next_results_number(sub)}"
+            os.rename(sub.results_dir, aside)
+            log.info("recheck %s: earlier results moved to %s", sub.path, aside.name)
+        fresh = Path(tempfile.mkdtemp(prefix=".results-", dir=sub.path))
+        try:
+            fsutil.write_atomic(fresh / GRADE_VMR, f"{Status.SAVED.value}\n")
+            os.chmod(fresh, 0o755)
+            os.rename(fresh, sub.results_dir)
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        fsutil.fsync_dir(sub.path)
+        sub = sub.update_info(job_id="", tester="")
+    _notify(notify, sub)
+    return sub
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now().replace(microsecond=0)
+
+
+def _assignment(course: CourseConfig, assignment: str, account: str) -> Assignment:
+    """The assignment, or the same refusal for an unknown one and one hidden from students."""
+    task = course.assignments.get(assignment)
+    if task is None or (task.hidden and not course.is_admin(account)):
+        raise SubmissionRefused(f"course {course.id!r} has no assignment {assignment!r}")
+    return task
+
+
+def _read_upload(upload: Path | bytes, task: Assignment) -> bytes:
+    limit = task.max_submission_size
+    if isinstance(upload, bytes):
+        size = len(upload)
+    else:
+        try:
+            size = Path(upload).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"{upload}: no such file") from None
+    if size > limit:
+        raise SubmissionRefused(f"the archive is {size} bytes; {task.id} accepts at most {limit} bytes")
+    if isinstance(upload, bytes):
+        return upload
+    try:
+        data = Path(upload).read_bytes()
+    except OSError as exc:
+        raise SubmissionRefused(f"cannot read {upload}: {exc.strerror}") from None
+    if len(data) > limit:  # it grew while we looked
+        raise SubmissionRefused(f"the archive is {len(data)} bytes; {task.id} accepts at most {limit} bytes")
+    return data
+
+
+def _check_window(course: CourseConfig, task: Assignment, when: dt.datetime) -> None:
+    """Refuse outside the course's upload window and after a hard deadline."""
+    opens, closes = course.course.upload_active_from, course.course.upload_active_until
+    if opens is not None and when < opens:
+        raise SubmissionRefused(f"uploads for {course.id} open at {format_datetime(opens)}"
+                                f" (upload time {format_datetime(when)})")
+    if closes is not None and when > closes:
+        raise SubmissionRefused(f"uploads for {course.id} closed at {format_datetime(closes)}"
+                                f" (upload time {format_datetime(when)})")
+    if task.hard_deadline and when > task.deadline + HARD_DEADLINE_GRACE:
+        raise SubmissionRefused(f"the hard deadline of {task.id} was {format_datetime(task.deadline)};"
+                                f" uploads are no longer accepted (upload time {format_datetime(when)})")
+
+
+def _check_interval(previous: list[Submission], task: Assignment, when: dt.datetime) -> None:
+    if not previous or task.min_interval <= 0:
+        return
+    last = max(s.upload_time for s in previous)
+    elapsed = (when - last).total_seconds()
+    if elapsed < task.min_interval:
+        wait = math.ceil(task.min_interval - max(elapsed, 0))
+        raise SubmissionRefused(
+            f"you uploaded {task.id} at {format_datetime(last)}; uploads must be"
+            f" {task.min_interval} s apart: wait {wait} more seconds")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _prepare_incoming(repo_root: Path, data: bytes) -> Path:
+    """Write and unpack the upload in a fresh folder of the repository root."""
+    repo_root.mkdir(parents=True, exist_ok=True)
+    incoming = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=repo_root))
+    try:
+        os.chmod(incoming, 0o755)
+        fsutil.write_atomic(incoming / ARCHIVE_NAME, data)
+        try:
+            safe_extract(incoming / ARCHIVE_NAME, incoming / "files")
+        except SubmissionRefused as exc:
+            raise type(exc)(f"archive refused: {exc.message}") from None
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    return incoming
+
+
+def _store(repo: Repository, task: Assignment, account: str, incoming: Path, size: int,
+           upload_time: dt.datetime | None, skip_time_checks: bool) -> Submission:
+    """Under the lock: last checks, then name, rename into place, swap ``current``."""
+    when = upload_time or _now()
+    if not skip_time_checks:
+        _check_window(repo.course, task, when)
+        _check_interval(repo.history(task.id, account), task, when)
+    account_dir = repo.account_dir(task.id, account)
+    info = SubmissionInfo(course=repo.course.id, assignment=task.id, account=account,
+                          upload_time=when, machine=task.machine, size=size)
+    fsutil.write_atomic(incoming / SUBMISSION_CONFIG, info.to_yaml())
+    (incoming / "results").mkdir(mode=0o755)
+    fsutil.write_atomic(incoming / "results" / GRADE_VMR, f"{Status.SAVED.value}\n")
+    fsutil.fsync_dir(incoming)
+    if not account_dir.is_dir():
+        account_dir.mkdir(mode=0o755, parents=True)
+        fsutil.fsync_dir(account_dir.parent)
+    n = 0
+    while (account_dir / folder_name(when, n)).exists():
+        n += 1
+    final = account_dir / folder_name(when, n)
+    os.rename(incoming, final)
+    fsutil.fsync_dir(account_dir)
+    fsutil.fsync_dir(incoming.parent)
+    fsutil.symlink_atomic(final.name, account_dir / CURRENT)
+    return load_submission(final)
+
+
+def _next_results_number(sub: Submission) -> int:
+    taken = [int(p.name.removeprefix("results.")) for p in sub.earlier_results()]
+    return max(taken, default=0) + 1
+
+
+def _notify(notify: Notify | None, sub: Submission) -> None:
+    """Hand a durable submission on; a failure here does not undo the save."""
+    if notify is None:
+        return
+    try:
+        notify(sub)
+    except VmcheckerError as exc:
+        log.warning("%s is saved but could not be queued: %s", sub.path, exc.message)
