@@ -1,0 +1,252 @@
+"""The job journal: transitions, attempts, restart, threads, WAL, keys."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from vmchecker.bundle import JOB_ID_RE
+from vmchecker.errors import NotFound, VmcheckerError
+from vmchecker.storer.journal import JobState, JobStateError, Journal, check_key
+from vmchecker.storer.scheduler import Estimate
+
+
+@pytest.fixture
+def journal(tmp_path: Path):
+    with Journal(tmp_path / "journal.db") as j:
+        yield j
+
+
+def enqueue(journal: Journal, account: str = "bob", now: float = 1000.0):
+    return journal.enqueue("so", "1-hello", account, "2026.02.20 10.00.00", "linux", now=now)
+
+
+def test_enqueue_journals_a_queued_job(journal: Journal) -> None:
+    job = enqueue(journal)
+    assert job.state is JobState.QUEUED
+    assert (job.course, job.assignment, job.account, job.machine) == ("so", "1-hello", "bob", "linux")
+    assert job.attempts == 0 and job.tester is None and job.reasons == ()
+    assert journal.get(job.id) == job
+    assert journal.to_dispatch() == [job]
+    assert JOB_ID_RE.match(job.id) and "_" not in job.id  # safe inside a bundle name
+
+
+def test_happy_path_queued_sent_done(journal: Journal) -> None:
+    job = enqueue(journal)
+    sent = journal.mark_sent(job.id, "t1", deadline=1300.0, now=1010.0)
+    assert (sent.state, sent.tester, sent.sent, sent.deadline) == (JobState.SENT, "t1", 1010.0, 1300.0)
+    assert journal.to_dispatch() == []
+    assert journal.in_flight("t1") == [sent] and journal.in_flight("t2") == []
+    done = journal.mark_done(job.id, tester="t1", now=1100.0)
+    assert (done.state, done.finished, done.deadline) == (JobState.DONE, 1100.0, None)
+    assert journal.active() == [] and journal.in_flight() == []
+
+
+def test_transitions_from_the_wrong_state_change_nothing(journal: Journal) -> None:
+    job = enqueue(journal)
+    with pytest.raises(JobStateError, match="queued, not sent"):
+        journal.mark_done(job.id)
+    journal.mark_sent(job.id, "t1", deadline=2000.0)
+    with pytest.raises(JobStateError, match="sent to t1, not t2"):
+        journal.mark_done(job.id, tester="t2")
+    with pytest.raises(JobStateError):
+        journal.mark_sent(job.id, "t2", deadline=2000.0)
+    assert journal.get(job.id).tester == "t1"
+    journal.mark_done(job.id, tester="t1")
+    for action in (
+        lambda: journal.mark_done(job.id),
+        lambda: journal.mark_error(job.id, "late"),
+        lambda: journal.record_failure(job.id, "late", max_attempts=3),
+    ):
+        with pytest.raises(JobStateError):
+            action()
+    assert journal.get(job.id).state is JobState.DONE
+
+
+def test_unknown_job_is_not_found(journal: Journal) -> None:
+    with pytest.raises(NotFound):
+        journal.get("nope")
+    with pytest.raises(NotFound):
+        journal.mark_done("nope")
+    assert journal.find("nope") is None
+
+
+def test_failures_requeue_until_max_attempts_then_error_with_every_reason(journal: Journal) -> None:
+    job = enqueue(journal)
+    reasons = ["cannot connect: refused", "no notify before the deadline", "status error: VM did not start"]
+    for attempt, (tester, reason) in enumerate(zip(["t1", "t2", "t1"], reasons, strict=True), start=1):
+        journal.mark_sent(job.id, tester, deadline=5000.0)
+        job = journal.record_failure(job.id, reason, max_attempts=3)
+        assert job.attempts == attempt
+        assert job.state is (JobState.ERROR if attempt == 3 else JobState.QUEUED)
+        assert job.last_error == reason
+    assert job.failed_on == ("t1", "t2")
+    assert len(job.reasons) == 3
+    for n, (tester, reason, text) in enumerate(zip(["t1", "t2", "t1"], reasons, job.reasons, strict=True), start=1):
+        assert text == f"attempt {n} on {tester}: {reason}"
+    assert job.finished is not None
+    assert journal.to_dispatch() == [] and journal.active() == []
+
+
+def test_failure_before_send_and_mark_error(journal: Journal) -> None:
+    job = enqueue(journal)
+    job = journal.record_failure(job.id, "upload failed", max_attempts=3, tester="t1")
+    assert (job.state, job.failed_on) == (JobState.QUEUED, ("t1",))
+    job = journal.mark_error(job.id, "bundle cannot be built: tests.zip missing")
+    assert job.state is JobState.ERROR
+    assert job.reasons == ("attempt 1 on t1: upload failed", "bundle cannot be built: tests.zip missing")
+
+
+def test_queries_order_and_overdue(journal: Journal) -> None:
+    a = enqueue(journal, "a", now=100.0)
+    b = enqueue(journal, "b", now=50.0)
+    c = enqueue(journal, "c", now=200.0)
+    assert [j.id for j in journal.to_dispatch()] == [b.id, a.id, c.id]
+    assert [j.id for j in journal.to_dispatch(limit=2)] == [b.id, a.id]
+    journal.mark_sent(a.id, "t1", deadline=500.0, now=300.0)
+    journal.mark_sent(c.id, "t2", deadline=900.0, now=310.0)
+    assert [j.id for j in journal.overdue(now=600.0)] == [a.id]
+    assert [j.id for j in journal.overdue(now=1000.0)] == [a.id, c.id]
+    assert [j.id for j in journal.active()] == [b.id, a.id, c.id]
+    assert journal.counts() == {JobState.QUEUED: 1, JobState.SENT: 2, JobState.DONE: 0, JobState.ERROR: 0}
+
+
+def test_restart_reads_everything_back(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path) as journal:
+        queued = enqueue(journal, "a", now=1000.0)
+        sent = journal.mark_sent(enqueue(journal, "b", now=1001.0).id, "t1", deadline=9000.0)
+        failed = enqueue(journal, "c", now=1002.0)
+        journal.mark_sent(failed.id, "t2", deadline=9000.0)
+        failed = journal.record_failure(failed.id, "no notify", max_attempts=3)
+        journal.save_estimate("so", "t1", "1-hello", Estimate(12.5, 4, 11.0, 3, 777.0))
+    with Journal(path) as journal:
+        assert journal.get(queued.id) == queued
+        assert journal.get(sent.id) == sent
+        assert journal.get(failed.id) == failed
+        assert [j.id for j in journal.to_dispatch()] == [queued.id, failed.id]
+        assert journal.in_flight() == [sent]
+        # a notify for a job sent before the restart is accepted with the same key
+        assert check_key(journal.get(sent.id), sent.key)
+        assert journal.mark_done(sent.id, tester="t1").state is JobState.DONE
+        assert journal.load_estimates("so") == {("t1", "1-hello"): Estimate(12.5, 4, 11.0, 3, 777.0)}
+        assert journal.load_estimates("other") == {}
+
+
+def test_estimates_are_replaced_not_duplicated(journal: Journal) -> None:
+    journal.save_estimate("so", "t1", "1-hello", Estimate(10.0, 1, 10.0, 1))
+    journal.save_estimate("so", "t1", "1-hello", Estimate(20.0, 2, 20.0, 2))
+    journal.save_estimate("so", "t2", "1-hello", Estimate(30.0, 1, None, 0, 5.0))
+    assert journal.load_estimates("so") == {
+        ("t1", "1-hello"): Estimate(20.0, 2, 20.0, 2),
+        ("t2", "1-hello"): Estimate(30.0, 1, None, 0, 5.0),
+    }
+
+
+def test_wal_mode_and_full_sync(journal: Journal, tmp_path: Path) -> None:
+    assert journal.journal_mode() == "wal"
+    enqueue(journal)
+    assert (tmp_path / "journal.db-wal").exists()
+    # another connection (another process, e.g. a backup) sees the committed row
+    other = sqlite3.connect(tmp_path / "journal.db")
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert other.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1
+    finally:
+        other.close()
+
+
+def test_concurrent_enqueue_from_threads(journal: Journal) -> None:
+    ids: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        try:
+            for i in range(25):
+                job = journal.enqueue("so", "1-hello", f"u{n}-{i}", "s", "linux")
+                with lock:
+                    ids.append(job.id)
+        except BaseException as exc:  # collected and re-raised by the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(ids) == len(set(ids)) == 200
+    assert {j.id for j in journal.to_dispatch()} == set(ids)
+
+
+def test_concurrent_transitions_only_one_wins(journal: Journal) -> None:
+    """A late notify and the deadline sweeper racing on one job: exactly one succeeds."""
+    jobs = [journal.mark_sent(enqueue(journal, f"u{i}").id, "t1", deadline=1.0) for i in range(40)]
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def notify() -> None:
+        for job in jobs:
+            try:
+                journal.mark_done(job.id, tester="t1")
+                with lock:
+                    outcomes.append("done")
+            except JobStateError:
+                pass
+
+    def sweep() -> None:
+        for job in jobs:
+            try:
+                journal.record_failure(job.id, "no notify", max_attempts=3)
+                with lock:
+                    outcomes.append("failed")
+            except JobStateError:
+                pass
+
+    threads = [threading.Thread(target=notify), threading.Thread(target=sweep)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == len(jobs)
+    states = [journal.get(j.id).state for j in jobs]
+    assert states.count(JobState.DONE) == outcomes.count("done")
+    assert states.count(JobState.QUEUED) == outcomes.count("failed")
+
+
+def test_key_is_long_and_checked(journal: Journal) -> None:
+    job = enqueue(journal)
+    other = enqueue(journal, "alice")
+    assert len(job.key) >= 32  # token_urlsafe(32): 43 characters, 256 bits
+    assert job.key != other.key
+    assert check_key(job, job.key)
+    assert not check_key(job, other.key)
+    assert not check_key(job, job.key[:-1])
+    assert not check_key(job, "")
+    assert not check_key(job, None)
+    assert not check_key(job, "ключ")  # non-ASCII must not raise
+
+
+def test_key_compare_is_constant_time(monkeypatch: pytest.MonkeyPatch, journal: Journal) -> None:
+    import vmchecker.storer.journal as module
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = module.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(module.hmac, "compare_digest", spy)
+    job = enqueue(journal)
+    assert check_key(job, job.key)
+    assert calls == [(job.key.encode(), job.key.encode())]
+
+
+def test_unopenable_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(VmcheckerError, match="missing/journal.db"):
+        Journal(tmp_path / "missing" / "journal.db")

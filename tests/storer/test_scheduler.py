@@ -1,0 +1,276 @@
+"""The estimated-queue-time scheduler, driven with an explicit clock."""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import threading
+from pathlib import Path
+
+import pytest
+
+from vmchecker.config import CourseConfig
+from vmchecker.errors import NotFound
+from vmchecker.storer.journal import Journal
+from vmchecker.storer.scheduler import Estimate, Scheduler, notify_deadline
+from vmchecker.storer.scheduler import TesterState as State  # not "Test*": pytest would collect it
+
+A = "1-hello"
+M = "linux"
+
+
+def make(*testers: tuple[str, int], timeout: float = 100.0, **kwargs) -> Scheduler:
+    states = [State(name, slots, frozenset({M})) for name, slots in testers]
+    return Scheduler(states, {A: timeout, "2-big": 4 * timeout}, **kwargs)
+
+
+def teach(s: Scheduler, tester: str, seconds: float, n: int = 1, assignment: str = A) -> None:
+    for i in range(n):
+        s.on_sent(tester, f"teach-{tester}-{i}", assignment, now=0.0)
+        s.on_finished(tester, f"teach-{tester}-{i}", assignment, seconds)
+
+
+# ---------------------------------------------------------------- running mean
+
+
+def test_running_mean_is_the_plain_mean_within_the_window() -> None:
+    samples = [10.0, 20.0, 60.0, 30.0, 5.0]
+    e = Estimate(999.0)  # the prior is replaced by the first sample
+    for n, x in enumerate(samples, start=1):
+        e = e.add(x, window=20)
+        assert e.mean == pytest.approx(sum(samples[:n]) / n)
+        assert e.measured == pytest.approx(sum(samples[:n]) / n)
+        assert e.count == e.measured_count == n
+
+
+def test_running_mean_past_the_window_weighs_new_samples_one_in_window() -> None:
+    e = Estimate(0.0)
+    for _ in range(4):
+        e = e.add(10.0, window=4)
+    e = e.add(50.0, window=4)
+    assert e.mean == pytest.approx(10.0 + (50.0 - 10.0) / 4)
+
+
+def test_penalty_is_a_sample_of_the_mean_but_not_of_the_measured_time() -> None:
+    e = Estimate(100.0).add(10.0).add(20.0)
+    p = e.penalise(1000.0, now=500.0)
+    assert p.mean == pytest.approx((10.0 + 20.0 + 1000.0) / 3)
+    assert (p.measured, p.measured_count, p.count, p.penalised_at) == (15.0, 2, 3, 500.0)
+    # the penalty part halves every half-life after the failure
+    excess = p.mean - 15.0
+    assert p.value(500.0, half_life=60.0, prior=100.0) == pytest.approx(p.mean)
+    assert p.value(560.0, half_life=60.0, prior=100.0) == pytest.approx(15.0 + excess / 2)
+    assert p.value(620.0, half_life=60.0, prior=100.0) == pytest.approx(15.0 + excess / 4)
+    assert p.value(620.0, half_life=0.0, prior=100.0) == pytest.approx(p.mean)  # 0: never forgiven
+
+
+def test_scheduler_estimate_starts_at_timeout_or_guess_then_follows_samples() -> None:
+    s = make(("t1", 1), timeout=90.0, guesses={"2-big": 42.0})
+    assert s.estimate("t1", A) == 90.0
+    assert s.estimate("t1", "2-big") == 42.0
+    teach(s, "t1", 12.0)
+    teach(s, "t1", 18.0)
+    assert s.estimate("t1", A) == pytest.approx(15.0)
+    with pytest.raises(NotFound, match="no assignment 'nope'"):
+        s.estimate("t1", "nope")
+    with pytest.raises(NotFound, match="no tester 'tx'"):
+        s.estimate("tx", A)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def test_expected_finish_is_sum_of_in_flight_estimates_plus_new_over_slots() -> None:
+    s = make(("t1", 2))
+    teach(s, "t1", 10.0)
+    teach(s, "t1", 40.0, assignment="2-big")
+    s.on_sent("t1", "j1", A, now=0.0)
+    s.on_sent("t1", "j2", "2-big", now=0.0)
+    assert s.expected_finish("t1", A, now=0.0) == pytest.approx((10.0 + 40.0 + 10.0) / 2)
+
+
+def test_picks_the_least_loaded_by_estimate() -> None:
+    s = make(("t1", 1), ("t2", 1))
+    teach(s, "t1", 10.0)
+    teach(s, "t2", 10.0)
+    assert s.select(A, M, now=0.0) == "t1"  # tie: fewer in flight, then the name
+    s.on_sent("t1", "j1", A, now=0.0)
+    assert s.select(A, M, now=0.0) == "t2"
+    s.on_sent("t2", "j2", A, now=0.0)
+    s.on_sent("t2", "j3", A, now=0.0)
+    assert s.select(A, M, now=0.0) == "t1"
+    # the estimate, not the count, decides: t2's queue holds shorter jobs
+    s2 = make(("t1", 1), ("t2", 1))
+    teach(s2, "t1", 100.0)
+    teach(s2, "t2", 10.0)
+    for i in range(5):
+        s2.on_sent("t2", f"short{i}", A, now=0.0)
+    s2.on_sent("t1", "long", A, now=0.0)
+    assert s2.select(A, M, now=0.0) == "t2"  # (5*10+10)/1 = 60 < (100+100)/1
+
+
+def test_respects_slots() -> None:
+    s = make(("wide", 4), ("narrow", 1))
+    teach(s, "wide", 10.0)
+    teach(s, "narrow", 10.0)
+    picks = []
+    for i in range(10):
+        name = s.select(A, M, now=0.0)
+        picks.append(name)
+        s.on_sent(name, f"j{i}", A, now=0.0)
+    # equal speed: work splits 4 to 1, as the slots do
+    assert picks.count("wide") == 8 and picks.count("narrow") == 2
+
+
+def test_only_testers_serving_the_machine_and_exclusion() -> None:
+    states = [
+        State("t1", 1, frozenset({M})),
+        State("t2", 1, frozenset({M, "kvm"})),
+        State("t3", 1, frozenset({"kvm"})),
+    ]
+    s = Scheduler(states, {A: 10.0})
+    assert s.select(A, M, now=0.0) == "t1"
+    assert s.select(A, M, exclude={"t1"}, now=0.0) == "t2"  # avoids the tester that failed the job
+    assert s.select(A, "kvm", exclude={"t2"}, now=0.0) == "t3"
+    # when every tester serving the machine failed the job, one of them still gets it
+    assert s.select(A, M, exclude={"t1", "t2"}, now=0.0) == "t1"
+    assert s.select(A, "vmware", now=0.0) is None
+
+
+def run_stream(s: Scheduler, true_time: dict[str, float], jobs: int, gap: float,
+               failing: tuple[str, float, float] | None = None) -> list[tuple[float, str]]:
+    """A tiny simulation: a job every ``gap`` seconds, each tester running its queue
+    in its slots for ``true_time[tester]`` per job. ``failing = (tester, start, end)``:
+    sends to that tester in [start, end) fail at once. Returns (time, tester) picks."""
+    slots = {t.name: t.slots for t in s.testers()}
+    free: dict[str, list[float]] = {name: [0.0] * n for name, n in slots.items()}
+    finishes: list[tuple[float, str, str]] = []
+    picks: list[tuple[float, str]] = []
+    for i in range(jobs):
+        now = i * gap
+        while finishes and finishes[0][0] <= now:
+            _, tester, job = heapq.heappop(finishes)
+            s.on_finished(tester, job, A, true_time[tester])
+        job, exclude = f"j{i}", set()
+        while True:
+            tester = s.select(A, M, exclude, now=now)
+            assert tester is not None
+            picks.append((now, tester))
+            s.on_sent(tester, job, A, now=now)
+            if failing and tester == failing[0] and failing[1] <= now < failing[2]:
+                s.on_failure(tester, job, A, "cannot connect", now=now)
+                exclude.add(tester)
+                continue
+            start = max(heapq.heappop(free[tester]), now)
+            heapq.heappush(free[tester], start + true_time[tester])
+            heapq.heappush(finishes, (start + true_time[tester], tester, job))
+            break
+    return picks
+
+
+def test_a_slower_tester_gets_fewer_jobs_over_a_stream() -> None:
+    s = make(("fast", 2), ("slow", 2))
+    picks = run_stream(s, {"fast": 10.0, "slow": 30.0}, jobs=400, gap=4.0)
+    count = {name: sum(1 for _, t in picks if t == name) for name in ("fast", "slow")}
+    assert count["fast"] > 2 * count["slow"] > 0
+    assert s.estimate("fast", A) == pytest.approx(10.0)
+    assert s.estimate("slow", A) == pytest.approx(30.0)
+
+
+def test_a_failing_tester_gets_no_work_while_failing_and_work_returns_after() -> None:
+    # the good tester alone can carry this load (10 s jobs every 6 s, 2 slots)
+    s = make(("good", 2), ("flaky", 2), penalty_half_life=300.0)
+    picks = run_stream(s, {"good": 10.0, "flaky": 10.0}, jobs=600, gap=6.0, failing=("flaky", 1000.0, 2000.0))
+
+    def share(lo: float, hi: float) -> int:
+        return sum(1 for now, t in picks if t == "flaky" and lo <= now < hi)
+
+    assert share(0, 1000) > 50  # healthy: about half the work
+    # failing: after the first failure, only a few probes as the penalty fades
+    assert share(1000, 2000) <= 5
+    assert s.testers()[0].failed_total == share(1000, 2000)
+    # recovered: the penalty fades and successes pull the estimate back
+    assert share(2600, 3600) > 50
+    flaky = {t.name: t for t in s.testers()}["flaky"]
+    assert flaky.healthy and flaky.failures == 0
+
+
+def test_failures_push_work_away_even_without_fading() -> None:
+    s = make(("good", 2), ("bad", 2), penalty_half_life=0.0)
+    teach(s, "good", 10.0)
+    teach(s, "bad", 10.0)
+    s.on_sent("bad", "j", A, now=0.0)
+    s.on_failure("bad", "j", A, "upload failed", now=0.0)
+    assert s.estimate("bad", A, now=1e9) == pytest.approx((10.0 + 10 * 100.0) / 2)
+    for i in range(50):  # (n*10 + 10)/2 must pass (10 + 1000)/2 / 2 before the bad one gets a job
+        assert s.select(A, M, now=1e9) == "good"
+        s.on_sent("good", f"g{i}", A, now=0.0)
+    assert s.select(A, M, now=1e9) == "bad"
+
+
+def test_failure_state_and_penalty() -> None:
+    s = make(("t1", 1), penalty_factor=3.0)
+    s.on_sent("t1", "j", A, now=0.0)
+    e = s.on_failure("t1", "j", A, "no notify before the deadline", now=50.0)
+    assert e.mean == pytest.approx(300.0)  # 3 x timeout
+    (state,) = s.testers()
+    assert (state.healthy, state.failures, state.last_failure) == (False, 1, 50.0)
+    assert state.last_failure_reason == "no notify before the deadline"
+    assert state.in_flight == {}
+    s.on_sent("t1", "k", A, now=60.0)
+    s.on_finished("t1", "k", A, 5.0)
+    assert s.testers()[0].healthy
+
+
+# ---------------------------------------------------------------- deadlines, threads, persistence
+
+
+def test_notify_deadline_counts_the_jobs_ahead() -> None:
+    assert notify_deadline(1000.0, 90.0, 60.0) == 1000.0 + 2 * 90 + 60
+    assert notify_deadline(1000.0, 90.0, 60.0, ahead=[90.0, 90.0], slots=2) == 1000.0 + 240 + 240
+    s = make(("t1", 2), notify_margin=10.0)
+    assert s.on_sent("t1", "a", A, now=0.0) == 210.0
+    assert s.on_sent("t1", "b", A, now=0.0) == 210.0 + 210.0 / 2
+    tester, deadline = s.assign("c", A, M, now=0.0)
+    assert (tester, deadline) == ("t1", 210.0 + 420.0 / 2)
+    assert s.assign("d", A, "vmware", now=0.0) is None
+
+
+def test_assign_from_threads_counts_every_job_once() -> None:
+    s = make(("t1", 2), ("t2", 3))
+    out: list[str] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        for i in range(50):
+            tester, _ = s.assign(f"{n}-{i}", A, M)
+            with lock:
+                out.append(tester)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    states = {t.name: t for t in s.testers()}
+    assert sum(len(t.in_flight) for t in states.values()) == 300
+    assert len(states["t2"].in_flight) == out.count("t2")
+    # equal estimates: the split follows the slots, 2 to 3
+    assert len(states["t2"].in_flight) == 180
+
+
+def test_estimates_persist_through_the_journal(tmp_path: Path, course: CourseConfig) -> None:
+    with Journal(tmp_path / "journal.db") as journal:
+        s = Scheduler.from_config(course, persist=functools.partial(journal.save_estimate, course.id))
+        assert s.estimate("t1", "1-hello") == course.assignment("1-hello").timeout
+        assert s.select("1-hello", "linux") == "t1"
+        s.on_sent("t1", "j1", "1-hello", now=0.0)
+        s.on_finished("t1", "j1", "1-hello", 7.0)
+        s.on_sent("t1", "j2", "1-hello", now=0.0)
+        s.on_failure("t1", "j2", "1-hello", "cannot connect", now=100.0)
+        saved = s.estimates()
+    with Journal(tmp_path / "journal.db") as journal:
+        again = Scheduler.from_config(course, estimates=journal.load_estimates(course.id))
+    assert again.estimates() == saved
+    assert again.estimate("t1", "1-hello", now=100.0) == pytest.approx((7.0 + 10 * 90.0) / 2)
+    assert s.penalty("1-hello") == course.storer.failure_penalty_factor * 90

@@ -1,0 +1,411 @@
+"""The storer daemon's durable job journal (SQLite in WAL mode).
+
+Every job the daemon accepts is a row here before ``queue_task`` answers, and every
+move of a job is one named function that changes the row in one transaction
+(STYLE habit 4). After a restart the daemon reads everything back from the file:
+it dispatches the ``queued`` jobs again and keeps waiting for the ``sent`` ones,
+whose key and tester are still here, so a ``notify`` for a job sent before the
+restart is accepted.
+
+States (:class:`JobState`, stored as its string):
+
+* ``queued`` -- journaled, not (or no longer) on a tester; the dispatcher sends it;
+* ``sent``   -- the bundle is on ``tester``, waiting for ``notify`` until ``deadline``;
+* ``done``   -- results pulled into the repository;
+* ``error``  -- given up; ``reasons`` holds every failure, for ``vmchecker-stderr.vmr``.
+
+Transitions: :meth:`Journal.enqueue` (-> queued), :meth:`Journal.mark_sent`
+(queued -> sent), :meth:`Journal.record_failure` (queued/sent -> queued with one more
+attempt, or -> error once ``max_attempts`` is reached), :meth:`Journal.mark_done`
+(sent -> done), :meth:`Journal.mark_error` (queued/sent -> error). A transition from
+the wrong state raises :class:`JobStateError` and changes nothing, so two threads
+racing on one job (a late ``notify`` against the deadline sweeper) cannot both win.
+
+Suggested order for the dispatcher: ``mark_sent`` *before* the upload, then
+``record_failure`` if the upload fails. A fast ``notify`` then always finds the job
+``sent``; a crash between the two costs one notify deadline, never the job.
+
+Concurrency: ONE connection shared by all threads, serialised by a lock. The
+daemon's XML-RPC server starts a thread per request, so per-thread connections
+would be opened and leaked per call; SQLite admits one writer at a time anyway.
+Writes use ``BEGIN IMMEDIATE`` and a busy timeout so another process holding the
+file (a second reader such as a backup) delays a write instead of failing it.
+
+Durability: ``synchronous=FULL``. In WAL mode ``NORMAL`` may lose the last commits
+on a power cut, and a job whose id the caller already received must not vanish
+("nothing is lost", DESIGN.md section 1); FULL costs one fsync per transition.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmchecker.errors import NotFound, VmcheckerError
+from vmchecker.storer.scheduler import Estimate
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+KEY_BYTES = 32  # secrets.token_urlsafe(32): 256 bits, 43 characters
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    key         TEXT NOT NULL,
+    course      TEXT NOT NULL,
+    assignment  TEXT NOT NULL,
+    account     TEXT NOT NULL,
+    submission  TEXT NOT NULL,
+    machine     TEXT NOT NULL,
+    tester      TEXT,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    created     REAL NOT NULL,
+    sent        REAL,
+    finished    REAL,
+    deadline    REAL,
+    reasons     TEXT NOT NULL DEFAULT '[]',
+    failed_on   TEXT NOT NULL DEFAULT '[]',
+    last_error  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
+CREATE TABLE IF NOT EXISTS estimates (
+    course      TEXT NOT NULL,
+    tester      TEXT NOT NULL,
+    assignment  TEXT NOT NULL,
+    mean        REAL NOT NULL,
+    count       INTEGER NOT NULL,
+    measured    REAL,
+    measured_count INTEGER NOT NULL DEFAULT 0,
+    penalised_at REAL,
+    updated     REAL NOT NULL,
+    PRIMARY KEY (course, tester, assignment)
+);
+"""
+
+
+class JobState(enum.StrEnum):
+    """Where a job is; the value is what the journal stores."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DONE = "done"
+    ERROR = "error"
+
+
+ACTIVE = (JobState.QUEUED, JobState.SENT)
+
+
+class JobStateError(VmcheckerError):
+    """A transition was asked of a job that is not in a state that allows it."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One journal row, read-only. Times are seconds since the epoch."""
+
+    id: str
+    key: str
+    course: str
+    assignment: str
+    account: str
+    submission: str
+    machine: str
+    tester: str | None
+    state: JobState
+    attempts: int
+    created: float
+    sent: float | None
+    finished: float | None
+    deadline: float | None
+    reasons: tuple[str, ...]
+    failed_on: tuple[str, ...]
+    last_error: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        values: dict[str, Any] = dict(row)
+        values["state"] = JobState(values["state"])
+        values["reasons"] = tuple(json.loads(values["reasons"]))
+        values["failed_on"] = tuple(json.loads(values["failed_on"]))
+        return cls(**values)
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A url-safe id that sorts by creation time: ``20261122T101530-<16 hex>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(8)}"
+
+
+def new_key() -> str:
+    """A job's notify key: 256 random bits, url-safe text."""
+    return secrets.token_urlsafe(KEY_BYTES)
+
+
+def check_key(job: Job, key: object) -> bool:
+    """Whether ``key`` is the job's key, compared in constant time."""
+    if not isinstance(key, str):
+        return False
+    return hmac.compare_digest(job.key.encode("utf-8"), key.encode("utf-8", "surrogatepass"))
+
+
+class Journal:
+    """The journal file. Every method is safe to call from any thread."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._setup()
+        except sqlite3.Error as exc:
+            raise VmcheckerError(f"{self.path}: cannot open the job journal: {exc}") from None
+        log.info("journal %s open", self.path)
+
+    def _setup(self) -> None:
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise VmcheckerError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise VmcheckerError(
+                f"{self.path}: journal schema version {version} is newer than this vmchecker ({SCHEMA_VERSION})"
+            )
+        with self._write():
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    @staticmethod
+    def _fetch(db: sqlite3.Connection, job_id: str) -> Job:
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r} in the journal")
+        return Job.from_row(row)
+
+    @staticmethod
+    def _expect(job: Job, states: tuple[JobState, ...], action: str) -> None:
+        if job.state not in states:
+            allowed = " or ".join(s.value for s in states)
+            raise JobStateError(f"cannot {action} job {job.id}: it is {job.state.value}, not {allowed}")
+
+    # ------------------------------------------------------------------ transitions
+
+    def enqueue(
+        self, course: str, assignment: str, account: str, submission: str, machine: str, *, now: float | None = None
+    ) -> Job:
+        """Journal a new job as ``queued`` (durable when this returns) and return it."""
+        now = time.time() if now is None else now
+        job_id, key = new_job_id(now), new_key()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO jobs (id, key, course, assignment, account, submission, machine, state, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, key, course, assignment, account, submission, machine, JobState.QUEUED.value, now),
+            )
+            job = self._fetch(db, job_id)
+        log.info("job %s queued: %s/%s/%s/%s", job_id, course, assignment, account, submission)
+        return job
+
+    def mark_sent(self, job_id: str, tester: str, deadline: float, *, now: float | None = None) -> Job:
+        """queued -> sent to ``tester``; a ``notify`` is expected before ``deadline``."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            self._expect(self._fetch(db, job_id), (JobState.QUEUED,), "send")
+            db.execute(
+                "UPDATE jobs SET state = ?, tester = ?, sent = ?, deadline = ? WHERE id = ?",
+                (JobState.SENT.value, tester, now, deadline, job_id),
+            )
+            job = self._fetch(db, job_id)
+        log.info("job %s sent to %s (attempt %d), notify due by %.0f", job_id, tester, job.attempts + 1, deadline)
+        return job
+
+    def record_failure(
+        self, job_id: str, reason: str, *, max_attempts: int, tester: str | None = None, now: float | None = None
+    ) -> Job:
+        """One attempt failed: back to ``queued`` with ``attempts + 1``, or ``error``
+        once ``max_attempts`` attempts have failed. Every reason is kept.
+
+        ``tester`` is the tester that failed (default: the job's current one); it is
+        added to :attr:`Job.failed_on` so the retry can avoid it."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            job = self._fetch(db, job_id)
+            self._expect(job, ACTIVE, "record a failure of")
+            tester = tester or job.tester
+            attempts = job.attempts + 1
+            text = f"attempt {attempts}" + (f" on {tester}" if tester else "") + f": {reason}"
+            reasons = [*job.reasons, text]
+            failed_on = [*job.failed_on, tester] if tester and tester not in job.failed_on else list(job.failed_on)
+            state = JobState.ERROR if attempts >= max_attempts else JobState.QUEUED
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = ?, reasons = ?, failed_on = ?, last_error = ?,"
+                " deadline = NULL, finished = ? WHERE id = ?",
+                (state.value, attempts, json.dumps(reasons), json.dumps(failed_on), reason,
+                 now if state is JobState.ERROR else None, job_id),
+            )
+            job = self._fetch(db, job_id)
+        log.warning("job %s %s: %s", job_id, "failed for good" if state is JobState.ERROR else "will be resent", text)
+        return job
+
+    def mark_done(self, job_id: str, *, tester: str | None = None, now: float | None = None) -> Job:
+        """sent -> done. With ``tester``, refuse unless the job was sent to that
+        tester (a late ``notify`` from a tester that already lost the job)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            job = self._fetch(db, job_id)
+            self._expect(job, (JobState.SENT,), "finish")
+            if tester is not None and job.tester != tester:
+                raise JobStateError(f"cannot finish job {job_id}: it was sent to {job.tester}, not {tester}")
+            db.execute(
+                "UPDATE jobs SET state = ?, finished = ?, deadline = NULL WHERE id = ?",
+                (JobState.DONE.value, now, job_id),
+            )
+            job = self._fetch(db, job_id)
+        log.info("job %s done on %s", job_id, job.tester)
+        return job
+
+    def mark_error(self, job_id: str, reason: str, *, now: float | None = None) -> Job:
+        """queued/sent -> error at once (a failure no retry can mend, e.g. a bad bundle)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            job = self._fetch(db, job_id)
+            self._expect(job, ACTIVE, "fail")
+            db.execute(
+                "UPDATE jobs SET state = ?, reasons = ?, last_error = ?, finished = ?, deadline = NULL WHERE id = ?",
+                (JobState.ERROR.value, json.dumps([*job.reasons, reason]), reason, now, job_id),
+            )
+            job = self._fetch(db, job_id)
+        log.warning("job %s failed for good: %s", job_id, reason)
+        return job
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, job_id: str) -> Job:
+        """The job ``job_id``; :class:`NotFound` if there is none."""
+        with self._lock:
+            return self._fetch(self._db, job_id)
+
+    def find(self, job_id: str) -> Job | None:
+        """The job ``job_id``, or None."""
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(rows[0]) if rows else None
+
+    def to_dispatch(self, limit: int | None = None) -> list[Job]:
+        """Queued jobs, oldest first."""
+        sql = "SELECT * FROM jobs WHERE state = ? ORDER BY created, id"
+        params: tuple = (JobState.QUEUED.value,)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        return [Job.from_row(r) for r in self._read(sql, params)]
+
+    def in_flight(self, tester: str | None = None) -> list[Job]:
+        """Sent jobs (all, or those on ``tester``), oldest sent first."""
+        if tester is None:
+            rows = self._read("SELECT * FROM jobs WHERE state = ? ORDER BY sent, id", (JobState.SENT.value,))
+        else:
+            rows = self._read(
+                "SELECT * FROM jobs WHERE state = ? AND tester = ? ORDER BY sent, id", (JobState.SENT.value, tester)
+            )
+        return [Job.from_row(r) for r in rows]
+
+    def overdue(self, now: float | None = None) -> list[Job]:
+        """Sent jobs whose notify deadline has passed."""
+        now = time.time() if now is None else now
+        rows = self._read(
+            "SELECT * FROM jobs WHERE state = ? AND deadline < ? ORDER BY deadline, id", (JobState.SENT.value, now)
+        )
+        return [Job.from_row(r) for r in rows]
+
+    def active(self) -> list[Job]:
+        """Every waiting (queued) and running (sent) job, oldest first: for ``status()``."""
+        rows = self._read(
+            "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY created, id", tuple(s.value for s in ACTIVE)
+        )
+        return [Job.from_row(r) for r in rows]
+
+    def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state."""
+        rows = self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        found = {JobState(state): n for state, n in rows}
+        return {state: found.get(state, 0) for state in JobState}
+
+    # ------------------------------------------------------------------ estimates
+
+    def load_estimates(self, course: str) -> dict[tuple[str, str], Estimate]:
+        """A course's estimates: ``(tester, assignment) -> Estimate``."""
+        rows = self._read(
+            "SELECT tester, assignment, mean, count, measured, measured_count, penalised_at"
+            " FROM estimates WHERE course = ?",
+            (course,),
+        )
+        return {
+            (r["tester"], r["assignment"]): Estimate(
+                r["mean"], r["count"], r["measured"], r["measured_count"], r["penalised_at"]
+            )
+            for r in rows
+        }
+
+    def save_estimate(self, course: str, tester: str, assignment: str, estimate: Estimate) -> None:
+        """Store one estimate (replacing the previous value)."""
+        e = estimate
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO estimates (course, tester, assignment, mean, count, measured, measured_count,"
+                " penalised_at, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (course, tester, assignment) DO UPDATE SET mean = excluded.mean,"
+                " count = excluded.count, measured = excluded.measured, measured_count = excluded.measured_count,"
+                " penalised_at = excluded.penalised_at, updated = excluded.updated",
+                (course, tester, assignment, e.mean, e.count, e.measured, e.measured_count, e.penalised_at, time.time()),
+            )
+
+    def journal_mode(self) -> str:
+        """SQLite's journal mode for this file (``wal``)."""
+        return self._read("PRAGMA journal_mode")[0][0]

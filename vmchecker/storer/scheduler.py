@@ -1,0 +1,342 @@
+"""Which tester gets a job: estimated queue time, after the thesis (DESIGN.md section 7).
+
+For tester *q* and assignment *a*, ``Et_q(a)`` is the running mean of the measured
+evaluation times of *a* on *q* (before any measurement: a configured guess, else the
+assignment's timeout). The expected finish of a new job of *a* on *q* is::
+
+    (sum of Et_q(b) over the jobs b sent to q and not yet notified + Et_q(a)) / slots_q
+
+and the job goes to the tester with the smallest value among those serving its
+machine (ties: fewer jobs in flight, then the name). A failure of *q* (cannot
+connect, upload failed, status error, no notify before the deadline) counts as one
+sample of a penalty time (``penalty_factor`` x timeout), so work drifts away from a
+broken tester.
+
+Two choices beyond the thesis, both measured with ``bench/scheduler.py``:
+
+* The running mean is windowed: the plain mean of the first ``window`` samples,
+  then an exponential mean of weight ``1/window``. A plain mean over a semester
+  stops moving: a tester with a thousand good samples would absorb failures
+  unnoticed.
+* The penalty part of an estimate (its excess over the mean of measured times)
+  halves every ``penalty_half_life`` seconds after the last failure. Without this a
+  recovered tester gets work back only when every other tester is loaded past its
+  penalised estimate, which at ordinary load may be never (in the benchmark the
+  tester that was down stayed mostly idle for the rest of the run). With it the
+  tester is tried again after a while; if it is still broken that try is one more
+  penalty sample, so a dead tester sees ever fewer jobs, and a live one gets its
+  share back within a few half-lives.
+
+Pure logic: no SQLite, no SSH, so ``bench/scheduler.py`` drives it in simulation.
+Estimates come in as a mapping and go out through a ``persist`` callback (the daemon
+passes ``functools.partial(journal.save_estimate, course_id)``). Every public method
+takes one lock, so dispatcher and RPC threads may share a :class:`Scheduler`;
+:meth:`Scheduler.assign` selects and records in one step so two dispatcher threads
+cannot both count on the same free slot.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from vmchecker.config import CourseConfig
+from vmchecker.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 20
+DEFAULT_PENALTY_FACTOR = 10.0
+DEFAULT_NOTIFY_MARGIN = 60.0
+DEFAULT_PENALTY_HALF_LIFE = 600.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """``Et_q(a)`` for one tester and assignment.
+
+    ``mean`` is the running mean of every sample, penalties included (the thesis's
+    value); ``measured`` that of measured evaluation times only (None before the
+    first); ``penalised_at`` when the last penalty sample was taken. The excess of
+    ``mean`` over ``measured`` is the penalty part: it halves every ``half_life``
+    seconds after the last failure (:meth:`value`)."""
+
+    mean: float
+    count: int = 0
+    measured: float | None = None
+    measured_count: int = 0
+    penalised_at: float | None = None
+
+    def add(self, sample: float, window: int = DEFAULT_WINDOW) -> Estimate:
+        """The estimate after one more measured evaluation time."""
+        count, measured_count = self.count + 1, self.measured_count + 1
+        measured = sample if self.measured is None else _step(self.measured, sample, measured_count, window)
+        return Estimate(_step(self.mean, sample, count, window), count, measured, measured_count, self.penalised_at)
+
+    def penalise(self, penalty: float, now: float, window: int = DEFAULT_WINDOW) -> Estimate:
+        """The estimate after one failure, counted as a sample of ``penalty`` seconds."""
+        count = self.count + 1
+        return Estimate(_step(self.mean, penalty, count, window), count, self.measured, self.measured_count, now)
+
+    def value(self, now: float, half_life: float, prior: float) -> float:
+        """Et at time ``now``; ``prior`` stands in for ``measured`` before any measurement."""
+        base = prior if self.measured is None else self.measured
+        excess = self.mean - base
+        if excess <= 0 or self.penalised_at is None or half_life <= 0:
+            return self.mean
+        return base + excess * 0.5 ** (max(now - self.penalised_at, 0.0) / half_life)
+
+
+def _step(mean: float, sample: float, count: int, window: int) -> float:
+    """Windowed running mean: plain mean of the first ``window`` samples, then
+    exponential with weight ``1/window``."""
+    return mean + (sample - mean) / min(count, window)
+
+
+@dataclass
+class TesterState:
+    """Everything the scheduler knows about one tester."""
+
+    name: str
+    slots: int = 1
+    machines: frozenset[str] = frozenset()
+    estimates: dict[str, Estimate] = field(default_factory=dict)  # assignment -> Et_q(a)
+    in_flight: dict[str, str] = field(default_factory=dict)  # job id -> assignment, sent and not notified
+    failures: int = 0  # consecutive failures since the last success
+    last_failure: float | None = None
+    last_failure_reason: str = ""
+    sent_total: int = 0
+    done_total: int = 0
+    failed_total: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failure until the next success."""
+        return self.failures == 0
+
+    def serves(self, machine: str) -> bool:
+        return machine in self.machines
+
+
+def job_bound(timeout: float, margin: float) -> float:
+    """The longest one job may take on a tester: build and run each up to ``timeout``."""
+    return 2 * timeout + margin
+
+
+def notify_deadline(now: float, timeout: float, margin: float, ahead: Iterable[float] = (), slots: int = 1) -> float:
+    """When to give up waiting for the notify of a job sent at ``now``.
+
+    ``ahead`` are the timeouts of the jobs already in flight on that tester. A tester
+    that keeps its slots busy starts the new job by sum(bounds ahead) / slots at the
+    latest (Graham's list-scheduling argument), so a job waiting behind others in a
+    busy tester's queue is not declared lost while it is merely waiting."""
+    waiting = sum(job_bound(t, margin) for t in ahead) / max(slots, 1)
+    return now + waiting + job_bound(timeout, margin)
+
+
+class Scheduler:
+    """Per-course tester selection. Thread-safe. ``now`` arguments default to the clock."""
+
+    def __init__(
+        self,
+        testers: Iterable[TesterState],
+        timeouts: Mapping[str, float],
+        *,
+        guesses: Mapping[str, float] | None = None,
+        penalty_factor: float = DEFAULT_PENALTY_FACTOR,
+        penalty_half_life: float = DEFAULT_PENALTY_HALF_LIFE,
+        notify_margin: float = DEFAULT_NOTIFY_MARGIN,
+        window: int = DEFAULT_WINDOW,
+        estimates: Mapping[tuple[str, str], Estimate] | None = None,
+        persist: Callable[[str, str, Estimate], None] | None = None,
+    ):
+        """``testers``: their names, slots and machines. ``timeouts``: assignment ->
+        timeout in seconds (build and run each). ``guesses``: assignment -> initial
+        Et instead of the timeout. ``estimates``: ``(tester, assignment) -> Estimate``
+        read back from the journal. ``persist(tester, assignment, estimate)`` is
+        called, under the lock, after every change of an estimate."""
+        self._testers = {t.name: t for t in testers}
+        self._timeouts = dict(timeouts)
+        self._guesses = dict(guesses or {})
+        self.penalty_factor = penalty_factor
+        self.penalty_half_life = penalty_half_life
+        self.notify_margin = notify_margin
+        self.window = window
+        self._persist = persist
+        self._lock = threading.RLock()
+        self.load_estimates(estimates or {})
+
+    @classmethod
+    def from_config(
+        cls,
+        course: CourseConfig,
+        *,
+        estimates: Mapping[tuple[str, str], Estimate] | None = None,
+        persist: Callable[[str, str, Estimate], None] | None = None,
+        guesses: Mapping[str, float] | None = None,
+    ) -> Scheduler:
+        """A scheduler for one course: its testers, the machines each serves, the
+        assignments' timeouts, and the storer's penalty factor and notify margin."""
+        serves: dict[str, set[str]] = {name: set() for name in course.testers}
+        for machine in course.machines.values():
+            for tester in machine.testers:
+                serves[tester].add(machine.name)
+        testers = [TesterState(t.name, t.slots, frozenset(serves[t.name])) for t in course.testers.values()]
+        return cls(
+            testers,
+            {a.id: a.timeout for a in course.assignments.values()},
+            guesses=guesses,
+            penalty_factor=course.storer.failure_penalty_factor,
+            notify_margin=course.storer.notify_margin,
+            estimates=estimates,
+            persist=persist,
+        )
+
+    # ------------------------------------------------------------------ estimates
+
+    def load_estimates(self, estimates: Mapping[tuple[str, str], Estimate]) -> None:
+        """Take estimates read back from the journal; unknown testers are ignored."""
+        with self._lock:
+            for (tester, assignment), estimate in estimates.items():
+                if tester in self._testers:
+                    self._testers[tester].estimates[assignment] = estimate
+
+    def estimates(self) -> dict[tuple[str, str], Estimate]:
+        """Every estimate with at least one sample, ``(tester, assignment) -> Estimate``."""
+        with self._lock:
+            return {(t.name, a): e for t in self._testers.values() for a, e in t.estimates.items()}
+
+    def timeout(self, assignment: str) -> float:
+        try:
+            return self._timeouts[assignment]
+        except KeyError:
+            raise NotFound(f"the scheduler knows no assignment {assignment!r}") from None
+
+    def penalty(self, assignment: str) -> float:
+        """The time one failure counts as."""
+        return self.penalty_factor * self.timeout(assignment)
+
+    def estimate(self, tester: str, assignment: str, now: float | None = None) -> float:
+        """``Et_q(a)`` in seconds."""
+        with self._lock:
+            return self._et(self._tester(tester), assignment, _now(now))
+
+    def expected_finish(self, tester: str, assignment: str, now: float | None = None) -> float:
+        """Seconds until a new job of ``assignment`` sent now to ``tester`` is expected to finish."""
+        with self._lock:
+            return self._finish(self._tester(tester), assignment, _now(now))
+
+    # ------------------------------------------------------------------ selection
+
+    def select(
+        self, assignment: str, machine: str, exclude: Iterable[str] = (), now: float | None = None
+    ) -> str | None:
+        """The tester expected to finish a new job soonest, among those serving
+        ``machine``; testers in ``exclude`` (those that failed this job) only when
+        no other serves it. None if no tester serves ``machine``."""
+        with self._lock:
+            tester = self._select(assignment, machine, set(exclude), _now(now))
+            return tester.name if tester else None
+
+    def assign(
+        self, job_id: str, assignment: str, machine: str, exclude: Iterable[str] = (), now: float | None = None
+    ) -> tuple[str, float] | None:
+        """:meth:`select` and :meth:`on_sent` in one step: ``(tester, notify deadline)``."""
+        now = _now(now)
+        with self._lock:
+            tester = self._select(assignment, machine, set(exclude), now)
+            if tester is None:
+                return None
+            return tester.name, self.on_sent(tester.name, job_id, assignment, now=now)
+
+    def on_sent(self, tester: str, job_id: str, assignment: str, now: float | None = None) -> float:
+        """Count a job as in flight on ``tester`` (also to rebuild the state from the
+        journal after a restart). Returns its notify deadline."""
+        with self._lock:
+            state = self._tester(tester)
+            ahead = [self.timeout(a) for j, a in state.in_flight.items() if j != job_id]
+            deadline = notify_deadline(_now(now), self.timeout(assignment), self.notify_margin, ahead, state.slots)
+            state.in_flight[job_id] = assignment
+            state.sent_total += 1
+            return deadline
+
+    def on_finished(self, tester: str, job_id: str, assignment: str, seconds: float) -> Estimate:
+        """A job ended on ``tester`` after ``seconds`` of evaluation: one sample."""
+        with self._lock:
+            state = self._tester(tester)
+            state.in_flight.pop(job_id, None)
+            state.failures = 0
+            state.done_total += 1
+            return self._store(state, assignment, self._current(state, assignment).add(max(seconds, 0.0), self.window))
+
+    def on_failure(
+        self, tester: str, job_id: str, assignment: str, reason: str = "", now: float | None = None
+    ) -> Estimate:
+        """``tester`` failed the job: one sample of the penalty time."""
+        now = _now(now)
+        with self._lock:
+            state = self._tester(tester)
+            state.in_flight.pop(job_id, None)
+            state.failures += 1
+            state.failed_total += 1
+            state.last_failure = now
+            state.last_failure_reason = reason
+            log.warning("tester %s failed job %s (%d in a row): %s", tester, job_id, state.failures, reason)
+            estimate = self._current(state, assignment).penalise(self.penalty(assignment), now, self.window)
+            return self._store(state, assignment, estimate)
+
+    def forget(self, tester: str, job_id: str) -> None:
+        """Stop counting a job as in flight without a sample (e.g. it was given up
+        for a reason that is not the tester's)."""
+        with self._lock:
+            self._tester(tester).in_flight.pop(job_id, None)
+
+    def testers(self) -> list[TesterState]:
+        """A copy of every tester's state (for ``status()``), by name."""
+        with self._lock:
+            return [copy.deepcopy(self._testers[name]) for name in sorted(self._testers)]
+
+    # ------------------------------------------------------------------ internals
+
+    def _tester(self, name: str) -> TesterState:
+        try:
+            return self._testers[name]
+        except KeyError:
+            raise NotFound(f"the scheduler knows no tester {name!r}") from None
+
+    def _prior(self, assignment: str) -> float:
+        return self._guesses.get(assignment, self.timeout(assignment))
+
+    def _current(self, state: TesterState, assignment: str) -> Estimate:
+        return state.estimates.get(assignment) or Estimate(self._prior(assignment))
+
+    def _et(self, state: TesterState, assignment: str, now: float) -> float:
+        estimate = state.estimates.get(assignment)
+        if estimate is None:
+            return self._prior(assignment)
+        return estimate.value(now, self.penalty_half_life, self._prior(assignment))
+
+    def _finish(self, state: TesterState, assignment: str, now: float) -> float:
+        load = sum(self._et(state, a, now) for a in state.in_flight.values())
+        return (load + self._et(state, assignment, now)) / state.slots
+
+    def _select(self, assignment: str, machine: str, exclude: set[str], now: float) -> TesterState | None:
+        serving = [t for t in self._testers.values() if t.serves(machine)]
+        candidates = [t for t in serving if t.name not in exclude] or serving
+        if not candidates:
+            return None
+        return min(candidates, key=lambda t: (self._finish(t, assignment, now), len(t.in_flight), t.name))
+
+    def _store(self, state: TesterState, assignment: str, estimate: Estimate) -> Estimate:
+        state.estimates[assignment] = estimate
+        if self._persist is not None:
+            self._persist(state.name, assignment, estimate)
+        return estimate
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
