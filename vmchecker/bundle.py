@@ -62,7 +62,7 @@ class BundleInfo:
         return data
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = SUBMISSION_CONFIG) -> "BundleInfo":
+    def from_dict(cls, data: Any, source: str = SUBMISSION_CONFIG) -> BundleInfo:
         """Validate data read from a bundle; raise BundleError saying what is wrong."""
         if not isinstance(data, dict):
             raise BundleError(f"{source}: expected a mapping")

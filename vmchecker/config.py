@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -99,8 +99,8 @@ class CourseInfo:
     id: str
     name: str = ""
     repository: str = "repo"
-    upload_active_from: Optional[_When] = None
-    upload_active_until: Optional[_When] = None
+    upload_active_from: _When | None = None
+    upload_active_until: _When | None = None
     holidays: list[Holiday] = field(default_factory=list)
     admins: list[str] = field(default_factory=list)
     public_results: bool = False

@@ -44,7 +44,7 @@ SUBMISSION_CONFIG = "submission-config.yaml"
 GRADE_VMR = "grade.vmr"
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Where a submission is on its way to a grade; stored as-is in grade.vmr."""
 
     SAVED = "saved"
@@ -52,9 +52,6 @@ class Status(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
     ERROR = "error"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def check_account(account: str) -> str:
@@ -89,7 +86,7 @@ class SubmissionInfo:
         return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str, source: Path) -> "SubmissionInfo":
+    def from_yaml(cls, text: str, source: Path) -> SubmissionInfo:
         data = yaml.safe_load(text)
         if not isinstance(data, dict):
             raise VmcheckerError(f"{source}: expected a mapping")
@@ -163,7 +160,7 @@ class Submission:
         self.results_dir.mkdir(exist_ok=True)
         fsutil.write_atomic(self.results_dir / GRADE_VMR, f"{Status(status).value}\n")
 
-    def update_info(self, **changes: Any) -> "Submission":
+    def update_info(self, **changes: Any) -> Submission:
         """Rewrite submission-config.yaml with some fields changed (job id, tester)."""
         info = dataclasses.replace(self.info, **changes)
         fsutil.write_atomic(self.config_path, info.to_yaml())

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from vmchecker import config
 from vmchecker.cli import common
 from vmchecker.errors import NotFound
+from vmchecker.queueing import queue_submission
 from vmchecker.repo import Repository, Submission
 from vmchecker.submit import recheck
 
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", metavar="A", help="only this account (may be combined with --assignment)")
     p.add_argument("--assignment", metavar="X", help="only this assignment (may be combined with --account)")
     p.add_argument("--all", action="store_true", help="every account of every assignment")
+    p.add_argument("--no-queue", action="store_true",
+                   help="only mark for testing; do not ask the storer daemon now")
     p.add_argument("--dry-run", action="store_true", help="list what would be rechecked, change nothing")
     return p
 
@@ -57,6 +60,9 @@ def work(args: argparse.Namespace) -> int:
         aside = sub.earlier_results()
         moved = f"; earlier results in {aside[-1].name}" if aside else ""
         print(f"rechecked {label}: status {sub.status().value}{moved}")
+        if not args.no_queue:
+            job_id, why = queue_submission(course, sub)
+            print(f"  queued as job {job_id}" if job_id else f"  not queued: {why}")
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vmchecker import config
 from vmchecker.cli import common
+from vmchecker.queueing import queue_submission
 from vmchecker.submit import submit
 
 PROG = "vmchecker-submit"
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         " the minimum interval (graders)")
     p.add_argument("--upload-time", type=upload_time, metavar="'YYYY-MM-DD HH:MM:SS'",
                    help="the upload time to record (default: now)")
+    p.add_argument("--no-queue", action="store_true",
+                   help="only store the submission; do not ask the storer daemon to test it")
     p.add_argument("course", metavar="COURSE", help="course id from the global config")
     p.add_argument("assignment", metavar="ASSIGNMENT")
     p.add_argument("account", metavar="ACCOUNT")
@@ -47,7 +50,11 @@ def work(args: argparse.Namespace) -> int:
                  upload_time=args.upload_time, skip_time_checks=args.skip_time_checks)
     print(f"saved {course.id}/{sub.assignment}/{sub.account} upload of"
           f" {config.format_datetime(sub.upload_time)} in {sub.path}")
-    print(f"status: {sub.status().value}")
+    if args.no_queue:
+        print(f"status: {sub.status().value} (not queued: --no-queue)")
+        return 0
+    job_id, why = queue_submission(course, sub)
+    print(f"status: queued as job {job_id}" if job_id else f"status: saved (not queued: {why})")
     return 0
 
 

@@ -20,6 +20,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 import defusedxml.xmlrpc
 
+from vmchecker import rpc
 from vmchecker.errors import RpcError, VmcheckerError
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,12 @@ defusedxml.xmlrpc.monkey_patch()
 
 MAX_REQUEST_BYTES = 1024 * 1024
 
-# Fault codes a caller can tell apart (xmlrpc.client.Fault.faultCode).
-FAULT_REFUSED = 403
+# Fault codes a caller can tell apart (xmlrpc.client.Fault.faultCode). A refusal is
+# final; FAULT_TRY_LATER (also for a crash of the method) asks the caller to retry.
+FAULT_REFUSED = rpc.FAULT_REFUSED
+FAULT_TRY_LATER = rpc.FAULT_TRY_LATER
 FAULT_BAD_REQUEST = 400
 FAULT_NOT_FOUND = 404
-FAULT_INTERNAL = 500
 
 AddressRule = Callable[[str], bool]
 
@@ -57,6 +59,11 @@ def anyone(address: str) -> bool:
 
 class Refused(RpcError):
     """The caller may not do this; logged, answered with a fault, nothing written."""
+
+
+class TryLater(RpcError):
+    """The call cannot be completed now (e.g. the results could not be pulled yet);
+    the caller should keep it and retry."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,8 @@ class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         except Refused as exc:
             log.warning("refused %s from %s: %s", method, address, exc.message)
             raise Fault(FAULT_REFUSED, exc.message) from None
+        except TryLater as exc:
+            raise Fault(FAULT_TRY_LATER, exc.message) from None
         except VmcheckerError as exc:
             log.warning("%s from %s failed: %s", method, address, exc.message)
             raise Fault(FAULT_BAD_REQUEST, exc.message) from None
@@ -128,4 +137,4 @@ class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
             raise Fault(FAULT_BAD_REQUEST, f"bad arguments for {method}") from None
         except Exception:
             log.exception("%s from %s crashed", method, address)
-            raise Fault(FAULT_INTERNAL, f"internal error in {method}; see the daemon's log") from None
+            raise Fault(FAULT_TRY_LATER, f"internal error in {method}; see the daemon's log") from None

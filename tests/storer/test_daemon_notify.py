@@ -1,0 +1,97 @@
+"""The daemon's notify() refuses what a semi-trusted tester must not do.
+
+The daemon runs for real (XML-RPC over loopback, journal on disk); the jobs are put
+in the journal directly as "sent" to a tester, and nothing is pulled because every
+call here must be refused before any transfer.
+"""
+
+from __future__ import annotations
+
+import threading
+import xmlrpc.client
+
+import pytest
+
+from tests.util import HELLO_C, make_zip, write_course
+from vmchecker import config, rpc, submit
+from vmchecker.errors import RpcError
+from vmchecker.storer.daemon import StorerDaemon
+
+
+@pytest.fixture
+def daemon(tmp_path, monkeypatch):
+    extra = {"testers": {"t1": {"host": "127.0.0.1"}, "t2": {"host": "192.0.2.7", "user": "vmchecker",
+                                                            "queue": "/q"}},
+             "machines": {"linux": {"testers": ["t1", "t2"]}}}
+    path = write_course(tmp_path, extra=extra)
+    monkeypatch.setenv("VMCHECKER_CONFIG", str(tmp_path / "global.yaml"))
+    d = StorerDaemon(tmp_path / "global.yaml", listen="127.0.0.1:0", state_dir=tmp_path / "state")
+    thread = threading.Thread(target=d.server.serve_forever, daemon=True)
+    thread.start()
+    d.course = config.load_course(path)
+    d.url = f"http://127.0.0.1:{d.port}/"
+    yield d
+    d.server.shutdown()
+    d.server.server_close()
+    d.journal.close()
+    thread.join(5)
+
+
+def _sent_job(daemon, tester):
+    archive = make_zip(daemon.course.root / "a.zip", {"hello.c": HELLO_C})
+    sub = submit.submit(daemon.course, "1-hello", "bob", archive, skip_time_checks=True)
+    job = daemon.journal.enqueue("so", "1-hello", "bob", sub.name, "linux")
+    return daemon.journal.mark_sent(job.id, tester, deadline=9e12), sub
+
+
+def _notify(daemon, job_id, key, files=("grade.vmr",), status="done"):
+    return rpc.Client(daemon.url, timeout=5).call(rpc.NOTIFY, job_id, key, status, list(files), {})
+
+
+def _assert_nothing_written(daemon, job, sub):
+    assert daemon.journal.get(job.id).state.value == "sent"
+    assert sorted(p.name for p in sub.results_dir.iterdir()) == ["grade.vmr"]
+    assert sub.status().value == "saved"
+
+
+def test_unknown_job_refused(daemon, caplog):
+    with pytest.raises(rpc.RpcRefused, match="unknown job"):
+        _notify(daemon, "20260101T000000-0123456789abcdef", "k" * 43)
+    assert "unknown job" in caplog.text
+
+
+def test_wrong_key_refused(daemon, caplog):
+    job, sub = _sent_job(daemon, "t1")
+    with pytest.raises(rpc.RpcRefused, match="wrong key"):
+        _notify(daemon, job.id, "x" + job.key[1:])
+    _assert_nothing_written(daemon, job, sub)
+    assert "wrong key" in caplog.text
+
+
+def test_wrong_address_refused(daemon, caplog):
+    job, sub = _sent_job(daemon, "t2")  # sent to 192.0.2.7; we call from 127.0.0.1
+    with pytest.raises(rpc.RpcRefused, match="from 127.0.0.1"):
+        _notify(daemon, job.id, job.key)
+    _assert_nothing_written(daemon, job, sub)
+    assert "refused notify" in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["../grade.vmr", "a/b.vmr", "/etc/passwd", "..", "x\x00y"])
+def test_path_in_files_refused(daemon, bad):
+    job, sub = _sent_job(daemon, "t1")
+    with pytest.raises((rpc.RpcRefused, RpcError, xmlrpc.client.Fault)):
+        _notify(daemon, job.id, job.key, files=["grade.vmr", bad])
+    _assert_nothing_written(daemon, job, sub)
+
+
+def test_queue_task_only_from_storer(daemon):
+    # From loopback it is accepted...
+    archive = make_zip(daemon.course.root / "b.zip", {"hello.c": HELLO_C})
+    sub = submit.submit(daemon.course, "1-hello", "carol", archive, skip_time_checks=True)
+    job_id = rpc.Client(daemon.url).queue_task("so", "1-hello", "carol", sub.name)
+    job = daemon.journal.get(job_id)
+    assert (job.account, job.submission, job.state.value) == ("carol", sub.name, "queued")
+    # ...twice gives the same job, and a missing submission is refused.
+    assert rpc.Client(daemon.url).queue_task("so", "1-hello", "carol", sub.name) == job_id
+    with pytest.raises(rpc.RpcRefused, match="no submission|not a submission|bad submission"):
+        rpc.Client(daemon.url).queue_task("so", "1-hello", "carol", "2020.01.01 00.00.00")

@@ -1,0 +1,74 @@
+"""``vmchecker-status``: what the storer daemon is doing (waiting jobs, testers)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+
+from vmchecker import config, rpc
+from vmchecker.cli import common
+
+PROG = "vmchecker-status"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(PROG, "Print the storer daemon's view: every waiting and running job with its tester"
+                            " and estimated finish, and each tester's health.")
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    p.add_argument("--url", help="daemon URL (default: storer.daemon of COURSE, else of the first course)")
+    p.add_argument("course", metavar="COURSE", nargs="?", help="only this course")
+    return p
+
+
+def _when(epoch: float | None) -> str:
+    return dt.datetime.fromtimestamp(epoch).strftime("%H:%M:%S") if epoch else "-"
+
+
+def fetch(args: argparse.Namespace) -> dict:
+    url = args.url
+    if url is None:
+        glob = config.load_global(args.config)
+        course_id = args.course or next(iter(sorted(glob.courses)), None)
+        if course_id is None:
+            raise config.NotFound(f"{glob.path}: no course registered; give --url")
+        url = config.find_course(course_id, args.config).storer.daemon
+    status = rpc.Client(url).status()
+    if args.course:
+        status["jobs"] = [j for j in status["jobs"] if j["course"] == args.course]
+        status["testers"] = [t for t in status["testers"] if t["course"] == args.course]
+    return status
+
+
+def render(status: dict) -> str:
+    lines = ["jobs: " + ", ".join(f"{k} {v}" for k, v in sorted(status.get("counts", {}).items()))]
+    if status["jobs"]:
+        lines.append(f"{'job':34} {'state':7} {'course/assignment/account':34} {'tester':8} {'pos':>3} finish")
+        for j in status["jobs"]:
+            who = f"{j['course']}/{j['assignment']}/{j['account']}"
+            lines.append(f"{j['job_id']:34} {j['state']:7} {who:34} {j['tester'] or '-':8} "
+                         f"{j['position'] or '':>3} {_when(j['estimated_finish'])}")
+    else:
+        lines.append("no job waiting or running")
+    for t in status["testers"]:
+        health = "healthy" if t["healthy"] else f"failing ({t['failures']}): {t['last_failure']}"
+        lines.append(f"tester {t['course']}/{t['tester']}: {t['in_flight']}/{t['slots']} slots busy,"
+                     f" {t['done']} done, {health}")
+    return "\n".join(lines)
+
+
+def work(args: argparse.Namespace) -> int:
+    status = fetch(args)
+    print(json.dumps(status, indent=2, sort_keys=True) if args.json else render(status))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(args.verbose)
+    return common.run(PROG, lambda: work(args), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The daemon's view of its courses: config, scheduler and tester links, per course.
+
+One daemon serves every course of the global file. A course is loaded when first
+needed and reloaded when its config file changes, so a sysadmin who adds an
+assignment does not have to restart the daemon (a broken edit keeps the last good
+config and is logged). Estimates live in the journal, so a reload loses none.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmchecker import config
+from vmchecker.errors import ConfigError, NotFound
+from vmchecker.storer.journal import Journal
+from vmchecker.storer.scheduler import Scheduler
+from vmchecker.storer.transport import TesterLink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Course:
+    """Everything the daemon holds for one course."""
+
+    config: config.CourseConfig
+    scheduler: Scheduler
+    mtime: float
+    links: dict[str, TesterLink] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def link(self, tester: str) -> TesterLink:
+        """The (reused) SSH/SFTP link to one of the course's testers."""
+        if tester not in self.links:
+            self.links[tester] = TesterLink.from_config(self.config, tester)
+        return self.links[tester]
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()
+
+
+def tester_done_dir(tester: config.Tester) -> str:
+    """Where a tester keeps finished jobs: ``done`` from the config, else next to ``queue``."""
+    if tester.done:
+        return tester.done
+    queue = tester.queue.rstrip("/")
+    return f"{queue.rsplit('/', 1)[0]}/done" if "/" in queue else "done"
+
+
+class Courses:
+    """Thread-safe registry of the courses in the global file."""
+
+    def __init__(self, global_path: Path | str | None, journal: Journal):
+        self.global_path = config.global_config_path(global_path)
+        self.journal = journal
+        self._lock = threading.RLock()
+        self._courses: dict[str, Course] = {}
+
+    def ids(self) -> list[str]:
+        return sorted(config.load_global(self.global_path).courses)
+
+    def get(self, course_id: str) -> Course:
+        """The course, loaded or reloaded if its file changed; NotFound/ConfigError if unusable."""
+        with self._lock:
+            path = config.load_global(self.global_path).course_path(course_id)
+            try:
+                mtime = path.stat().st_mtime
+            except OSError:
+                raise NotFound(f"course {course_id!r}: its config {path} is missing") from None
+            current = self._courses.get(course_id)
+            if current is not None and current.mtime == mtime:
+                return current
+            try:
+                loaded = self._load(course_id, path, mtime)
+            except ConfigError as exc:
+                if current is None:
+                    raise
+                log.error("keeping the last good config of %s: %s", course_id, exc.message)
+                return current
+            if current is not None:
+                current.close()
+            self._courses[course_id] = loaded
+            return loaded
+
+    def _load(self, course_id: str, path: Path, mtime: float) -> Course:
+        cfg = config.load_course(path)
+        if cfg.id != course_id:
+            raise ConfigError(path, "course.id", f"is {cfg.id!r} but the global file registers it as {course_id!r}")
+        scheduler = Scheduler.from_config(
+            cfg,
+            estimates=self.journal.load_estimates(course_id),
+            persist=functools.partial(self.journal.save_estimate, course_id),
+        )
+        for job in self.journal.in_flight():
+            if job.course == course_id and job.tester in cfg.testers and job.assignment in cfg.assignments:
+                scheduler.on_sent(job.tester, job.id, job.assignment, now=job.sent)
+        log.info("course %s loaded from %s", course_id, path)
+        return Course(cfg, scheduler, mtime)
+
+    def loaded(self) -> list[Course]:
+        with self._lock:
+            return list(self._courses.values())
+
+    def close(self) -> None:
+        with self._lock:
+            for course in self._courses.values():
+                course.close()
+            self._courses.clear()

@@ -1,0 +1,258 @@
+"""The storer daemon: XML-RPC front, job journal, dispatcher, result landing.
+
+``queue_task`` (storer-local callers only) journals a job and returns its id at once;
+the dispatcher thread builds and sends the bundle. ``notify`` (only from the address
+of the tester the job was sent to, only with the job's key) pulls the named result
+files from that tester's ``done/<jobid>/`` into the submission and answers only once
+they are durable, so the tester may then delete them. ``status`` tells what waits
+where and when it should finish. See DESIGN.md sections 2, 6, 7 and 9.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import posixpath
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from vmchecker import config, rpc
+from vmchecker.errors import NotFound, RpcError, VmcheckerError
+from vmchecker.repo import Repository, Status, check_account
+from vmchecker.service import Service
+from vmchecker.storer import outcomes
+from vmchecker.storer.courses import Courses, tester_done_dir
+from vmchecker.storer.dispatcher import Dispatcher
+from vmchecker.storer.journal import Job, JobState, JobStateError, Journal, check_key
+from vmchecker.storer.rpcserver import Refused, RestrictedServer, TryLater, anyone, loopback_or
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port), with a clear error."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise VmcheckerError(f"bad listen address {value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def resolve_addresses(host: str) -> set[str]:
+    """Every address a tester's configured host name stands for."""
+    try:
+        return {ipaddress.ip_address(info[4][0]).compressed for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, ValueError):
+        return set()
+
+
+class StorerDaemon(Service):
+    """The daemon process; ``serve`` runs the XML-RPC server until asked to stop."""
+
+    name = "vmchecker-storer-daemon"
+
+    def __init__(self, global_config: Path | str | None = None, *, listen: str | None = None,
+                 state_dir: Path | str | None = None, poll: float = 2.0, pid_file: Path | str | None = None):
+        super().__init__(pid_file=pid_file)
+        glob = config.load_global(global_config)
+        self.global_path = glob.path
+        self.listen = parse_listen(listen or glob.daemon.listen)
+        self.state_dir = Path(state_dir or glob.daemon.state)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.state_dir / "journal.db")
+        self.courses = Courses(self.global_path, self.journal)
+        self.dispatcher = Dispatcher(self.journal, self.courses, self.state_dir / "bundles", poll=poll)
+        self.server = RestrictedServer(self.listen)
+        self.server.register(rpc.QUEUE_TASK, self.queue_task, self._local_rule())
+        self.server.register(rpc.STATUS, self.status, self._local_rule())
+        self.server.register(rpc.NOTIFY, self.notify, anyone)  # checks the caller per job
+        self._queue_lock = threading.Lock()
+
+    def _local_rule(self):
+        allowed: list[str] = []
+        for course_id in self.courses.ids():
+            try:
+                allowed += self.courses.get(course_id).config.storer.queue_task_from
+            except VmcheckerError as exc:
+                log.error("course %s is unusable: %s", course_id, exc.message)
+        return loopback_or(allowed)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def serve(self) -> int:
+        self.queue_saved_submissions()
+        dispatcher = threading.Thread(target=self.dispatcher.loop, args=(self.stop,), name="dispatcher",
+                                      daemon=True)
+        server = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name="xmlrpc", daemon=True)
+        dispatcher.start()
+        server.start()
+        log.info("storer daemon listening on %s:%d, state in %s", *self.listen, self.state_dir)
+        self.stop.wait()
+        self.server.shutdown()
+        self.dispatcher.wake.set()
+        dispatcher.join(30)
+        self.server.server_close()
+        self.courses.close()
+        self.journal.close()
+        return 0
+
+    def queue_saved_submissions(self) -> int:
+        """Queue every course's current submissions still in status ``saved``."""
+        queued = 0
+        for course_id in self.courses.ids():
+            try:
+                course = self.courses.get(course_id)
+                subs = [s for s in Repository(course.config).iter_current() if s.status() is Status.SAVED]
+            except VmcheckerError as exc:
+                log.error("course %s: cannot look for saved submissions: %s", course_id, exc.message)
+                continue
+            for sub in subs:
+                try:
+                    self._queue(course_id, sub.assignment, sub.account, sub.name)
+                    queued += 1
+                except VmcheckerError as exc:
+                    log.error("cannot queue %s: %s", sub.path, exc.message)
+        if queued:
+            log.info("queued %d submission(s) left saved", queued)
+        return queued
+
+    # ------------------------------------------------------------------ queue_task
+
+    def queue_task(self, caller: str, course: Any, assignment: Any, account: Any, submission: Any) -> str:
+        """Journal a job for a saved submission and return its id (at once)."""
+        for name, value in (("course", course), ("assignment", assignment), ("account", account),
+                            ("submission", submission)):
+            if not isinstance(value, str) or not value or len(value) > 128:
+                raise Refused(f"bad {name} {value!r}")
+        return self._queue(course, assignment, account, submission)
+
+    def _queue(self, course_id: str, assignment: str, account: str, submission: str) -> str:
+        course = self.courses.get(course_id)
+        check_account(account)
+        sub = Repository(course.config).submission(assignment, account, submission)
+        with self._queue_lock:  # one job per submission at a time
+            for job in self.journal.active():
+                if (job.course, job.assignment, job.account, job.submission) == \
+                        (course_id, assignment, account, sub.name):
+                    return job.id
+            job = self.journal.enqueue(course_id, assignment, account, sub.name, course.config.assignment(
+                assignment).machine)
+        outcomes.set_status(course, job, Status.QUEUED, job_id=job.id, tester="")
+        self.dispatcher.wake.set()
+        return job.id
+
+    # ------------------------------------------------------------------ notify
+
+    def notify(self, caller: str, job_id: Any, key: Any, status: Any, files: Any, stats: Any) -> bool:
+        """A tester says a job's results are in its ``done/<job_id>/``: pull them."""
+        try:
+            request = rpc.NotifyRequest.validate(job_id, key, status, files, stats)
+        except RpcError as exc:
+            raise Refused(f"bad notify: {exc.message}") from None
+        job = self.journal.find(request.job_id)
+        if job is None:
+            raise Refused(f"notify for unknown job {request.job_id!r}")
+        if not check_key(job, request.key):
+            raise Refused(f"notify for job {job.id} with a wrong key")
+        if job.state is JobState.DONE:
+            self._check_caller(job, caller)
+            return True  # a repeat after a lost answer: already landed
+        if job.state is not JobState.SENT:
+            raise Refused(f"job {job.id} is {job.state.value}, not waiting for a notify")
+        course = self._check_caller(job, caller)
+        tester = course.config.testers[job.tester]
+        remote = posixpath.join(tester_done_dir(tester), job.id)
+        try:
+            outcomes.land_results(course, job, lambda dest: course.link(job.tester).fetch_results(
+                remote, request.files, dest))
+        except VmcheckerError as exc:
+            log.warning("job %s: could not pull results from %s: %s", job.id, job.tester, exc.message)
+            raise TryLater(f"could not pull the results yet: {exc.message}") from None
+        seconds = _evaluation_seconds(request.stats)
+        if request.status == rpc.STATUS_ERROR:
+            self.dispatcher.fail(job, f"the tester reported an error: {_first_line(course, job)}", job.tester)
+            return True
+        try:
+            self.journal.mark_done(job.id, tester=job.tester)
+        except JobStateError:
+            return True
+        course.scheduler.on_finished(job.tester, job.id, job.assignment, seconds)
+        log.info("job %s done on %s in %.1f s", job.id, job.tester, seconds)
+        return True
+
+    def _check_caller(self, job: Job, caller: str):
+        course = self.courses.get(job.course)
+        tester = course.config.testers.get(job.tester or "")
+        if tester is None:
+            raise Refused(f"job {job.id} was sent to tester {job.tester!r}, which the course no longer has")
+        allowed = resolve_addresses(tester.host)
+        if ipaddress.ip_address(caller).compressed not in allowed:
+            raise Refused(f"notify for job {job.id} from {caller}, but it was sent to {job.tester}"
+                          f" ({tester.host})")
+        return course
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, caller: str) -> dict[str, Any]:
+        """Every waiting and running job with its tester and estimated finish; tester health."""
+        now = time.time()
+        jobs = []
+        position: dict[str, int] = {}
+        for job in self.journal.active():
+            entry: dict[str, Any] = {
+                "job_id": job.id, "course": job.course, "assignment": job.assignment, "account": job.account,
+                "submission": job.submission, "state": job.state.value, "tester": job.tester or "",
+                "attempts": job.attempts, "queued_at": job.created, "estimated_finish": None, "position": 0,
+            }
+            try:
+                course = self.courses.get(job.course)
+                if job.state is JobState.SENT and job.tester:
+                    entry["estimated_finish"] = (job.sent or now) + course.scheduler.estimate(
+                        job.tester, job.assignment, now)
+                else:
+                    position[job.machine] = position.get(job.machine, 0) + 1
+                    entry["position"] = position[job.machine]
+                    best = course.scheduler.select(job.assignment, job.machine, now=now)
+                    if best:
+                        entry["estimated_finish"] = now + course.scheduler.expected_finish(
+                            best, job.assignment, now) * position[job.machine]
+            except VmcheckerError:
+                pass
+            jobs.append(entry)
+        testers = []
+        for course in self.courses.loaded():
+            for state in course.scheduler.testers():
+                link = course.links.get(state.name)
+                testers.append({
+                    "course": course.id, "tester": state.name, "slots": state.slots, "healthy": state.healthy,
+                    "in_flight": len(state.in_flight), "failures": state.failures,
+                    "last_failure": state.last_failure_reason, "sent": state.sent_total, "done": state.done_total,
+                    "reachable": None if link is None else link.health()["ok"],
+                })
+        counts = {s.value: n for s, n in self.journal.counts().items()}
+        return {"now": now, "jobs": jobs, "testers": testers, "counts": counts}
+
+
+def _evaluation_seconds(stats: dict[str, Any]) -> float:
+    for key in ("total_s", "tester_seconds", "executor_seconds"):
+        value = stats.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return 0.0
+
+
+def _first_line(course, job: Job) -> str:
+    try:
+        sub = outcomes.submission_of(course, job)
+        text = (sub.results_dir / outcomes.VMCHECKER_STDERR).read_text(errors="replace").strip()
+        return text.splitlines()[0][:300] if text else "no reason given"
+    except (OSError, NotFound):
+        return "no reason given"
+

@@ -1,0 +1,164 @@
+"""Sends queued jobs to testers and gives up waiting for lost ones.
+
+Notification plus sweeper (STYLE.md habit 5): ``queue_task`` wakes the dispatcher at
+once, and every pass also re-reads the journal, so a job left behind by a lost wake-up
+or a daemon restart is sent anyway. One pass:
+
+1. each ``queued`` job (oldest first): pick a tester with the scheduler, build the
+   bundle, journal ``sent`` *before* uploading, upload ``NAME.zip.part`` and rename;
+   a failed upload is a failure of that tester (penalty sample, retry elsewhere);
+2. each ``sent`` job past its notify deadline: a failure of its tester, same path.
+
+A job that fails ``max_attempts`` times ends in ``error`` with every reason written
+into the submission's ``vmchecker-stderr.vmr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from vmchecker import bundle
+from vmchecker.errors import NotFound, VmcheckerError
+from vmchecker.repo import Status
+from vmchecker.storer import outcomes
+from vmchecker.storer.courses import Course, Courses
+from vmchecker.storer.journal import Job, JobState, JobStateError, Journal
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Moves jobs from ``queued`` to a tester; one thread runs :meth:`loop`."""
+
+    def __init__(self, journal: Journal, courses: Courses, bundles_dir: Path, poll: float = 2.0):
+        self.journal = journal
+        self.courses = courses
+        self.bundles_dir = Path(bundles_dir)
+        self.poll = poll
+        self.wake = threading.Event()
+
+    def loop(self, stop: threading.Event) -> None:
+        """Dispatch and sweep until ``stop`` is set; each pass survives any one job's failure."""
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("dispatcher pass failed; trying again")
+            self.wake.wait(self.poll)
+
+    def run_once(self) -> int:
+        """One pass: sweep overdue jobs, then send what is queued. Returns jobs sent."""
+        for job in self.journal.overdue():
+            self.fail(job, "no notification from the tester before the deadline", job.tester)
+        sent = 0
+        for job in self.journal.to_dispatch():
+            sent += self._dispatch(job)
+        return sent
+
+    # ------------------------------------------------------------------ one job
+
+    def _dispatch(self, job: Job) -> int:
+        try:
+            course = self.courses.get(job.course)
+            assignment = course.config.assignment(job.assignment)
+            outcomes.submission_of(course, job)
+        except VmcheckerError as exc:
+            self._give_up(job, exc.message)
+            return 0
+        chosen = course.scheduler.assign(job.id, assignment.id, job.machine, exclude=job.failed_on)
+        if chosen is None:
+            self._give_up(job, f"no tester serves machine {job.machine!r}")
+            return 0
+        tester, deadline = chosen
+        try:
+            path = self._build(course, job)
+        except VmcheckerError as exc:
+            course.scheduler.forget(tester, job.id)
+            self._give_up(job, f"cannot build the bundle: {exc.message}")
+            return 0
+        except OSError as exc:
+            course.scheduler.forget(tester, job.id)
+            self._give_up(job, f"cannot build the bundle: {exc}")
+            return 0
+        try:
+            self.journal.mark_sent(job.id, tester, deadline)
+            course.link(tester).send_bundle(path, course.config.testers[tester].queue, path.name)
+        except JobStateError:
+            course.scheduler.forget(tester, job.id)  # someone else moved it meanwhile
+            return 0
+        except VmcheckerError as exc:
+            self.fail(self.journal.get(job.id), f"could not send the bundle: {exc.message}", tester)
+            return 0
+        finally:
+            path.unlink(missing_ok=True)
+        try:
+            outcomes.set_status(course, job, Status.RUNNING, job_id=job.id, tester=tester)
+        except VmcheckerError as exc:
+            log.warning("job %s: could not mark the submission running: %s", job.id, exc.message)
+        return 1
+
+    def _build(self, course: Course, job: Job) -> Path:
+        cfg = course.config
+        machine = cfg.machines[job.machine]
+        sub = outcomes.submission_of(course, job)
+        info = bundle.BundleInfo(
+            job_id=job.id, key=job.key, course=cfg.id, assignment=job.assignment, account=job.account,
+            submission=job.submission, upload_time=sub.info.upload_time.strftime("%Y-%m-%d %H:%M:%S"),
+            timeout=cfg.assignment(job.assignment).timeout, machine=machine, notify_url=cfg.storer.daemon,
+        )
+        for script in (machine.build_script, machine.run_script):
+            if not cfg.resolve(script).is_file():
+                raise NotFound(f"{cfg.resolve(script)}: the machine's script is missing")
+        return bundle.build_bundle(
+            self.bundles_dir / info.file_name, info, archive_path=sub.archive_path,
+            tests_path=cfg.tests_archive(job.assignment), build_script=cfg.resolve(machine.build_script),
+            run_script=cfg.resolve(machine.run_script),
+        )
+
+    # ------------------------------------------------------------------ failures
+
+    def fail(self, job: Job, reason: str, tester: str | None) -> None:
+        """A tester failed the job: penalty sample, then resend or give up."""
+        try:
+            course = self.courses.get(job.course)
+        except VmcheckerError as exc:
+            self._give_up(job, f"{reason}; and the course is unusable: {exc.message}")
+            return
+        if tester and tester in course.config.testers:
+            course.scheduler.on_failure(tester, job.id, job.assignment, reason)
+        try:
+            job = self.journal.record_failure(job.id, reason, max_attempts=course.config.storer.max_attempts,
+                                              tester=tester)
+        except JobStateError:
+            return  # a notify won the race
+        if job.state is JobState.ERROR:
+            self._record_error(course, job)
+        else:
+            self._set_status(course, job, Status.QUEUED)
+            self.wake.set()
+
+    def _give_up(self, job: Job, reason: str) -> None:
+        """A failure no other tester can mend: error at once."""
+        try:
+            job = self.journal.mark_error(job.id, reason)
+        except JobStateError:
+            return
+        try:
+            self._record_error(self.courses.get(job.course), job)
+        except VmcheckerError as exc:
+            log.error("job %s: %s (and could not record it: %s)", job.id, reason, exc.message)
+
+    def _record_error(self, course: Course, job: Job) -> None:
+        try:
+            outcomes.record_error(course, job, job.reasons)
+        except VmcheckerError as exc:
+            log.error("job %s: could not write its error into the submission: %s", job.id, exc.message)
+
+    def _set_status(self, course: Course, job: Job, status: Status) -> None:
+        try:
+            outcomes.set_status(course, job, status)
+        except VmcheckerError as exc:
+            log.warning("job %s: could not set status %s: %s", job.id, status, exc.message)
