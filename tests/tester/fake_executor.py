@@ -1,0 +1,88 @@
+"""A stand-in for ``vmchecker-vm-executor`` used by the queue manager's own tests.
+
+Run as ``fake_executor.py BUNDLE_DIR``. It behaves as the ``fake.json`` member of the
+bundle's ``archive.zip`` says, so one test can make it pass, fail, crash, hang, spawn a
+child or wait for a partner job, and then check what the queue manager did about it.
+Like the real executor it writes ``BUNDLE_DIR/results/`` with ``result.json`` and
+exits 0 when results were written.
+
+fake.json keys (all optional):
+  action       "ok" (default) | "error" | "crash" (exit 3, no results) | "hang"
+  sleep        seconds to sleep before finishing
+  log          file to append "<job_id>\\n" to at start (start order)
+  started      file to create at start; if it exists already, "hang" becomes "ok"
+  child_pid    spawn `sleep 1000` and write its pid here (it must die with the group)
+  ignore_term  ignore SIGTERM (the queue manager must escalate to SIGKILL)
+  active_dir   concurrency probe: register here while running, record how many ran at once
+  barrier      with active_dir: wait (up to 20 s) until this many jobs have started
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import yaml
+
+
+def main() -> int:
+    bundle = Path(sys.argv[1])
+    info = yaml.safe_load((bundle / "submission-config.yaml").read_text())
+    job_id = info["job_id"]
+    with zipfile.ZipFile(bundle / "archive.zip") as zf:
+        spec = json.loads(zf.read("fake.json")) if "fake.json" in zf.namelist() else {}
+    action = spec.get("action", "ok")
+    if spec.get("ignore_term"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if spec.get("log"):
+        with open(spec["log"], "a") as f:
+            f.write(job_id + "\n")
+    if spec.get("started"):
+        started = Path(spec["started"])
+        if started.exists() and action == "hang":
+            action = "ok"
+        started.write_text(str(os.getpid()))
+    if spec.get("child_pid"):
+        child = subprocess.Popen(["sleep", "1000"])
+        Path(spec["child_pid"]).write_text(str(child.pid))
+    extra = {}
+    if spec.get("active_dir"):
+        extra["seen_at_once"] = probe(Path(spec["active_dir"]), job_id, spec.get("barrier", 0))
+    if action == "hang":
+        while True:
+            time.sleep(1)
+    time.sleep(spec.get("sleep", 0))
+    if action == "crash":
+        print("fake executor: crashing as asked", file=sys.stderr)
+        return 3
+    results = bundle / "results"
+    results.mkdir(exist_ok=True)
+    (results / "run-stdout.vmr").write_text(f"ran {job_id}\n")
+    (results / "vmchecker-stderr.vmr").write_text("")
+    status = "error" if action == "error" else "done"
+    result = {"status": status, "backend": "fake", "total": 0.01, "steps": {"run": {"exit": 0}}, **extra}
+    (results / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+def probe(active: Path, job_id: str, barrier: int) -> int:
+    """Register as running, wait for ``barrier`` starts, return how many run now."""
+    (active / "running").mkdir(parents=True, exist_ok=True)
+    (active / "started").mkdir(parents=True, exist_ok=True)
+    (active / "running" / job_id).touch()
+    (active / "started" / job_id).touch()
+    deadline = time.monotonic() + 20
+    while len(os.listdir(active / "started")) < barrier and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    seen = len(os.listdir(active / "running"))
+    (active / "running" / job_id).unlink()
+    return seen
+
+
+if __name__ == "__main__":
+    sys.exit(main())

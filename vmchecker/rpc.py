@@ -1,0 +1,278 @@
+"""The storer daemon's wire format, in one module (STYLE.md habit 8).
+
+The daemon's method names and the payloads they carry are defined here once, and the
+same validators run on both sides: the tester checks a notification before it journals
+it (so a bad one is never retried forever), the daemon checks every call on arrival
+(a tester is only semi-trusted: ``files`` name files in the tester's own job folder and
+must never be able to reach anything else on the storer).
+
+:class:`Client` is the only way the CLI, the web and the tester reach the daemon: a
+stdlib ``ServerProxy`` with a socket timeout whose failures become
+:class:`~vmchecker.errors.RpcError` with a message a sysadmin can act on.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import math
+import re
+import xmlrpc.client
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+from xml.parsers.expat import ExpatError
+
+from vmchecker.errors import RpcError
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- methods
+
+QUEUE_TASK = "queue_task"
+NOTIFY = "notify"
+STATUS = "status"
+METHODS = (QUEUE_TASK, NOTIFY, STATUS)
+
+STATUS_DONE = "done"
+STATUS_ERROR = "error"
+RESULT_STATUSES = (STATUS_DONE, STATUS_ERROR)
+
+# --------------------------------------------------------------------------- limits
+
+MAX_FILES = 64
+MAX_NAME_LENGTH = 128
+MAX_STATS = 64
+MAX_STAT_KEY_LENGTH = 64
+MAX_STAT_STRING_LENGTH = 1024
+MAX_KEY_LENGTH = 256
+# XML-RPC <int> is 32-bit: larger Python ints cannot be marshalled.
+XMLRPC_INT_MIN, XMLRPC_INT_MAX = -(2**31), 2**31 - 1
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # as vmchecker.bundle.JOB_ID_RE
+KEY_RE = re.compile(r"^[A-Za-z0-9_.+/=~-]+$")
+
+
+# Fault codes the daemon answers with. FAULT_TRY_LATER says "I cannot take this now"
+# (e.g. pulling the files failed): the caller keeps the call and retries it, exactly as
+# if the daemon had not answered. Any other fault is a refusal that retrying cannot fix.
+FAULT_REFUSED = 403
+FAULT_TRY_LATER = 503
+
+
+class RpcRefused(RpcError):
+    """The daemon answered, and refused the call (an XML-RPC fault other than
+    FAULT_TRY_LATER). Retrying the same call cannot help."""
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def check_job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise RpcError(f"bad job_id {job_id!r}: letters, digits, '_', '.', '-', at most 128")
+    return job_id
+
+
+def check_key(key: Any) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH or not KEY_RE.match(key):
+        raise RpcError(f"bad key: expected 1 to {MAX_KEY_LENGTH} URL-safe characters")
+    return key
+
+
+def check_status(status: Any) -> str:
+    if status not in RESULT_STATUSES:
+        raise RpcError(f"bad status {status!r}: expected one of {', '.join(RESULT_STATUSES)}")
+    return status
+
+
+def check_file_name(name: Any) -> str:
+    """A plain file name inside the job's folder: no path, no way out, nothing odd."""
+    if not isinstance(name, str) or not name:
+        raise RpcError(f"bad file name {name!r}: expected a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise RpcError(f"bad file name {name[:40]!r}...: longer than {MAX_NAME_LENGTH} characters")
+    if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or ".." in name:
+        raise RpcError(f"bad file name {name!r}: must be a plain name (no '/', '..' or NUL)")
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise RpcError(f"bad file name {name!r}: control characters are not allowed")
+    return name
+
+
+def check_files(files: Any) -> tuple[str, ...]:
+    if not isinstance(files, (list, tuple)):
+        raise RpcError(f"bad files: expected a list of names, got {type(files).__name__}")
+    if len(files) > MAX_FILES:
+        raise RpcError(f"bad files: {len(files)} names, at most {MAX_FILES} allowed")
+    names = tuple(check_file_name(f) for f in files)
+    if len(set(names)) != len(names):
+        raise RpcError("bad files: a name is listed twice")
+    return names
+
+
+def _check_stat_value(key: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not XMLRPC_INT_MIN <= value <= XMLRPC_INT_MAX:
+            raise RpcError(f"bad stats[{key!r}]: integer {value} outside XML-RPC's 32-bit range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RpcError(f"bad stats[{key!r}]: {value} is not a finite number")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_STAT_STRING_LENGTH:
+            raise RpcError(f"bad stats[{key!r}]: string longer than {MAX_STAT_STRING_LENGTH}")
+        return value
+    raise RpcError(f"bad stats[{key!r}]: expected a number, string or boolean, got {type(value).__name__}")
+
+
+def check_stats(stats: Any) -> dict[str, Any]:
+    if not isinstance(stats, Mapping):
+        raise RpcError(f"bad stats: expected a mapping, got {type(stats).__name__}")
+    if len(stats) > MAX_STATS:
+        raise RpcError(f"bad stats: {len(stats)} entries, at most {MAX_STATS} allowed")
+    out = {}
+    for key, value in stats.items():
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_STAT_KEY_LENGTH:
+            raise RpcError(f"bad stats key {str(key)[:40]!r}: expected 1 to {MAX_STAT_KEY_LENGTH} characters")
+        out[key] = _check_stat_value(key, value)
+    return out
+
+
+def coerce_stats(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Make a sender's measurements fit :func:`check_stats`: drop what cannot travel
+    (nested values, None, bad keys), send integers too big for XML-RPC as floats."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if len(out) >= MAX_STATS:
+            break
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_STAT_KEY_LENGTH:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and not XMLRPC_INT_MIN <= value <= XMLRPC_INT_MAX:
+            value = float(value)
+        if isinstance(value, str):
+            value = value[:MAX_STAT_STRING_LENGTH]
+        try:
+            out[key] = _check_stat_value(key, value)
+        except RpcError:
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+@dataclass(frozen=True)
+class NotifyRequest:
+    """``notify(job_id, key, status, files, stats)``: a tester says a job's results are ready."""
+
+    job_id: str
+    key: str
+    status: str
+    files: tuple[str, ...] = ()
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def validate(cls, job_id: Any, key: Any, status: Any, files: Any, stats: Any) -> NotifyRequest:
+        """Check every field as received (or about to be sent); raise RpcError naming the field."""
+        return cls(check_job_id(job_id), check_key(key), check_status(status), check_files(files),
+                   check_stats(stats))
+
+    def params(self) -> tuple[Any, ...]:
+        """The positional XML-RPC parameters, in the method's order."""
+        return (self.job_id, self.key, self.status, list(self.files), dict(self.stats))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "key": self.key, "status": self.status,
+                "files": list(self.files), "stats": dict(self.stats)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> NotifyRequest:
+        if not isinstance(data, Mapping):
+            raise RpcError("bad notification: expected a mapping")
+        return cls.validate(data.get("job_id"), data.get("key"), data.get("status"),
+                            data.get("files"), data.get("stats"))
+
+
+# --------------------------------------------------------------------------- client
+
+
+class _TimeoutTransport(xmlrpc.client.Transport):
+    """A transport whose connections time out, so a hung daemon cannot hang the caller."""
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self._timeout = timeout
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        conn = super().make_connection(host)
+        conn.timeout = self._timeout
+        return conn
+
+
+class _SafeTimeoutTransport(xmlrpc.client.SafeTransport):
+    def __init__(self, timeout: float):
+        super().__init__()
+        self._timeout = timeout
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        conn = super().make_connection(host)
+        conn.timeout = self._timeout
+        return conn
+
+
+def check_url(url: Any) -> str:
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        raise RpcError(f"bad storer daemon URL {url!r}: expected http://HOST:PORT/")
+    return url
+
+
+class Client:
+    """Calls the storer daemon; every failure is an RpcError (RpcRefused for a fault)."""
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        self.url = check_url(url)
+        self.timeout = timeout
+
+    def _proxy(self) -> xmlrpc.client.ServerProxy:
+        # A fresh proxy per call: ServerProxy is not thread-safe, and calls are rare.
+        transport_cls = _SafeTimeoutTransport if self.url.startswith("https:") else _TimeoutTransport
+        return xmlrpc.client.ServerProxy(self.url, transport=transport_cls(self.timeout), allow_none=False)
+
+    def call(self, method: str, *params: Any) -> Any:
+        if method not in METHODS:
+            raise RpcError(f"unknown storer daemon method {method!r}")
+        try:
+            return getattr(self._proxy(), method)(*params)
+        except xmlrpc.client.Fault as exc:
+            if exc.faultCode == FAULT_TRY_LATER:
+                raise RpcError(f"storer daemon at {self.url} asks to retry {method} later: {exc.faultString}") from None
+            raise RpcRefused(f"storer daemon at {self.url} refused {method}: {exc.faultString}") from None
+        except xmlrpc.client.ProtocolError as exc:
+            raise RpcError(f"storer daemon at {self.url} answered HTTP {exc.errcode} {exc.errmsg}") from None
+        except (OSError, http.client.HTTPException, xmlrpc.client.ResponseError, ExpatError) as exc:
+            raise RpcError(f"storer daemon at {self.url} is not answering: {exc or type(exc).__name__}") from None
+
+    def notify(self, request: NotifyRequest) -> Any:
+        return self.call(NOTIFY, *request.params())
+
+    def queue_task(self, course: str, assignment: str, account: str, submission: str) -> str:
+        return self.call(QUEUE_TASK, course, assignment, account, submission)
+
+    def status(self) -> Any:
+        return self.call(STATUS)
+
+
+# --------------------------------------------------------------------------- server side
+#
+# The daemon (vmchecker/storer/daemon.py, issue 4) parses requests here too, so that the
+# hardened parsing lives next to the format it parses:
+#   * parse with defusedxml (``defusedxml.xmlrpc.monkey_patch()`` or its ``DefusedExpatParser``),
+#     refusing entity declarations and expansion;
+#   * cap the request body before parsing (the server reads Content-Length first);
+#   * validate each method's arguments with the validators above (``NotifyRequest.validate``)
+#     and answer a Fault naming the bad field.
+MAX_REQUEST_BYTES = 1024 * 1024

@@ -1,0 +1,188 @@
+"""One job on the tester: unpack a bundle, run the executor on it, collect its results.
+
+A :class:`Job` turns every failure it can meet (a malformed bundle, an unknown machine,
+an executor that crashes, hangs past ``executor_timeout`` or writes no results, a bug
+here) into an ``error`` result with the reason in ``vmchecker-stderr.vmr`` (STYLE.md
+habit 6): the queue manager never crashes on a bundle, and the storer always hears why.
+Making the results durable is the queue manager's part (:mod:`vmchecker.tester.results`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vmchecker import bundle, rpc
+from vmchecker.config import TesterConfig
+from vmchecker.errors import BundleError, VmcheckerError
+from vmchecker.tester import processes, results
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_CHARS = 4000
+
+
+@dataclass
+class Outcome:
+    """What a finished job hands to the queue manager."""
+
+    bundle: Path
+    job_id: str
+    key: str
+    notify_url: str
+    status: str
+    results_dir: Path
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def job_id_from_name(name: str) -> str:
+    """The job id a bundle's file name carries (``course_assignment_account_jobid.zip``),
+    used only when the bundle is too broken to say it itself."""
+    stem = name[: -len(".zip")] if name.endswith(".zip") else name
+    last = stem.rsplit("_", 1)[-1]
+    if bundle.JOB_ID_RE.match(last):
+        return last
+    cleaned = "".join(c if c.isalnum() or c in "-." else "-" for c in stem)[:100].strip(".-")
+    return f"bad-{cleaned or 'bundle'}"
+
+
+def _peek_identity(bundle_zip: Path) -> dict[str, str]:
+    """job_id, key and notify_url from a bundle that failed validation, if readable, so
+    the storer can still be told (with the key, it will accept the error)."""
+    try:
+        with zipfile.ZipFile(bundle_zip) as zf:
+            info = zf.getinfo(bundle.SUBMISSION_CONFIG)
+            if info.file_size > 256 * 1024:
+                return {}
+            data = yaml.safe_load(zf.read(info).decode("utf-8"))
+    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: data[k] for k in ("job_id", "key", "notify_url") if isinstance(data.get(k), str)}
+
+
+class Job:
+    """Runs one bundle from ``queue/`` in ``work/<bundle name>/``."""
+
+    def __init__(self, bundle_path: Path, config: TesterConfig, executor_command: Sequence[str],
+                 kill_grace: float = 30.0):
+        self.bundle = Path(bundle_path)
+        self.config = config
+        self.executor_command = list(executor_command)
+        self.kill_grace = kill_grace
+        self.name = self.bundle.name[: -len(".zip")]
+        self.work = config.work_dir / self.name
+        self.log_path = config.work_dir / f"{self.name}.log"
+        self.aborted = threading.Event()
+        self.killed = False  # the executor had to be killed: its guest may be left over
+        self.machine_type = ""
+        self._proc: subprocess.Popen | None = None
+        self._proc_lock = threading.Lock()
+
+    @property
+    def results_dir(self) -> Path:
+        return self.work / "results"
+
+    def abort(self) -> None:
+        """Stop the job now (the queue manager is stopping): the bundle stays queued."""
+        self.aborted.set()
+        with self._proc_lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            processes.kill_child(proc, self.kill_grace)
+            self.killed = True
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)
+
+    def run(self) -> Outcome | None:
+        """Run the job; None if it was aborted (no result, bundle to run again later)."""
+        identity = {"job_id": job_id_from_name(self.bundle.name), "key": "", "notify_url": ""}
+        started = time.monotonic()
+        stats: dict[str, Any] = {"tester": self.config.tester.name}
+        try:
+            shutil.rmtree(self.work, ignore_errors=True)
+            try:
+                info = bundle.unpack_bundle(self.bundle, self.work)
+                self.config.machine(info.machine)  # the tester's overrides must apply too
+            except VmcheckerError as exc:
+                identity.update(_peek_identity(self.bundle))
+                reason = exc.message.replace(f"{self.work}/", "")  # no tester paths in results
+                raise BundleError(reason if self.bundle.name in reason else f"{self.bundle.name}: {reason}") from None
+            identity = {"job_id": info.job_id, "key": info.key, "notify_url": info.notify_url}
+            self.machine_type = info.machine.type
+            status = self._execute(stats)
+        except VmcheckerError as exc:
+            log.error("job %s: %s", identity["job_id"], exc.message)
+            status = self._fail(exc.message)
+        except Exception as exc:  # the one boundary per job
+            log.exception("job %s: unexpected error", identity["job_id"])
+            status = self._fail(f"internal error in the queue manager: {type(exc).__name__}: {exc}")
+        if self.aborted.is_set():
+            return None
+        stats["tester_seconds"] = round(time.monotonic() - started, 3)
+        url = self.config.tester.storer_daemon or identity["notify_url"]
+        return Outcome(self.bundle, identity["job_id"], identity["key"], url, status, self.results_dir,
+                       rpc.coerce_stats(stats))
+
+    def _fail(self, reason: str) -> str:
+        if self.results_dir.exists() and not self.results_dir.is_dir():
+            self.results_dir.unlink()
+        results.write_error(self.results_dir, reason)
+        return rpc.STATUS_ERROR
+
+    def _execute(self, stats: dict[str, Any]) -> str:
+        """Run the executor under ``executor_timeout``; read the status it wrote."""
+        timeout = self.config.tester.executor_timeout
+        command = [*self.executor_command, str(self.work)]
+        log.info("job %s: running %s", self.name, " ".join(command))
+        started = time.monotonic()
+        with open(self.log_path, "wb") as output:
+            with self._proc_lock:
+                if self.aborted.is_set():
+                    return rpc.STATUS_ERROR
+                self._proc = proc = processes.start(command, output, cwd=self.config.work_dir)
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                log.warning("job %s: executor still running after %d s; killing it", self.name, timeout)
+                processes.kill_child(proc, self.kill_grace)
+                self.killed = True
+            processes.reap_group(proc)
+        stats.update(executor_seconds=round(time.monotonic() - started, 3), executor_exit=proc.returncode,
+                     timed_out=timed_out)
+        if self.aborted.is_set():
+            return rpc.STATUS_ERROR
+        status, data = results.read_status(self.results_dir)
+        stats.update({k: v for k, v in data.items() if k not in stats and not isinstance(v, (dict, list))})
+        if timed_out:
+            return self._fail(f"the executor did not finish within executor_timeout ({timeout} s) and was killed"
+                              + self._log_tail())
+        if status is None:
+            return self._fail(f"the executor exited with code {proc.returncode} without writing"
+                              f" results/{results.RESULT_JSON}" + self._log_tail())
+        if proc.returncode != 0:
+            log.warning("job %s: executor exited with code %d after writing results", self.name, proc.returncode)
+        return status
+
+    def _log_tail(self) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        text = text[-LOG_TAIL_CHARS:].strip()
+        return f"\nexecutor output (last lines):\n{text}" if text else ""

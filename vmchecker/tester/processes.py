@@ -1,0 +1,113 @@
+"""Executor processes: run one in its own process group, kill the whole group, and find
+the ones a killed queue manager left behind.
+
+The executor runs the guest's tools (lxc-attach, ssh...) as its children; killing only
+the executor would leave them running. Each executor is started in a new session, so its
+pid is its process group, and every kill here targets that group: first SIGTERM, which
+lets the executor tear its guest down, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+
+def start(command: Sequence[str], output: IO[bytes], cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``command`` as the leader of a new session (and process group)."""
+    return subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                            cwd=cwd, start_new_session=True, close_fds=True)
+
+
+def _killpg(pgid: int, sig: int) -> bool:
+    """Signal a process group; False when no process is left in it."""
+    if pgid <= 1 or pgid == os.getpgid(0):
+        raise ValueError(f"refusing to signal process group {pgid}")  # a bug, never a job's group
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_child(proc: subprocess.Popen, grace: float) -> None:
+    """Stop a child started by :func:`start` and everything in its group; reap it."""
+    if _killpg(proc.pid, signal.SIGTERM):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    _killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def reap_group(proc: subprocess.Popen) -> None:
+    """After the leader exited on its own, kill whatever it left in its group."""
+    with contextlib.suppress(ValueError):
+        if _killpg(proc.pid, signal.SIGKILL):
+            log.debug("killed processes left behind by pid %d", proc.pid)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody reaps counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def find_orphans(work_dir: Path) -> list[int]:
+    """Processes whose command line names a folder under ``work_dir``: executors started
+    by an earlier queue manager of this tester (each gets its bundle folder as argument)."""
+    prefix = str(Path(work_dir).absolute()).rstrip("/") + "/"
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        if any(arg.startswith(prefix) for arg in _cmdline(pid)[1:]) and _alive(pid):
+            found.append(pid)
+    return found
+
+
+def kill_orphan(pid: int, grace: float) -> None:
+    """Stop an executor that is not our child (so it cannot be reaped by us)."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    log.warning("stopping executor pid %d left by an earlier queue manager", pid)
+    if pgid == pid:  # it leads its own group, as :func:`start` makes it
+        def send(sig: int) -> None:
+            _killpg(pgid, sig)
+    else:
+        def send(sig: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    send(signal.SIGKILL)
+    # Wait until it is reaped too (by init): a backend's leftover cleanup may judge a
+    # guest abandoned by whether its owner's pid still exists, and a zombie's does.
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

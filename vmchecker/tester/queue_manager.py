@@ -1,0 +1,313 @@
+"""The tester's queue manager: run the bundles that arrive in ``queue/``, never lose one.
+
+Issue 3 item 6 and DESIGN.md section 6. The storer uploads ``NAME.zip.part`` and renames
+it, so a complete bundle shows up as an inotify ``IN_MOVED_TO`` (or ``IN_CLOSE_WRITE``
+when written in place). Up to ``slots`` jobs run at once, each a thread supervising one
+executor subprocess (:mod:`vmchecker.tester.jobs`). The order of the end of a job is what
+makes it crash-safe:
+
+1. the results are made durable in ``done/<jobid>/``, completion marker last;
+2. the notification is journaled (:mod:`vmchecker.tester.notifier`);
+3. only then the bundle leaves ``queue/`` and the work folder is removed.
+
+At start-up, before taking the bundles already queued (oldest first), it stops executors
+a killed queue manager left running, asks each backend to clean its leftovers (e.g. LXC
+clones), clears ``work/``, and finishes every job that was committed but whose bundle is
+still queued. Stopping (SIGTERM) kills the running executors and leaves their bundles
+queued for the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import shutil
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from vmchecker import bundle, fsutil, rpc
+from vmchecker.config import TesterConfig
+from vmchecker.errors import RpcError, VmcheckerError
+from vmchecker.service import Service
+from vmchecker.tester import processes, results
+from vmchecker.tester.jobs import Job, Outcome
+from vmchecker.tester.notifier import Journal, Notifier, Pending
+
+with warnings.catch_warnings():  # pyinotify imports asyncore, deprecated in 3.11
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import pyinotify
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 60.0  # a rescan of queue/ catches anything inotify missed (overflow)
+
+
+def is_bundle_name(name: str) -> bool:
+    """A complete bundle: ``*.zip``, not a dotfile, not an upload in progress (``.part``)."""
+    return name.endswith(".zip") and not name.startswith(".") and len(name) > len(".zip")
+
+
+def default_executor_command(config: TesterConfig) -> list[str]:
+    """The executor, run as ``COMMAND BUNDLE_DIR``."""
+    return [sys.executable, "-m", "vmchecker.cli.vm_executor", "--tester-config", str(config.path)]
+
+
+class QueueWatcher:
+    """inotify on ``queue/``: names of bundles that were moved in or closed after writing."""
+
+    MASK = pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE
+
+    def __init__(self, queue_dir: Path):
+        self._found: list[str] = []
+        self.overflowed = False
+        watcher = self
+
+        class Handler(pyinotify.ProcessEvent):
+            def process_default(self, event: pyinotify.Event) -> None:
+                if event.mask & pyinotify.IN_Q_OVERFLOW:
+                    watcher.overflowed = True
+                elif is_bundle_name(event.name or ""):
+                    watcher._found.append(event.name)
+
+        self._wm = pyinotify.WatchManager()
+        self._notifier = pyinotify.Notifier(self._wm, Handler())
+        result = self._wm.add_watch(str(queue_dir), self.MASK, quiet=False)
+        if result.get(str(queue_dir), -1) < 0:
+            raise OSError(f"{queue_dir}: cannot watch with inotify")
+
+    def poll(self, timeout: float) -> list[str]:
+        if self._notifier.check_events(timeout=int(timeout * 1000)):
+            self._notifier.read_events()
+            self._notifier.process_events()
+        found, self._found = self._found, []
+        return found
+
+    def close(self) -> None:
+        self._notifier.stop()
+
+
+class QueueManager(Service):
+    """``vmchecker-queue-manager``: see the module docstring."""
+
+    name = "queue-manager"
+
+    def __init__(self, config: TesterConfig, *, once: bool = False, pid_file: Path | str | None = None,
+                 keep_done_days: float | None = None, notify_timeout: float = 10.0,
+                 notify_base_delay: float = 2.0, notify_max_delay: float = 300.0, kill_grace: float = 30.0,
+                 _executor_command: Sequence[str] | None = None):
+        super().__init__(pid_file=pid_file or config.state_dir / "queue-manager.pid", once=once)
+        self.config = config
+        self.keep_done_days = keep_done_days
+        self.kill_grace = kill_grace
+        # Tests replace the executor with a small script; never a config key.
+        self._executor_command = list(_executor_command or default_executor_command(config))
+        self._notify_settings = {"timeout": notify_timeout, "base_delay": notify_base_delay,
+                                 "max_delay": notify_max_delay}
+        self.notifier: Notifier | None = None
+        self._waiting: deque[str] = deque()
+        self._known: set[str] = set()  # waiting or running
+        self._running: dict[str, tuple[Job, threading.Thread]] = {}
+        self._commit_lock = threading.Lock()
+        self._wake = threading.Event()
+
+    # ------------------------------------------------------------------ main loop
+
+    def serve(self) -> int:
+        cfg = self.config
+        for d in (cfg.queue_dir, cfg.work_dir, cfg.done_dir, cfg.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.notifier = Notifier(Journal(cfg.state_dir / "notify"), **self._notify_settings)
+        self.recover()
+        watcher = None if self.once else QueueWatcher(cfg.queue_dir)  # before the scan: miss nothing
+        self._enqueue(self.backlog())
+        if not self.once:
+            self.notifier.start()
+        log.info("queue manager for %s: %d bundle(s) queued, %d slot(s)%s", cfg.queue_dir, len(self._waiting),
+                 cfg.tester.slots, ", draining" if self.once else "")
+        try:
+            self._loop(watcher)
+        finally:
+            self._abort_running()
+            if watcher:
+                watcher.close()
+            if self.once:
+                self.notifier.run_due(force=True)
+            else:
+                self.notifier.stop()
+        return 0
+
+    def _loop(self, watcher: QueueWatcher | None) -> None:
+        last_sweep = time.monotonic()
+        while not self.stop.is_set():
+            self._reap()
+            self._start_jobs()
+            if self.once and not self._waiting and not self._running:
+                return
+            if watcher is None:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self._enqueue(watcher.poll(0.5))
+            if watcher.overflowed or time.monotonic() - last_sweep > SWEEP_SECONDS:
+                watcher.overflowed = False
+                last_sweep = time.monotonic()
+                self._enqueue(self.backlog())
+                self.cleanup_done()
+
+    def cleanup_done(self) -> list[str]:
+        """The clean-up policy hook for ``done/`` (keeps everything unless keep_done_days)."""
+        return results.cleanup_done(self.config.done_dir, self.keep_done_days,
+                                    keep=set(self.notifier.journal.job_ids()))
+
+    def backlog(self) -> list[str]:
+        """Bundles now in ``queue/``, oldest first."""
+        entries = []
+        for path in self.config.queue_dir.iterdir():
+            if is_bundle_name(path.name) and path.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    entries.append((path.stat().st_mtime, path.name))
+        return [name for _, name in sorted(entries)]
+
+    def _enqueue(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self._known and (self.config.queue_dir / name).is_file():
+                log.info("bundle %s queued", name)
+                self._known.add(name)
+                self._waiting.append(name)
+
+    def _start_jobs(self) -> None:
+        while self._waiting and len(self._running) < self.config.tester.slots and not self.stop.is_set():
+            name = self._waiting.popleft()
+            bundle_path = self.config.queue_dir / name
+            if not bundle_path.is_file():  # removed by hand meanwhile
+                self._known.discard(name)
+                continue
+            job = Job(bundle_path, self.config, self._executor_command, self.kill_grace)
+            thread = threading.Thread(target=self._run_job, args=(job,), name=f"slot:{job.name}", daemon=True)
+            self._running[name] = (job, thread)
+            thread.start()
+
+    def _reap(self) -> None:
+        for name, (_job, thread) in list(self._running.items()):
+            if not thread.is_alive():
+                thread.join()
+                del self._running[name]
+                self._known.discard(name)
+
+    def _abort_running(self) -> None:
+        for job, _thread in self._running.values():
+            job.abort()
+        for _job, thread in self._running.values():
+            thread.join()
+        self._running.clear()
+
+    # ------------------------------------------------------------------ one job
+
+    def _run_job(self, job: Job) -> None:
+        try:
+            outcome = job.run()
+            if job.killed and job.machine_type:
+                cleanup_backend(job.machine_type)  # only guests whose executor is gone
+            if outcome is None:
+                log.info("job %s: interrupted; the bundle stays queued", job.name)
+            else:
+                self.finish(outcome)
+        except Exception:  # e.g. the disk is full: the bundle stays queued for the next start
+            log.exception("job %s: could not record its results; the bundle stays in the queue", job.name)
+        finally:
+            job.cleanup()
+            self._wake.set()
+
+    def finish(self, outcome: Outcome) -> None:
+        """Commit a job's results, journal its notification, then release its bundle."""
+        marker = {"bundle": outcome.bundle.name, "job_id": outcome.job_id, "key": outcome.key,
+                  "notify_url": outcome.notify_url, "status": outcome.status, "stats": outcome.stats}
+        with self._commit_lock:
+            files = results.commit(outcome.results_dir, self.config.done_dir, outcome.job_id, marker)
+            held = self._journal_notification({**marker, "files": files}, hold=True)
+            self._remove_bundle(outcome.bundle)
+        if held:
+            self.notifier.release(outcome.job_id)
+        log.info("job %s: %s; results in %s", outcome.job_id, outcome.status,
+                 self.config.done_dir / outcome.job_id)
+
+    def _journal_notification(self, marker: dict, hold: bool = False) -> bool:
+        """Journal the notification a completion marker describes; False if it cannot be sent."""
+        job_id = marker.get("job_id", "?")
+        url = self.config.tester.storer_daemon or marker.get("notify_url") or ""
+        try:
+            if not url:
+                raise RpcError("the bundle has no notify_url and tester.storer_daemon is not set")
+            rpc.check_url(url)
+            request = rpc.NotifyRequest.validate(job_id, marker.get("key"), marker.get("status"),
+                                                 marker.get("files", []), marker.get("stats", {}))
+        except RpcError as exc:
+            log.error("job %s: cannot notify the storer (%s); results stay in %s", job_id, exc.message,
+                      self.config.done_dir / str(job_id))
+            return False
+        self.notifier.add(Pending(url, request), hold=hold)
+        return True
+
+    def _remove_bundle(self, bundle_path: Path) -> None:
+        bundle_path.unlink(missing_ok=True)
+        fsutil.fsync_dir(bundle_path.parent)
+
+    # ------------------------------------------------------------------ start-up
+
+    def recover(self) -> None:
+        """Undo what a killed run left: executors, guests, work folders, half-finished jobs."""
+        cfg = self.config
+        types = self._machine_types()
+        for pid in processes.find_orphans(cfg.work_dir):
+            processes.kill_orphan(pid, self.kill_grace)
+        for machine_type in sorted(types):
+            cleanup_backend(machine_type)
+        for entry in cfg.work_dir.iterdir():
+            log.info("removing %s left by an earlier run", entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        pending = set(self.notifier.journal.job_ids())
+        for bundle_name, marker in results.scan_done(cfg.done_dir).items():
+            bundle_path = cfg.queue_dir / bundle_name
+            if not is_bundle_name(bundle_name) or not bundle_path.is_file():
+                continue
+            log.info("job %s: results were committed before a crash; finishing it", marker.get("job_id"))
+            if marker.get("job_id") not in pending:
+                self._journal_notification(marker)
+            self._remove_bundle(bundle_path)
+        self.cleanup_done()
+
+    def _machine_types(self) -> set[str]:
+        """Machine types named in the tester config, and of any job a killed run left."""
+        types = {str(body["type"]) for body in self.config.machines.values() if body.get("type")}
+        for sub_config in self.config.work_dir.glob(f"*/{bundle.SUBMISSION_CONFIG}"):
+            with contextlib.suppress(VmcheckerError, OSError):
+                types.add(bundle.read_bundle_dir(sub_config.parent).machine.type)
+        return types
+
+
+def cleanup_backend(machine_type: str) -> None:
+    """Ask an executor backend to remove guests a killed job left (LXC clones...)."""
+    try:
+        executor = importlib.import_module("vmchecker.executor")
+        get_host = getattr(executor, "get_host", None)
+        if get_host is None:
+            log.warning("vmchecker.executor has no get_host(); cannot clean %s leftovers", machine_type)
+            return
+        host = get_host(machine_type)
+        cleanup = getattr(host, "cleanup_leftovers", None)
+        if cleanup is None:
+            log.warning("the %s backend has no cleanup_leftovers(); skipping", machine_type)
+            return
+        removed = cleanup()
+        log.info("cleaned %s leftovers: %s", machine_type, ", ".join(removed or []) or "none")
+    except Exception:  # a broken backend must not stop the tester from serving others
+        log.exception("cleaning %s leftovers failed", machine_type)

@@ -1,0 +1,159 @@
+"""A job's results on the tester: written in the work folder, made durable in ``done/``.
+
+A bundle may leave ``queue/`` only once its results survive a crash (DESIGN.md section 6),
+so :func:`commit` copies them into ``done/<jobid>/``, fsyncs every file and the folder,
+and writes the completion marker last. The marker also holds the notification to send,
+so a crash at any later point loses nothing: at start-up, a marked job whose bundle is
+still queued is finished from the marker alone (see ``queue_manager``). A folder
+without a marker is an interrupted commit and is thrown away; its bundle is still queued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from vmchecker import fsutil, rpc
+from vmchecker.errors import RpcError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".complete"
+RESULT_JSON = "result.json"
+VMCHECKER_STDERR = "vmchecker-stderr.vmr"
+MAX_RESULT_JSON = 1024 * 1024
+
+
+def read_status(results_dir: Path) -> tuple[str | None, dict[str, Any]]:
+    """The status the executor wrote in ``result.json`` (None if absent or unusable)."""
+    path = results_dir / RESULT_JSON
+    try:
+        if path.is_symlink() or path.stat().st_size > MAX_RESULT_JSON:
+            return None, {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, {}
+    if not isinstance(data, dict) or data.get("status") not in rpc.RESULT_STATUSES:
+        return None, data if isinstance(data, dict) else {}
+    return data["status"], data
+
+
+def write_error(results_dir: Path, reason: str, details: dict[str, Any] | None = None) -> None:
+    """Record that the job failed on the tester: the reason in vmchecker-stderr.vmr and
+    an ``error`` result.json. Whatever the executor wrote before failing is kept."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stderr = results_dir / VMCHECKER_STDERR
+    if stderr.is_symlink():
+        stderr.unlink()
+    with open(stderr, "a", encoding="utf-8") as f:
+        f.write(f"vmchecker tester: {reason}\n")
+    result = {"status": rpc.STATUS_ERROR, "error": reason, **(details or {})}
+    result_path = results_dir / RESULT_JSON
+    if result_path.is_symlink():
+        result_path.unlink()
+    result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def _result_files(results_dir: Path) -> list[Path]:
+    """Regular top-level files whose names can travel in ``notify`` (the rest is logged)."""
+    files = []
+    for path in sorted(results_dir.iterdir()) if results_dir.is_dir() else []:
+        try:
+            rpc.check_file_name(path.name)
+        except RpcError as exc:
+            log.warning("%s: not sent to the storer: %s", path, exc.message)
+            continue
+        if path.name.startswith(".") or path.is_symlink() or not path.is_file():
+            log.warning("%s: not sent to the storer: not a regular file", path)
+            continue
+        files.append(path)
+    return files[: rpc.MAX_FILES]
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(results_dir: Path, done_root: Path, job_id: str, marker: dict[str, Any]) -> list[str]:
+    """Make ``results_dir``'s files durable in ``done_root/<job_id>/`` and mark it complete.
+
+    Returns the names committed. ``marker`` is stored (with ``files`` added) in the
+    completion marker, written last."""
+    final = done_root / job_id
+    if final.exists():
+        log.warning("%s: replacing earlier results of job %s", final, job_id)
+        shutil.rmtree(final)
+    final.mkdir(parents=True)
+    names = []
+    for src in _result_files(results_dir):
+        dest = final / src.name
+        try:
+            os.replace(src, dest)
+        except OSError:  # another file system
+            shutil.copyfile(src, dest)
+        _fsync_file(dest)
+        names.append(src.name)
+    fsutil.fsync_dir(final)
+    fsutil.fsync_dir(done_root)
+    fsutil.write_atomic(final / MARKER, json.dumps({**marker, "files": names, "committed": time.time()}))
+    return names
+
+
+def read_marker(job_dir: Path) -> dict[str, Any] | None:
+    """The completion marker of ``done/<jobid>/``, or None if the job is not complete."""
+    try:
+        data = json.loads((job_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def scan_done(done_root: Path) -> dict[str, dict[str, Any]]:
+    """Complete jobs by bundle name; incomplete folders (a commit cut short) are removed."""
+    complete: dict[str, dict[str, Any]] = {}
+    if not done_root.is_dir():
+        return complete
+    for job_dir in sorted(done_root.iterdir()):
+        if job_dir.name.startswith(".") or not job_dir.is_dir():
+            continue
+        marker = read_marker(job_dir)
+        if marker is None:
+            log.warning("%s: results never completed (interrupted run); removing them", job_dir)
+            shutil.rmtree(job_dir, ignore_errors=True)
+            continue
+        complete[str(marker.get("bundle", ""))] = marker
+    return complete
+
+
+def cleanup_done(done_root: Path, max_age_days: float | None, keep: set[str] = frozenset()) -> list[str]:
+    """The clean-up policy for ``done/``: remove complete jobs older than ``max_age_days``
+    (None keeps everything, the default), except those in ``keep`` (e.g. not yet notified).
+
+    The storer pulls results after ``notify``; a tester that keeps results a while lets
+    a sysadmin re-pull them by hand."""
+    if max_age_days is None or not done_root.is_dir():
+        return []
+    limit = time.time() - max_age_days * 86400
+    removed = []
+    for job_dir in sorted(done_root.iterdir()):
+        if job_dir.name in keep or not job_dir.is_dir() or job_dir.name.startswith("."):
+            continue
+        try:
+            committed = (job_dir / MARKER).stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if committed < limit:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            removed.append(job_dir.name)
+    if removed:
+        log.info("removed %d result folders older than %s days from %s", len(removed), max_age_days, done_root)
+    return removed
