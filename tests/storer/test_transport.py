@@ -1,0 +1,458 @@
+"""The SFTP transport against a real OpenSSH server, on loopback and in a tester
+namespace: atomic bundle delivery, result fetching with refusals, host key
+checking, connection reuse and recovery, dead testers, and adding a tester."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab import netns, skip_unless_lab, sshd
+from tests.util import write_course
+from vmchecker import config
+from vmchecker.errors import ConfigError, TransportError
+from vmchecker.storer import testers_admin, transport  # TesterLink not by name: pytest collects "Test*"
+from vmchecker.storer.transport import ResultRefused, fetch_host_key
+
+pytest_plugins = ["tests.lab.fixtures"]  # lab_network, ssh_server, no_lab_leftovers
+pytestmark = pytest.mark.usefixtures("no_lab_leftovers")
+
+BUNDLE = "so_1-hello_alice_17.zip"
+
+
+@pytest.fixture
+def course_key(tmp_path: Path) -> tuple[Path, str]:
+    """The course's key pair (generated as add_tester does) and its public line."""
+    key = tmp_path / "keys" / "id_ed25519"
+    return key, testers_admin.ensure_course_key(key, "vmchecker-test")
+
+
+@pytest.fixture
+def server(ssh_server: sshd.SshServer, course_key: tuple[Path, str]) -> sshd.SshServer:
+    ssh_server.authorize(testers_admin.authorized_keys_line(course_key[1]))
+    return ssh_server
+
+
+def known_hosts(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "keys" / "known_hosts"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def link_to(server: sshd.SshServer, tmp_path: Path, course_key: tuple[Path, str], **options) -> transport.TesterLink:
+    kh = tmp_path / "keys" / "known_hosts"
+    if not kh.exists():
+        known_hosts(tmp_path, server.host_key_line())
+    return transport.TesterLink("t1", server.address, server.port, server.user, course_key[0], kh, **options)
+
+
+def other_host_key_line(tmp_path: Path, entry: str) -> str:
+    key = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    kind, b64 = key.with_suffix(".pub").read_text().split()[:2]
+    return f"{entry} {kind} {b64}"
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def test_bundle_lands_whole_under_its_final_name(server, tmp_path, course_key):
+    queue = server.make_dir("queue")
+    (queue / f"{BUNDLE}.part").write_bytes(b"stale half upload")
+    bundle = tmp_path / "bundle.zip"
+    content = os.urandom(12 * 1024 * 1024)
+    bundle.write_bytes(content)
+
+    seen: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:  # what a queue manager polling queue/ could observe
+        while not done.is_set():
+            for entry in os.scandir(queue):
+                try:
+                    seen.append((entry.name, entry.stat().st_size))
+                except FileNotFoundError:
+                    pass
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with link_to(server, tmp_path, course_key) as link:
+            remote = link.send_bundle(bundle, str(queue), BUNDLE)
+    finally:
+        done.set()
+        watcher.join()
+
+    assert remote == f"{queue}/{BUNDLE}"
+    assert os.listdir(queue) == [BUNDLE]
+    assert (queue / BUNDLE).read_bytes() == content
+    assert {name for name, _ in seen} <= {BUNDLE, f"{BUNDLE}.part"}
+    assert all(size == len(content) for name, size in seen if name == BUNDLE)
+
+
+def test_resend_replaces_the_bundle(server, tmp_path, course_key):
+    queue = server.make_dir("queue")
+    first, second = tmp_path / "a.zip", tmp_path / "b.zip"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second version")
+    with link_to(server, tmp_path, course_key) as link:
+        link.send_bundle(first, str(queue), BUNDLE)
+        link.send_bundle(second, str(queue), BUNDLE)
+    assert os.listdir(queue) == [BUNDLE]
+    assert (queue / BUNDLE).read_bytes() == b"second version"
+
+
+def test_send_to_a_missing_queue_is_a_transport_error(server, tmp_path, course_key):
+    bundle = tmp_path / "b.zip"
+    bundle.write_bytes(b"x")
+    with link_to(server, tmp_path, course_key) as link, pytest.raises(TransportError) as err:
+        link.send_bundle(bundle, str(server.files / "no-such-queue"), BUNDLE)
+    assert "no-such-queue" in err.value.message and "tester t1" in err.value.message
+
+
+# --------------------------------------------------------------------------- results
+
+
+def make_job(server: sshd.SshServer, files: dict[str, bytes]) -> Path:
+    job = server.make_dir("done/17")
+    for name, data in files.items():
+        (job / name).write_bytes(data)
+    return job
+
+
+def test_results_are_fetched(server, tmp_path, course_key):
+    files = {"build-stdout.vmr": b"gcc ok\n", "run-stdout.vmr": b"Hello, world!\n", "result.json": b"{}"}
+    job = make_job(server, files)
+    results = tmp_path / "sub" / "results"
+    with link_to(server, tmp_path, course_key) as link:
+        paths = link.fetch_results(str(job), list(files), results)
+    assert paths == [results / name for name in files]
+    assert {p.name: p.read_bytes() for p in results.iterdir()} == files
+    assert os.listdir(results.parent) == ["results"]  # no staging folder left
+
+
+@pytest.mark.parametrize("name", ["../grade.vmr", "a/b.vmr", "/etc/passwd", "x\0y", "", ".", "..", "a..b"])
+def test_path_like_names_are_refused_before_connecting(tmp_path, course_key, name):
+    link = transport.TesterLink("t1", "127.0.0.1", 1, "nobody", course_key[0], tmp_path / "known_hosts")
+    with pytest.raises(ResultRefused):
+        link.fetch_results("/srv/done/17", ["ok.vmr", name], tmp_path / "results")
+    assert link.connects == 0
+    assert not (tmp_path / "results").exists()
+
+
+def refused_fetch(server, tmp_path, course_key, job: Path, names: list[str], **options) -> str:
+    results = tmp_path / "results"
+    with link_to(server, tmp_path, course_key, **options) as link, pytest.raises(ResultRefused) as err:
+        link.fetch_results(str(job), names, results)
+    assert list(results.iterdir()) == []  # all or nothing: the good file did not land either
+    assert os.listdir(tmp_path).count("results") == 1 and not [n for n in os.listdir(tmp_path) if "fetch" in n]
+    return err.value.message
+
+
+def test_symlink_is_refused(server, tmp_path, course_key):
+    job = make_job(server, {"ok.vmr": b"fine"})
+    (job / "evil.vmr").symlink_to("/etc/shadow")
+    assert "symbolic link" in refused_fetch(server, tmp_path, course_key, job, ["ok.vmr", "evil.vmr"])
+
+
+def test_directory_and_fifo_are_refused(server, tmp_path, course_key):
+    job = make_job(server, {"ok.vmr": b"fine"})
+    (job / "dir.vmr").mkdir()
+    os.mkfifo(job / "fifo.vmr")
+    for name in ("dir.vmr", "fifo.vmr"):
+        assert "not a regular file" in refused_fetch(server, tmp_path, course_key, job, ["ok.vmr", name])
+
+
+def test_missing_file_is_refused(server, tmp_path, course_key):
+    job = make_job(server, {"ok.vmr": b"fine"})
+    assert "no such file" in refused_fetch(server, tmp_path, course_key, job, ["ok.vmr", "ghost.vmr"])
+
+
+def test_oversize_file_and_total_are_refused(server, tmp_path, course_key):
+    job = make_job(server, {"ok.vmr": b"a" * 600, "big.vmr": b"b" * 1001, "more.vmr": b"c" * 600})
+    message = refused_fetch(server, tmp_path, course_key, job, ["ok.vmr", "big.vmr"], max_file_size=1000)
+    assert "big.vmr" in message and "over the limit" in message
+    message = refused_fetch(server, tmp_path, course_key, job, ["ok.vmr", "more.vmr"],
+                            max_file_size=1000, max_total_size=1000)
+    assert "more.vmr" in message
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def test_unknown_host_is_refused(server, tmp_path, course_key):
+    kh = known_hosts(tmp_path)  # empty
+    with link_to(server, tmp_path, course_key) as link, pytest.raises(TransportError) as err:
+        link.ping()
+    assert server.known_hosts_entry in err.value.message and str(kh) in err.value.message
+    assert "not in" in err.value.message
+    assert kh.read_text() == ""  # nothing learned
+    assert server.accepted_logins() == 0
+
+
+def test_mismatching_host_key_is_refused(server, tmp_path, course_key):
+    kh = known_hosts(tmp_path, other_host_key_line(tmp_path, server.known_hosts_entry))
+    with link_to(server, tmp_path, course_key) as link, pytest.raises(TransportError) as err:
+        link.ping()
+    assert "mismatch" in err.value.message and str(kh) in err.value.message
+    assert server.known_hosts_entry in err.value.message
+    assert server.accepted_logins() == 0
+
+
+def test_missing_known_hosts_file(server, tmp_path, course_key):
+    link = transport.TesterLink("t1", server.address, server.port, server.user, course_key[0], tmp_path / "nope")
+    with pytest.raises(TransportError, match="known_hosts file .*nope does not exist"):
+        link.ping()
+
+
+def test_key_not_authorized(ssh_server, tmp_path, course_key):
+    with link_to(ssh_server, tmp_path, course_key) as link, pytest.raises(TransportError) as err:
+        link.ping()
+    assert "refused the course key" in err.value.message and str(course_key[0]) in err.value.message
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def test_connection_is_reused_and_reopened_after_sshd_restarts(server, tmp_path, course_key):
+    queue = server.make_dir("queue")
+    job = make_job(server, {"a.vmr": b"a"})
+    bundle = tmp_path / "b.zip"
+    bundle.write_bytes(b"zip")
+    with link_to(server, tmp_path, course_key) as link:
+        link.ping()
+        link.send_bundle(bundle, str(queue), BUNDLE)
+        link.fetch_results(str(job), ["a.vmr"], tmp_path / "r1")
+        assert link.connects == 1 and server.accepted_logins() == 1
+
+        server.restart()  # every session dies with it: the link's connection is broken
+        link.fetch_results(str(job), ["a.vmr"], tmp_path / "r2")
+        link.ping()
+        assert link.connects == 2 and server.accepted_logins() == 2
+        assert link.health()["ok"] is True
+
+
+def test_a_dead_connection_that_looks_alive_is_reopened_once(server, tmp_path, course_key, monkeypatch):
+    with link_to(server, tmp_path, course_key) as link:
+        link.ping()
+        dead = link._client.get_transport()
+        server.restart()
+        monkeypatch.setattr(dead, "is_active", lambda: True)  # as if paramiko had not noticed yet
+        link.ping()
+        assert link.connects == 2 and link._client.get_transport() is not dead
+
+
+def test_threads_share_one_link(server, tmp_path, course_key):
+    queue = server.make_dir("queue")
+    bundles = []
+    for i in range(6):
+        path = tmp_path / f"{i}.zip"
+        path.write_bytes(os.urandom(256 * 1024))
+        bundles.append(path)
+    errors: list[BaseException] = []
+    with link_to(server, tmp_path, course_key) as link:
+        def send(path: Path) -> None:
+            try:
+                link.send_bundle(path, str(queue), f"job{path.stem}.zip")
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+        threads = [threading.Thread(target=send, args=(p,)) for p in bundles]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert link.connects == 1
+    assert sorted(os.listdir(queue)) == sorted(f"job{p.stem}.zip" for p in bundles)
+    for p in bundles:
+        assert (queue / f"job{p.stem}.zip").read_bytes() == p.read_bytes()
+
+
+def test_a_stopped_tester_fails_at_once(server, tmp_path, course_key):
+    with link_to(server, tmp_path, course_key, connect_timeout=2) as link:
+        link.ping()
+        server.stop()
+        with pytest.raises(TransportError) as err:
+            link.ping()
+        assert "cannot connect" in err.value.message and link.health()["ok"] is False
+        server.start()
+        link.ping()
+        assert link.health()["ok"] is True
+
+
+def test_an_unplugged_tester_host_times_out(lab_network, tmp_path, course_key):
+    host = lab_network.add_host("t1")
+    with sshd.SshServer(host) as server:
+        server.authorize(testers_admin.authorized_keys_line(course_key[1]))
+        with link_to(server, tmp_path, course_key, connect_timeout=1) as link:
+            link.ping()
+            link.close()
+            host.link_down()
+            with pytest.raises(TransportError, match="cannot connect"):
+                link.ping()
+            host.link_up()
+
+
+def test_a_silent_tester_times_out(tmp_path, course_key):
+    """A tester that accepts TCP but never speaks SSH (hung sshd) gives up after the timeout."""
+    skip_unless_lab()
+    netns.check_route("127.0.0.1", "lo")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        known_hosts(tmp_path)
+        link = transport.TesterLink("t1", "127.0.0.1", port, "x", course_key[0], tmp_path / "keys" / "known_hosts",
+                          connect_timeout=0.5)
+        with pytest.raises(TransportError, match="cannot connect"):
+            link.ping()
+        with pytest.raises(TransportError, match="cannot read the SSH host key"):
+            fetch_host_key("127.0.0.1", port, timeout=0.5)
+
+
+# --------------------------------------------------------------------------- add_tester
+
+
+COMMENTED = """\
+# The course config, with comments an admin wrote.
+course:
+  id: so
+  repository: repo
+storer:
+  ssh_key: keys/id_ed25519   # the key testers trust
+  known_hosts: keys/known_hosts
+testers:
+  # the first tester
+  t1: {host: 127.0.0.1, port: 22, user: vmchecker, queue: /srv/q, slots: 2}
+
+# machines follow
+machines:
+  linux: {type: lxc, vm: base, testers: [t1]}
+"""
+
+
+def test_add_tester_records_key_edits_config_and_works(ssh_server, tmp_path):
+    root = tmp_path / "so"
+    root.mkdir()
+    (root / "config.yaml").write_text(COMMENTED)
+    queue = ssh_server.make_dir("queue")
+
+    text = testers_admin.add_tester(root, "t2", ssh_server.address, ssh_server.port, ssh_server.user, str(queue))
+
+    new_text = (root / "config.yaml").read_text()
+    assert new_text.startswith(COMMENTED.split("\n\n")[0])  # comments and layout kept
+    assert "# machines follow" in new_text and "# the key testers trust" in new_text
+    assert not list(root.glob("config.yaml.bak*"))
+    course = config.load_course(root / "config.yaml")
+    t2 = course.testers["t2"]
+    assert (t2.host, t2.port, t2.user, t2.queue) == (ssh_server.address, ssh_server.port, ssh_server.user, str(queue))
+    assert ssh_server.host_key_line() in (root / "keys" / "known_hosts").read_text().splitlines()
+
+    line = next(x for x in text.splitlines() if x.startswith(testers_admin.AUTHORIZED_KEY_OPTIONS))
+    assert line.split()[2] == (root / "keys" / "id_ed25519.pub").read_text().split()[1]
+    ssh_server.authorize(line)  # exactly what the admin is told to install
+    bundle = tmp_path / "b.zip"
+    bundle.write_bytes(b"zip")
+    with transport.TesterLink.from_config(course, "t2") as link:
+        link.send_bundle(bundle, t2.queue, BUNDLE)
+    assert (queue / BUNDLE).read_bytes() == b"zip"
+
+    # the same host under another name: its key is already there, nothing duplicated
+    testers_admin.add_tester(root, "t3", ssh_server.address, ssh_server.port, ssh_server.user, str(queue))
+    assert (root / "keys" / "known_hosts").read_text().count(ssh_server.known_hosts_entry + " ") == 1
+    assert set(config.load_course(root / "config.yaml").testers) == {"t1", "t2", "t3"}
+
+    with pytest.raises(ConfigError, match="already exists"):
+        testers_admin.add_tester(root, "t2", ssh_server.address, ssh_server.port, ssh_server.user, str(queue))
+
+
+def test_add_tester_refuses_to_replace_a_different_key(ssh_server, tmp_path):
+    path = write_course(tmp_path)
+    kh = path.parent / "keys" / "known_hosts"
+    kh.parent.mkdir()
+    kh.write_text(other_host_key_line(tmp_path, ssh_server.known_hosts_entry) + "\n")
+    before = (path.read_text(), kh.read_text())
+    with pytest.raises(TransportError) as err:
+        testers_admin.add_tester(path.parent, "t2", ssh_server.address, ssh_server.port, "u", "/q")
+    assert "refusing to replace" in err.value.message and str(kh) in err.value.message
+    assert (path.read_text(), kh.read_text()) == before
+
+
+def test_add_tester_rewrites_a_flow_style_block_with_a_backup(ssh_server, tmp_path):
+    root = tmp_path / "so"
+    root.mkdir()
+    original = COMMENTED.replace(
+        "testers:\n  # the first tester\n  t1: {host: 127.0.0.1, port: 22, user: vmchecker, queue: /srv/q, slots: 2}\n",
+        "testers: {t1: {host: 127.0.0.1, port: 22, user: vmchecker, queue: /srv/q}}\n")
+    (root / "config.yaml").write_text(original)
+    text = testers_admin.add_tester(root, "t2", ssh_server.address, ssh_server.port, ssh_server.user, "/q")
+    assert "rewritten" in text
+    assert (root / "config.yaml.bak").read_text() == original
+    assert set(config.load_course(root / "config.yaml").testers) == {"t1", "t2"}
+
+
+@pytest.mark.parametrize("before", [
+    "course: {id: so}\n",
+    "course: {id: so}\ntesters: {}  # none yet\nmachines: {}\n",
+    "course: {id: so}\ntesters:\nmachines: {}\n",
+    "course: {id: so}\ntesters:\n    t1: {host: h, user: u, queue: /q}\n    # t9: retired\n\n# next\nmachines: {}\n",
+    "course: {id: so}\ntesters:\n  t1:\n    host: h\n    user: u  # nested\n    queue: /q\nmachines: {}",
+])
+def test_insert_tester_text_keeps_the_rest(before):
+    body = {"host": "10.231.1.2", "port": 22, "user": "vmchecker", "queue": "/srv/q", "slots": 1}
+    after = testers_admin.insert_tester_text(before, "t2", body)
+    data, new = yaml.safe_load(before), yaml.safe_load(after)
+    assert new["testers"]["t2"] == body
+    assert {k: v for k, v in new.items() if k != "testers"} == {k: v for k, v in data.items() if k != "testers"}
+    assert {k: v for k, v in new["testers"].items() if k != "t2"} == (data.get("testers") or {})
+    for line in before.splitlines():
+        if "#" in line:
+            assert line.split("#", 1)[1] in after
+
+
+# --------------------------------------------------------------------------- the lab itself
+
+
+def test_lab_cleans_up_after_a_failed_test():
+    skip_unless_lab()
+    with pytest.raises(RuntimeError, match="boom"):
+        with netns.LabNetwork() as network:
+            server = sshd.SshServer(network.add_host("t1")).start()
+            pids = server.processes()
+            with server:
+                assert netns.leftovers() and sshd.leftovers()
+                raise RuntimeError("boom")
+    assert netns.leftovers() == [] and sshd.leftovers() == []
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+def test_leftovers_of_a_dead_run_are_removed():
+    skip_unless_lab()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ns, link = f"vmck-{dead.pid}-1-old", f"vmck{dead.pid}h1"
+    netns.ip("netns", "add", ns)
+    netns.ip("link", "add", link, "type", "veth", "peer", "name", f"vmck{dead.pid}g1")
+    folder = Path(f"/tmp/{sshd.TMP_PREFIX}{dead.pid}-old")
+    folder.mkdir()
+    assert netns.leftovers(dead.pid) and sshd.leftovers(dead.pid)
+    netns.cleanup_leftovers()
+    sshd.cleanup_leftovers()
+    assert netns.leftovers(dead.pid) == [] and sshd.leftovers(dead.pid) == []
+    assert not folder.exists()
+
+
+def test_routes_out_of_the_machine_are_refused(lab_network):
+    lab_network.check_route(lab_network.add_host("t1").address)
+    outside = "192.0.2.77" if netns.default_device() else None
+    if outside is None:
+        pytest.skip("this machine has no default route to guard against")
+    with pytest.raises(AssertionError, match="default-route device"):
+        lab_network.check_route(outside)

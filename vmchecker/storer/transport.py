@@ -1,0 +1,393 @@
+"""SSH/SFTP from the storer to its testers (paramiko): bundles out, results in.
+
+The storer pushes and pulls; a tester never reaches into the storer (DESIGN §1, §6).
+One :class:`TesterLink` per tester keeps one SSH connection and reuses it across
+jobs (a login costs ~0.1 s and a log line on the tester), reopening it when it
+broke. Each operation opens its own SFTP channel on that connection, so threads
+share a link safely and a slow upload does not hold up a results fetch.
+
+Trust: the tester's host key must already be in the course's known_hosts
+(recorded by ``vmchecker-init-course --add-tester``); an unknown or different
+key is refused, never learned. Results are plain file names inside the job's
+folder on the tester, fetched only when they are regular files under the size
+caps, into a temporary folder, and moved into place only when all arrived.
+
+Every failure is a :class:`TransportError` naming the tester, what was being
+done and why; a refused result file is the subclass :class:`ResultRefused`
+(the tester misbehaved, as opposed to the network failing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paramiko
+
+from vmchecker.config import CourseConfig, Tester
+from vmchecker.errors import NotFound, TransportError
+from vmchecker.fsutil import fsync_dir
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0  # seconds for TCP connect, SSH banner, key exchange, auth, channel open
+OPERATION_TIMEOUT = 60.0  # seconds without progress on an SFTP operation
+MAX_RESULT_FILE = 16 * 1024 * 1024
+MAX_RESULT_TOTAL = 64 * 1024 * 1024
+_CHUNK = 32 * 1024
+
+T = TypeVar("T")
+
+
+class ResultRefused(TransportError):
+    """A result file the tester named was refused: a bad name, a link, not a
+    regular file, missing, or too big. Nothing of the fetch was kept."""
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    def __init__(self, entry: str, key: paramiko.PKey):
+        super().__init__(f"{entry} not in known_hosts")
+        self.entry = entry
+        self.key = key
+
+
+class _RejectUnknown(paramiko.RejectPolicy):
+    """RejectPolicy that keeps the offered key, so the error can show its fingerprint."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise _UnknownHostKey(hostname, key)
+
+
+def known_hosts_entry(host: str, port: int) -> str:
+    """How known_hosts (and paramiko) name a server: ``HOST`` on 22, else ``[HOST]:PORT``."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def check_name(name: Any) -> str:
+    """A plain file name, or ResultRefused: no '/', no '..', no NUL, not empty."""
+    if not isinstance(name, str) or not name or name == "." or "/" in name or ".." in name or "\0" in name:
+        raise ResultRefused(f"refused file name {name!r}: only plain names inside the job folder are allowed")
+    return name
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text
+
+
+def _preferred_type(key_type: str) -> str:
+    return "rsa-sha2-512" if key_type == "ssh-rsa" else key_type
+
+
+def fetch_host_key(host: str, port: int = 22, timeout: float = CONNECT_TIMEOUT,
+                   key_type: str | None = None) -> str:
+    """Ask a server for its host key; return its known_hosts line.
+
+    This trusts whatever answers: call it only to record a tester's key (the admin
+    compares the fingerprint with the tester's own). ``key_type`` asks for one
+    kind of key (e.g. the kind already recorded)."""
+    where = f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {where} to read its host key: {_describe(exc)}") from None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.banner_timeout = timeout
+        if key_type:
+            transport.get_security_options().key_types = [_preferred_type(key_type)]
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise TransportError(f"cannot read the SSH host key of {where}: {_describe(exc)}") from None
+    finally:
+        transport.close()
+    return f"{known_hosts_entry(host, port)} {key.get_name()} {key.get_base64()}"
+
+
+class TesterLink:
+    """The storer's SSH/SFTP link to one tester: thread-safe, one reused connection.
+
+    ``connects`` counts connections made; ``last_ok`` / ``last_error`` tell the
+    daemon's status how the tester was last time.
+    """
+
+    def __init__(self, name: str, host: str, port: int, user: str, key_file: Path | str,
+                 known_hosts: Path | str, *, connect_timeout: float = CONNECT_TIMEOUT,
+                 operation_timeout: float = OPERATION_TIMEOUT, max_file_size: int = MAX_RESULT_FILE,
+                 max_total_size: int = MAX_RESULT_TOTAL) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.user = user
+        self.key_file = Path(key_file)
+        self.known_hosts = Path(known_hosts)
+        self.connect_timeout = connect_timeout
+        self.operation_timeout = operation_timeout
+        self.max_file_size = max_file_size
+        self.max_total_size = max_total_size
+        self.connects = 0
+        self.last_ok: float | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._client: paramiko.SSHClient | None = None
+
+    @classmethod
+    def from_config(cls, course: CourseConfig, tester: str | Tester, **options: Any) -> TesterLink:
+        """A link to a tester of ``course``, with the course's key and known_hosts."""
+        if isinstance(tester, str):
+            try:
+                tester = course.testers[tester]
+            except KeyError:
+                raise NotFound(f"course {course.id!r} has no tester {tester!r}") from None
+        return cls(tester.name, tester.host, tester.port, tester.user,
+                   course.resolve(course.storer.ssh_key), course.resolve(course.storer.known_hosts), **options)
+
+    def __repr__(self) -> str:
+        return f"TesterLink({self.name}: {self.user}@{self.host}:{self.port})"
+
+    @property
+    def where(self) -> str:
+        return f"tester {self.name} ({self.user}@{self.host}:{self.port})"
+
+    # ------------------------------------------------------------------ connection
+
+    def _load_key(self) -> paramiko.PKey:
+        try:
+            return paramiko.PKey.from_path(self.key_file)
+        except FileNotFoundError:
+            raise TransportError(f"{self.where}: the course's private key {self.key_file} does not exist") from None
+        except (paramiko.SSHException, OSError, ValueError) as exc:
+            raise TransportError(f"{self.where}: cannot read the private key {self.key_file}: {exc}") from None
+
+    def _connect(self) -> paramiko.SSHClient:
+        entry = known_hosts_entry(self.host, self.port)
+        pkey = self._load_key()
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(self.known_hosts))
+        except FileNotFoundError:
+            raise TransportError(
+                f"{self.where}: the known_hosts file {self.known_hosts} does not exist;"
+                " record the tester's host key with vmchecker-init-course --add-tester") from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise TransportError(f"{self.where}: cannot read known_hosts {self.known_hosts}: {exc}") from None
+        client.set_missing_host_key_policy(_RejectUnknown())
+        t = self.connect_timeout
+        try:
+            client.connect(self.host, self.port, self.user, pkey=pkey, timeout=t, banner_timeout=t,
+                           auth_timeout=t, channel_timeout=t, allow_agent=False, look_for_keys=False)
+        except _UnknownHostKey as exc:
+            client.close()
+            raise TransportError(
+                f"{self.where}: host {entry} is not in {self.known_hosts} (it offered {exc.key.get_name()}"
+                f" {exc.key.fingerprint}); unknown hosts are never accepted automatically:"
+                " record it with vmchecker-init-course --add-tester") from None
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise TransportError(
+                f"{self.where}: host key mismatch for {entry}: it offered {exc.key.get_name()}"
+                f" {exc.key.fingerprint} but {self.known_hosts} records {exc.expected_key.fingerprint};"
+                " if the tester was reinstalled, remove its line there and add it again,"
+                " otherwise the connection may be intercepted") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise TransportError(
+                f"{self.where}: {self.user}@{entry} refused the course key {self.key_file};"
+                " install its public key in the tester's authorized_keys") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            client.close()
+            raise TransportError(f"{self.where}: cannot connect: {_describe(exc)}") from None
+        self.connects += 1
+        log.info("connected to %s (connection %d)", self.where, self.connects)
+        return client
+
+    def _current(self) -> tuple[paramiko.SSHClient, bool]:
+        """The live connection, opened if needed; True when opened by this call."""
+        with self._lock:
+            client = self._client
+            if client is not None:
+                transport = client.get_transport()
+                if transport is not None and transport.is_active():
+                    return client, False
+                self._client = None
+                client.close()
+                log.info("connection to %s was closed; reopening", self.where)
+            self._client = self._connect()
+            return self._client, True
+
+    def _drop(self, client: paramiko.SSHClient) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+        client.close()
+
+    def _run(self, what: str, operation: Callable[[paramiko.SFTPClient], T]) -> T:
+        """Run ``operation`` on a fresh SFTP channel; map failures to TransportError.
+
+        A reused connection that turns out broken is reopened once and the whole
+        operation repeated (every operation here is idempotent). A timeout is
+        not retried: a stalled tester must not hold the daemon twice as long."""
+        for attempt in (1, 2):
+            try:
+                client, fresh = self._current()
+            except TransportError as exc:
+                self.last_error = exc.message
+                raise
+            try:
+                sftp = client.open_sftp()
+                try:
+                    sftp.get_channel().settimeout(self.operation_timeout)
+                    result = operation(sftp)
+                finally:
+                    sftp.close()
+            except ResultRefused:
+                self.last_ok = time.time()  # the tester answered; it sent something wrong
+                raise
+            except TransportError as exc:
+                self.last_error = exc.message
+                raise
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                # an SFTP status (no such file, permission denied) leaves the connection usable
+                transport = client.get_transport()
+                timed_out = isinstance(exc, (socket.timeout, TimeoutError))
+                broken = (transport is None or not transport.is_active()
+                          or isinstance(exc, (paramiko.SSHException, EOFError)))
+                if broken or timed_out:
+                    self._drop(client)
+                if broken and not timed_out and not fresh and attempt == 1:
+                    log.info("connection to %s broke (%s); reconnecting", self.where, _describe(exc))
+                    continue
+                message = f"{self.where}: cannot {what}: {_describe(exc)}"
+                self.last_error = message
+                raise TransportError(message) from None
+            self.last_ok = time.time()
+            self.last_error = None
+            return result
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    # ------------------------------------------------------------------ operations
+
+    def ping(self) -> float:
+        """Check that the tester answers over SFTP; return the round trip in seconds."""
+        start = time.monotonic()
+        self._run("check the connection", lambda sftp: sftp.stat("."))
+        return time.monotonic() - start
+
+    def health(self) -> dict[str, Any]:
+        """The tester's state as last seen, for the daemon's status()."""
+        return {"tester": self.name, "host": self.host, "port": self.port, "ok": self.last_error is None
+                and self.last_ok is not None, "last_ok": self.last_ok, "last_error": self.last_error,
+                "connects": self.connects}
+
+    def send_bundle(self, local_zip: Path | str, queue_dir: str, name: str) -> str:
+        """Upload ``local_zip`` as ``queue_dir/name`` so the tester sees one complete file.
+
+        It goes to ``NAME.part`` first (a stale one is removed) and is then
+        posix-renamed into place, replacing a bundle of the same name (a resend).
+        Returns the remote path."""
+        check_name(name)
+        local = Path(local_zip)
+        if not local.is_file():
+            raise TransportError(f"{self.where}: cannot send {local}: no such file")
+        final = posixpath.join(queue_dir, name)
+        part = final + ".part"
+
+        def upload(sftp: paramiko.SFTPClient) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                sftp.remove(part)
+                log.info("%s: removed a stale %s", self.where, part)
+            try:
+                sftp.put(str(local), part, confirm=True)
+                sftp.posix_rename(part, final)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    sftp.remove(part)
+                raise
+
+        self._run(f"send {local.name} to {final}", upload)
+        log.info("sent %s to %s:%s", local.name, self.where, final)
+        return final
+
+    def fetch_results(self, remote_dir: str, names: Iterable[str], local_dir: Path | str) -> list[Path]:
+        """Download the named files of ``remote_dir`` into ``local_dir``; all or nothing.
+
+        Names must be plain; each remote file must be a regular file (lstat: a
+        symbolic link is refused) within the per-file and total caps. Files land
+        in a temporary folder next to ``local_dir`` and are moved in only when all
+        arrived. Returns the local paths."""
+        wanted = list(dict.fromkeys(check_name(n) for n in names))
+        local_dir = Path(local_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{local_dir.name}.fetch-", dir=local_dir.parent))
+        try:
+            self._run(f"fetch results from {remote_dir}",
+                      lambda sftp: self._download_all(sftp, remote_dir, wanted, staging))
+            for name in wanted:
+                os.replace(staging / name, local_dir / name)
+            fsync_dir(local_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("fetched %d result file(s) from %s:%s", len(wanted), self.where, remote_dir)
+        return [local_dir / name for name in wanted]
+
+    def _download_all(self, sftp: paramiko.SFTPClient, remote_dir: str, names: list[str], staging: Path) -> None:
+        budget = [self.max_total_size]
+        for name in names:
+            self._download(sftp, posixpath.join(remote_dir, name), staging / name, budget)
+
+    def _refuse(self, remote: str, why: str) -> ResultRefused:
+        return ResultRefused(f"{self.where}: refused result file {remote}: {why}")
+
+    def _download(self, sftp: paramiko.SFTPClient, remote: str, local: Path, budget: list[int]) -> None:
+        try:
+            attrs = sftp.lstat(remote)
+        except FileNotFoundError:
+            raise self._refuse(remote, "no such file") from None
+        if stat.S_ISLNK(attrs.st_mode or 0):
+            raise self._refuse(remote, "it is a symbolic link")
+        if not stat.S_ISREG(attrs.st_mode or 0):
+            raise self._refuse(remote, "not a regular file")
+        limit = min(self.max_file_size, budget[0])
+        if (attrs.st_size or 0) > limit:
+            raise self._refuse(remote, f"{attrs.st_size} bytes is over the limit"
+                               f" ({self.max_file_size} per file, {self.max_total_size} in all)")
+        with sftp.open(remote, "rb") as rf, open(local, "wb") as lf:
+            if not stat.S_ISREG(rf.stat().st_mode or 0):  # swapped since the lstat
+                raise self._refuse(remote, "not a regular file")
+            rf.prefetch(attrs.st_size)
+            copied = 0
+            while chunk := rf.read(_CHUNK):
+                copied += len(chunk)
+                if copied > limit:  # it grew since the lstat
+                    raise self._refuse(remote, f"grew past the limit of {limit} bytes")
+                lf.write(chunk)
+            lf.flush()
+            os.fsync(lf.fileno())
+        budget[0] -= copied
+
+    def close(self) -> None:
+        """Close the connection (a later operation opens a new one)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> TesterLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
