@@ -17,6 +17,7 @@ setup(
     install_requires=[
         "PyYAML>=6.0",
         "paramiko>=3.4",
+        "cryptography>=3.3",
         "pyinotify>=0.9.6",
         "pyasyncore; python_version>='3.12'",
         "defusedxml>=0.7",

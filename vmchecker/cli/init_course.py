@@ -27,6 +27,7 @@ import yaml
 from vmchecker import config, fsutil
 from vmchecker.cli import common
 from vmchecker.errors import ConfigError, VmcheckerError
+from vmchecker.storer import testers_admin
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +189,29 @@ def init_tester(root: Path, name: str = "tester") -> Path:
 # --------------------------------------------------------------------------- command
 
 
+def split_host_port(value: str) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); port 22 by default."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":") or "22"
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    else:
+        host, port = value, "22"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise VmcheckerError(f"bad tester address {value!r}: expected HOST or HOST:PORT")
+    return host, int(port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser(PROG, "Create the folders and a commented config of a course (storer) or a tester.")
     sub = p.add_subparsers(dest="kind", required=True, metavar="{storer,tester}")
     storer = sub.add_parser("storer", help="a course folder on the storer, registered in the global config")
     storer.add_argument("dir", metavar="DIR", type=Path)
     storer.add_argument("--course-id", required=True, metavar="ID")
+    storer.add_argument("--add-tester", nargs=4, metavar=("NAME", "HOST[:PORT]", "USER", "QUEUE"),
+                        help="also add a tester: record its SSH host key in keys/known_hosts, add it under"
+                             " testers: and print the public key to install on it")
     tester = sub.add_parser("tester", help="a tester's folder (queue, work, done, state)")
     tester.add_argument("dir", metavar="DIR", type=Path)
     tester.add_argument("--name", default="tester", help="the tester's name (default: tester)")
@@ -205,6 +223,10 @@ def work(args: argparse.Namespace) -> int:
         path = init_storer(args.dir, args.course_id, args.config)
         config.load_course(path)  # an edited, broken config is reported now
         print(f"course {args.course_id} is ready: edit {path}")
+        if args.add_tester:
+            name, address, user, queue = args.add_tester
+            host, port = split_host_port(address)
+            print(testers_admin.add_tester(path.parent, name, host, port, user, queue))
     else:
         path = init_tester(args.dir, args.name)
         config.load_tester(path)
