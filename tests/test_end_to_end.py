@@ -1,0 +1,323 @@
+"""The whole system across real hosts: a storer and two testers in network namespaces.
+
+Everything is real: the storer daemon (a process on the bridge address), one sshd and
+one queue manager per tester namespace, LXC guests built from the base container,
+submissions through ``vmchecker-submit``. The testers reach the storer only through
+notify(); the storer pushes bundles and pulls results over SFTP.
+
+Scenarios run in order on one lab (building it costs seconds): graded end to end;
+a slower tester (CPU-capped guests) getting fewer jobs; a tester that is down getting
+none and its jobs finishing on the other; kill -9 of the daemon mid-stream and of a
+queue manager mid-job losing nothing; a storer that is down when a job finishes
+getting the results once it is back; queue_task refused from a tester's address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab import netns, skip_unless_lab, sshd
+from tests.util import HELLO_C, HELLO_MAKEFILE, make_zip
+from vmchecker import config
+from vmchecker.repo import Repository
+
+pytestmark = [pytest.mark.lxc, pytest.mark.netns, pytest.mark.sshd]
+
+BASE = "vmchecker-base"
+RUN_SH = """#!/bin/bash
+if [ -f spin ]; then ./spin; fi
+out=$(./hello)
+if [ "$out" = "Hello, world!" ]; then echo PASS; else echo FAIL; echo "-10: wrong output" > grade.vmr; fi
+"""
+SPIN_C = ("#include <stdio.h>\nint main(void){volatile unsigned long x=0;"
+          " for(unsigned long i=0;i<400000000UL;i++) x+=i; return x==1;}\n")
+
+
+def _lxc_ready() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        import lxc
+    except ImportError as exc:
+        return f"the LXC binding is missing: {exc}"
+    if not lxc.Container(BASE).defined:
+        return f"the LXC base container {BASE} does not exist: run 'make base'"
+    return None
+
+
+def _wait(predicate, timeout: float, what: str, step: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class LabTester:
+    """One tester host: a namespace with sshd and a queue manager."""
+
+    def __init__(self, network: netns.LabNetwork, name: str, daemon_url: str, course_pub: str,
+                 logs: Path, overrides: dict | None = None):
+        self.name = name
+        self.host = network.add_host(name)
+        self.ssh = sshd.SshServer(self.host, authorized_keys=[course_pub]).start()
+        # Not under the sshd's folder: stopping that sshd ends every process using it.
+        self.root = Path(tempfile.mkdtemp(prefix=f"vmck-e2e-{name}-"))
+        self.root.chmod(0o755)
+        for sub in ("queue", "done", "tmpunzip", "state"):
+            (self.root / sub).mkdir(exist_ok=True)
+        os.chown(self.root / "queue", *_uid_gid(self.ssh.user))
+        (self.root / "config.yaml").write_text(yaml.safe_dump({
+            "tester": {"name": name, "slots": 1, "storer_daemon": daemon_url, "executor_timeout": 120},
+            "machines": overrides or {},
+        }))
+        self.proc: subprocess.Popen | None = None
+        self.log = open(logs / f"{name}-queue-manager.log", "ab")
+
+    def start(self) -> None:
+        # nsenter joins only the network namespace: "ip netns exec" would also remount
+        # /sys, hiding the cgroup hierarchy LXC needs to start guests.
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.host.netns}", sys.executable, "-m",
+             "vmchecker.cli.queue_manager", str(self.root)], stdout=self.log, stderr=self.log)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+    def course_entry(self) -> dict:
+        return {"host": self.host.address, "port": 22, "user": self.ssh.user, "queue": str(self.root / "queue"),
+                "done": str(self.root / "done"), "slots": 1}
+
+    def close(self) -> None:
+        self.kill(signal.SIGTERM)
+        self.ssh.close()
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _uid_gid(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+class Storer:
+    """The storer: a course, the daemon process, and submissions through the CLI."""
+
+    def __init__(self, root: Path, address: str, port: int):
+        self.root = root
+        self.address, self.port = address, port
+        self.url = f"http://{address}:{port}/"
+        self.glob = root / "global.yaml"
+        self.env = {**os.environ, "VMCHECKER_CONFIG": str(self.glob)}
+        self.proc: subprocess.Popen | None = None
+        self.log = open(root / "daemon.log", "ab")
+        self.count = 0
+
+    def init_course(self) -> Path:
+        subprocess.run([sys.executable, "-m", "vmchecker.cli.init_course", "storer", str(self.root / "c"),
+                        "--course-id", "e2e"], check=True, env=self.env, capture_output=True)
+        return self.root / "c"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vmchecker.cli.storer_daemon", "--listen", f"{self.address}:{self.port}",
+             "--state", str(self.root / "state"), "--poll", "0.5"],
+            env=self.env, stdout=self.log, stderr=self.log)
+        _wait(lambda: self._answers(), 30, "the storer daemon to answer")
+
+    def _answers(self) -> bool:
+        try:
+            xmlrpc.client.ServerProxy(self.url).status()
+            return True
+        except OSError:
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+    def submit(self, assignment: str, archive: Path) -> str:
+        self.count += 1
+        account = f"s{self.count:03d}"
+        done = subprocess.run([sys.executable, "-m", "vmchecker.cli.submit", "--skip-time-checks", "e2e",
+                               assignment, account, str(archive)], env=self.env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return account
+
+    def course(self) -> config.CourseConfig:
+        return config.find_course("e2e", self.glob)
+
+    def submission(self, assignment: str, account: str):
+        return Repository(self.course()).current(assignment, account)
+
+    def wait_final(self, assignment: str, accounts: list[str], timeout: float = 240) -> dict:
+        def final():
+            subs = {a: self.submission(assignment, a) for a in accounts}
+            if all(s.status().value in ("done", "error") for s in subs.values()):
+                return subs
+            return None
+
+        return _wait(final, timeout, f"{len(accounts)} submission(s) to be graded")
+
+    def close(self) -> None:
+        self.kill(signal.SIGTERM)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    skip_unless_lab()
+    reason = _lxc_ready()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("e2e")
+    with netns.LabNetwork() as network:
+        storer = Storer(root, network.gateway, sshd.free_port(network.gateway))
+        course_dir = storer.init_course()
+        pub = (course_dir / "keys" / "id_ed25519.pub").read_text().strip()
+        fast = LabTester(network, "fast", storer.url, pub, root)
+        slow = LabTester(network, "slow", storer.url, pub, root, overrides={"linux": {"limits": {"cpus": 0.2}}})
+        testers = [fast, slow]
+        try:
+            for t in testers:
+                network.check_route(t.host.address)
+                t.host.check_route(network.gateway)
+            (course_dir / "keys" / "known_hosts").write_text("".join(t.ssh.host_key_line() + "\n" for t in testers))
+            (course_dir / "build.sh").write_text("#!/bin/bash\nset -e\nmake\nif [ -f spin.c ]; then gcc -O0 -o spin spin.c; fi\n")
+            (course_dir / "run.sh").write_text(RUN_SH)
+            data = yaml.safe_load((course_dir / "config.yaml").read_text())
+            data["storer"].update(daemon=storer.url, queue_task_from=[network.gateway])
+            data["testers"] = {t.name: t.course_entry() for t in testers}
+            data["machines"] = {"linux": {"type": "lxc", "vm": BASE, "testers": ["fast", "slow"],
+                                          "limits": {"memory_mb": 256, "pids": 128, "cpus": 1, "output_kb": 64}}}
+            data["assignments"] = {"defaults": {"timeout": 30, "min_interval": 0},
+                                   "1-hello": {"deadline": "2030-01-01 00:00:00", "machine": "linux"},
+                                   "2-spin": {"deadline": "2030-01-01 00:00:00", "machine": "linux"}}
+            (course_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+            config.load_course(course_dir / "config.yaml")
+            hello = make_zip(root / "hello.zip", {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE})
+            spin = make_zip(root / "spin.zip", {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE, "spin.c": SPIN_C})
+            storer.start()
+            for t in testers:
+                t.start()
+            yield type("Lab", (), {"storer": storer, "fast": fast, "slow": slow, "hello": hello, "spin": spin,
+                                   "network": network, "root": root})
+        finally:
+            for t in testers:
+                t.close()
+            storer.close()
+    assert not [n for n in netns.leftovers() if "e2e" in n]
+
+
+def _tester_of(sub) -> str:
+    return sub.info.tester
+
+
+def test_graded_end_to_end(lab):
+    accounts = [lab.storer.submit("1-hello", lab.hello) for _ in range(2)]
+    subs = lab.storer.wait_final("1-hello", accounts)
+    for sub in subs.values():
+        assert sub.status().value == "done", (sub.results_dir / "vmchecker-stderr.vmr").read_text()
+        assert "PASS" in (sub.results_dir / "run-stdout.vmr").read_text()
+        assert (sub.results_dir / "result.json").exists()
+        assert _tester_of(sub) in ("fast", "slow")
+    grades = subprocess.run([sys.executable, "-m", "vmchecker.cli.grades", "e2e", "--format", "csv"],
+                            env=lab.storer.env, capture_output=True, text=True, check=True).stdout
+    assert all(a in grades for a in accounts)
+
+
+def test_slower_tester_gets_fewer_jobs(lab):
+    accounts = []
+    for _ in range(10):
+        accounts.append(lab.storer.submit("2-spin", lab.spin))
+        time.sleep(1.0)
+    subs = lab.storer.wait_final("2-spin", accounts, timeout=300)
+    assert all(s.status().value == "done" for s in subs.values())
+    by = [_tester_of(s) for s in subs.values()]
+    assert by.count("fast") > by.count("slow"), by
+
+
+def test_down_tester_gets_none_and_its_jobs_finish_elsewhere(lab):
+    lab.slow.ssh.stop()
+    try:
+        accounts = [lab.storer.submit("1-hello", lab.hello) for _ in range(4)]
+        subs = lab.storer.wait_final("1-hello", accounts)
+        assert [s.status().value for s in subs.values()] == ["done"] * 4
+        assert {_tester_of(s) for s in subs.values()} == {"fast"}
+        status = xmlrpc.client.ServerProxy(lab.storer.url).status()
+        slow = [t for t in status["testers"] if t["tester"] == "slow"][0]
+        assert slow["failures"] >= 1
+    finally:
+        lab.slow.ssh.start()
+
+
+def test_daemon_kill_9_mid_stream_loses_nothing(lab):
+    accounts = [lab.storer.submit("1-hello", lab.hello) for _ in range(4)]
+    lab.storer.kill(signal.SIGKILL)
+    accounts += [lab.storer.submit("1-hello", lab.hello) for _ in range(2)]  # saved while it is down
+    lab.storer.start()
+    subs = lab.storer.wait_final("1-hello", accounts)
+    assert [s.status().value for s in subs.values()] == ["done"] * 6
+
+
+def test_queue_manager_kill_9_mid_job_loses_nothing(lab):
+    lab.slow.ssh.stop()  # every job goes to "fast"
+    try:
+        account = lab.storer.submit("2-spin", lab.spin)
+        _wait(lambda: lab.storer.submission("2-spin", account).status().value == "running", 60, "the job to run")
+        _wait(lambda: list((lab.fast.root / "tmpunzip").iterdir()), 30, "the job to start on the tester")
+        lab.fast.kill(signal.SIGKILL)
+        lab.fast.start()
+        sub = lab.storer.wait_final("2-spin", [account])[account]
+        assert sub.status().value == "done"
+    finally:
+        lab.slow.ssh.start()
+
+
+def test_storer_down_when_job_finishes_gets_results_later(lab):
+    lab.fast.ssh.stop()  # the job goes to "slow", whose CPU-capped guest takes seconds
+    try:
+        account = lab.storer.submit("2-spin", lab.spin)
+        _wait(lambda: lab.storer.submission("2-spin", account).status().value == "running", 60,
+              "the job to be sent")
+        lab.storer.kill(signal.SIGTERM)
+    finally:
+        lab.fast.ssh.start()
+    sub = lab.storer.submission("2-spin", account)
+    assert sub.info.tester == "slow"
+    _wait(lambda: (lab.slow.root / "done" / sub.info.job_id / ".complete").exists(), 120,
+          "the job to finish on the tester")
+    time.sleep(1)  # the tester's first notify finds no daemon
+    assert lab.storer.submission("2-spin", account).status().value == "running"
+    lab.storer.start()
+    sub = lab.storer.wait_final("2-spin", [account], timeout=180)[account]
+    assert sub.status().value == "done"
+
+
+def test_queue_task_refused_from_a_tester(lab):
+    code = ("import xmlrpc.client,sys\n"
+            "try:\n xmlrpc.client.ServerProxy(sys.argv[1]).queue_task('e2e','1-hello','s001','x')\n"
+            "except xmlrpc.client.Fault as e: print(e.faultCode, e.faultString)\n")
+    out = lab.fast.host.run([sys.executable, "-c", code, lab.storer.url]).stdout
+    out = out.decode() if isinstance(out, bytes) else out
+    assert out.startswith("403") and "not allowed" in out
