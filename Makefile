@@ -20,7 +20,7 @@ deps: | $(STAMPS)
 $(VENV)/.installed: setup.py | deps
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[lxc,test]'
+	$(VENV)/bin/pip install -q -e '.[lxc,web,test]'
 	touch $@
 
 venv: deps $(VENV)/.installed

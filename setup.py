@@ -26,6 +26,7 @@ setup(
         "lxc": ["lxc==3.0.4.0"],
         "kvm": ["libvirt-python"],
         "vmware": ["pyvmomi"],
-        "test": ["pytest>=8", "hypothesis>=6", "ruff"],
+        "web": ["Flask>=3.0", "waitress>=3.0", "ldap3>=2.9", "argon2-cffi>=23.1", "bcrypt>=4.0"],
+        "test": ["pytest>=8", "hypothesis>=6", "ruff", "playwright>=1.40"],
     },
 )

@@ -6,6 +6,7 @@ packages=(
   lxc lxc-dev debootstrap mmdebstrap pkg-config gcc make   # LXC backend + binding build
   openssh-server openssh-client                           # storer <-> tester transport
   iproute2 procps psmisc zip unzip sqlite3                # namespaces, process tools
+  chromium chromium-driver slapd ldap-utils               # web: browser tests, LDAP server for tests
   "$@"
 )
 missing=()

@@ -1,0 +1,127 @@
+"""A real OpenLDAP server (Debian's ``slapd``) for tests, on a free loopback port.
+
+Each :class:`Slapd` has its own ``slapd.conf``, mdb database, pid file and socket in a
+temporary folder; the directory is loaded with ``slapadd`` before start:
+``dc=vmchecker,dc=test`` with ``ou=people`` (users under it, ``uid`` + ``userPassword``
+hashed by ``slappasswd``) and a service account ``cn=reader`` allowed to search.
+Anonymous binds may search too, so both ways of finding a user can be tested.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SLAPD = "/usr/sbin/slapd"
+SLAPADD = "/usr/sbin/slapadd"
+SLAPPASSWD = "/usr/sbin/slappasswd"
+SUFFIX = "dc=vmchecker,dc=test"
+PEOPLE = f"ou=people,{SUFFIX}"
+READER_DN = f"cn=reader,{SUFFIX}"
+READER_PASSWORD = "reader-pw"
+READY_WAIT = 15.0
+
+CONF = """\
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/nis.schema
+include /etc/ldap/schema/inetorgperson.schema
+pidfile {dir}/slapd.pid
+argsfile {dir}/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+database mdb
+maxsize 16777216
+suffix "{suffix}"
+rootdn "cn=admin,{suffix}"
+rootpw {rootpw}
+directory {dir}/db
+access to attrs=userPassword by anonymous auth by self read by * none
+access to * by * read
+"""
+
+
+def available() -> str | None:
+    """Why slapd cannot run here (a skip reason), or None."""
+    for tool in (SLAPD, SLAPADD, SLAPPASSWD):
+        if not os.access(tool, os.X_OK):
+            return f"{tool} is missing (apt-get install slapd ldap-utils)"
+    return None
+
+
+def hashed(password: str) -> str:
+    return subprocess.run([SLAPPASSWD, "-s", password], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _entry(dn: str, *lines: str) -> str:
+    return "\n".join([f"dn: {dn}", *lines]) + "\n\n"
+
+
+class Slapd:
+    """``Slapd(users={"carol": "pw"})``; ``start()``, ``stop()``, ``close()``; ``url``."""
+
+    def __init__(self, users: dict[str, str]):
+        self.dir = Path(tempfile.mkdtemp(prefix="vmck-slapd-"))
+        (self.dir / "db").mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"ldap://127.0.0.1:{self.port}"
+        self.conf = self.dir / "slapd.conf"
+        self.conf.write_text(CONF.format(dir=self.dir, suffix=SUFFIX, rootpw=hashed("root-pw")))
+        self.proc: subprocess.Popen | None = None
+        self._load(users)
+
+    def _load(self, users: dict[str, str]) -> None:
+        ldif = _entry(SUFFIX, "objectClass: dcObject", "objectClass: organization", "o: vmchecker", "dc: vmchecker")
+        ldif += _entry(PEOPLE, "objectClass: organizationalUnit", "ou: people")
+        ldif += _entry(READER_DN, "objectClass: organizationalRole", "objectClass: simpleSecurityObject",
+                       "cn: reader", f"userPassword: {hashed(READER_PASSWORD)}")
+        for uid, password in users.items():
+            ldif += _entry(f"uid={uid},{PEOPLE}", "objectClass: inetOrgPerson", f"uid: {uid}", f"cn: {uid}",
+                           f"sn: {uid}", f"userPassword: {hashed(password)}")
+        (self.dir / "data.ldif").write_text(ldif)
+        subprocess.run([SLAPADD, "-f", str(self.conf), "-l", str(self.dir / "data.ldif")],
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        """Run slapd in the foreground (``-d 0``) and wait until the port answers."""
+        self.log = open(self.dir / "slapd.log", "wb")
+        self.proc = subprocess.Popen([SLAPD, "-f", str(self.conf), "-h", f"{self.url}/", "-d", "0"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_WAIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"slapd exited with {self.proc.returncode}: {self.read_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"slapd did not listen on {self.url} within {READY_WAIT} s: {self.read_log()}")
+
+    def read_log(self) -> str:
+        return (self.dir / "slapd.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

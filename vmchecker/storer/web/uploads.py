@@ -1,0 +1,61 @@
+"""An upload from the web: the same :func:`vmchecker.submit.submit` as
+``vmchecker-submit``, then ``queue_task``; every refusal becomes the message shown."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from werkzeug.datastructures import FileStorage
+
+from vmchecker.config import CourseConfig
+from vmchecker.errors import SubmissionRefused, VmcheckerError
+from vmchecker.repo import Submission
+from vmchecker.storer.web.jobs import Queuer
+from vmchecker.submit import recheck, submit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    message: str
+    submission: Submission | None = None
+    queued: bool = False
+
+
+def _queued_message(queuer: Queuer, what: str) -> str:
+    if queuer.queued:
+        return f"{what} It is queued for testing."
+    return (f"{what} The testing service is not answering right now; your submission is kept"
+            " and will be tested when the service is back.")
+
+
+def upload(course: CourseConfig, assignment: str, account: str, file: FileStorage | None,
+           timeout: float) -> Outcome:
+    """Store the uploaded file as ``account``'s submission and queue it."""
+    if file is None or not file.filename:
+        return Outcome(False, "Choose an archive (zip or tar.gz) to upload.")
+    task = course.assignments.get(assignment)
+    limit = task.max_submission_size if task else 0
+    data = file.stream.read(limit + 1)   # never more than one byte over the limit in memory
+    if task is not None and len(data) > limit:
+        return Outcome(False, f"Upload refused: the archive is larger than {limit} bytes,"
+                              f" the most {assignment} accepts.")
+    queuer = Queuer(course, timeout)
+    try:
+        sub = submit(course, assignment, account, data, notify=queuer)
+    except SubmissionRefused as exc:
+        return Outcome(False, f"Upload refused: {exc.message}")
+    except VmcheckerError as exc:
+        log.error("upload of %s/%s by %s failed: %s", course.id, assignment, account, exc.message)
+        return Outcome(False, f"Upload failed: {exc.message}")
+    return Outcome(True, _queued_message(queuer, "Your archive was saved."), sub, bool(queuer.queued))
+
+
+def recheck_submission(course: CourseConfig, sub: Submission, timeout: float) -> Outcome:
+    queuer = Queuer(course, timeout)
+    sub = recheck(sub, notify=queuer)
+    return Outcome(True, _queued_message(queuer, f"Submission {sub.name} of {sub.account} will be tested again."),
+                   sub, bool(queuer.queued))
