@@ -138,13 +138,12 @@ class StorerDaemon(Service):
         check_account(account)
         sub = Repository(course.config).submission(assignment, account, submission)
         with self._queue_lock:  # one job per submission at a time
-            for job in self.journal.active():
-                if (job.course, job.assignment, job.account, job.submission) == \
-                        (course_id, assignment, account, sub.name):
-                    return job.id
+            job = self.journal.find_active(course_id, assignment, account, sub.name)
+            if job is not None:
+                return job.id
             job = self.journal.enqueue(course_id, assignment, account, sub.name, course.config.assignment(
                 assignment).machine)
-        outcomes.set_status(course, job, Status.QUEUED, job_id=job.id, tester="")
+        outcomes.set_status(course, job, Status.QUEUED)
         self.dispatcher.wake.set()
         return job.id
 

@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
+CREATE INDEX IF NOT EXISTS jobs_submission ON jobs (course, assignment, account, submission);
 CREATE TABLE IF NOT EXISTS estimates (
     course      TEXT NOT NULL,
     tester      TEXT NOT NULL,
@@ -335,6 +336,15 @@ class Journal:
     def find(self, job_id: str) -> Job | None:
         """The job ``job_id``, or None."""
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(rows[0]) if rows else None
+
+    def find_active(self, course: str, assignment: str, account: str, submission: str) -> Job | None:
+        """The queued or sent job of one submission, if there is one."""
+        rows = self._read(
+            "SELECT * FROM jobs WHERE course = ? AND assignment = ? AND account = ? AND submission = ?"
+            " AND state IN (?, ?) ORDER BY created LIMIT 1",
+            (course, assignment, account, submission, *(s.value for s in ACTIVE)),
+        )
         return Job.from_row(rows[0]) if rows else None
 
     def to_dispatch(self, limit: int | None = None) -> list[Job]:
