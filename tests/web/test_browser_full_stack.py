@@ -1,0 +1,127 @@
+"""The web interface with the whole system behind it, in a real browser.
+
+Nothing stands in: ``vmchecker-web`` (waitress), the storer daemon, a real sshd on
+loopback for the storer's SFTP, a queue manager and LXC guests from the base
+container. A student logs in with Chromium, uploads a real archive, watches the status
+move as the system grades it, and reads the build output, the run output and the grade.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.lab import skip_unless_lab, sshd
+from tests.util import make_zip
+from tests.web.helpers import HELLO, PASSWORDS, free_port, open_course, write_users
+from tests.web.test_browser import WebServer, log_in, page, shot  # noqa: F401  (page is a fixture)
+
+BASE = "vmchecker-base"
+RUN_SH = ('#!/bin/bash\nout=$(./hello)\nif [ "$out" = "Hello, world!" ]; then echo "PASS: hello";'
+          ' else echo FAIL; echo "-10: wrong output" > grade.vmr; fi\n')
+
+
+def _lxc_reason() -> str | None:
+    try:
+        import lxc
+    except ImportError as exc:
+        return f"the LXC binding is missing: {exc}"
+    if not lxc.Container(BASE).defined:
+        return f"the LXC base container {BASE} does not exist: run 'make base'"
+    return None
+
+
+class Process:
+    """A vmchecker command in the background, logging to a file, stopped with SIGTERM."""
+
+    def __init__(self, args: list[str], log: Path, env: dict):
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", *args], stdout=self.log, stderr=self.log, env=env)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def system(tmp_path: Path):
+    skip_unless_lab()
+    reason = _lxc_reason()
+    if reason:
+        pytest.skip(reason)
+    daemon_port = free_port()
+    course = open_course(tmp_path, f"http://127.0.0.1:{daemon_port}/", show_grades_before_deadline=True)
+    keys = course.root / "keys"
+    keys.mkdir(exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "id_ed25519")], check=True)
+    stack = []
+    tester = Path(tempfile.mkdtemp(prefix="vmck-web-tester-"))
+    try:
+        ssh = sshd.SshServer(authorized_keys=[(keys / "id_ed25519.pub").read_text()]).start()
+        stack.append(ssh)
+        tester.chmod(0o755)
+        for sub in ("queue", "done", "tmpunzip", "state"):
+            (tester / sub).mkdir()
+        entry = pwd.getpwnam(ssh.user)
+        os.chown(tester / "queue", entry.pw_uid, entry.pw_gid)
+        (tester / "config.yaml").write_text(yaml.safe_dump({"tester": {"name": "t1", "slots": 1}}))
+        (keys / "known_hosts").write_text(ssh.host_key_line() + "\n")
+        (course.root / "run.sh").write_text(RUN_SH)
+        data = yaml.safe_load(course.path.read_text())
+        data["testers"] = {"t1": {"host": "127.0.0.1", "port": ssh.port, "user": ssh.user,
+                                  "queue": str(tester / "queue"), "done": str(tester / "done")}}
+        data["machines"]["linux"].update(testers=["t1"], vm=BASE)
+        course.path.write_text(yaml.safe_dump(data, sort_keys=False))
+        env = {**os.environ, "VMCHECKER_CONFIG": str(tmp_path / "global.yaml")}
+        stack.append(Process(["vmchecker.cli.storer_daemon", "--listen", f"127.0.0.1:{daemon_port}", "--state",
+                              str(tmp_path / "state"), "--poll", "0.5"], tmp_path / "daemon.log", env))
+        stack.append(Process(["vmchecker.cli.queue_manager", str(tester)], tmp_path / "queue-manager.log", env))
+        web = WebServer(tmp_path / "global.yaml", write_users(tmp_path / "users"), tmp_path / "secret")
+        stack.append(web)
+        yield web
+    finally:
+        for part in reversed(stack):
+            part.stop() if not isinstance(part, sshd.SshServer) else part.close()
+        shutil.rmtree(tester, ignore_errors=True)
+
+
+def test_student_sees_a_real_grading(system, page, tmp_path: Path) -> None:  # noqa: F811
+    url = system.url
+    log_in(page, url, "student", PASSWORDS["student"])
+    page.wait_for_url(f"{url}/courses")
+    page.goto(f"{url}/courses/so/assignments/1-hello")
+    page.set_input_files("#archive", str(make_zip(tmp_path / "hello.zip", HELLO)))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector(".flash")
+    assert "Your archive was saved" in page.inner_text(".flash")
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = page.get_attribute("#submission-1 .badge", "data-status")
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status in ("done", "error"):
+            break
+        time.sleep(0.5)
+        page.reload()
+    assert seen[-1] == "done", seen
+    assert set(seen) <= {"saved", "queued", "running", "done"}
+    assert "gcc" in page.inner_text("pre.vmr[data-name='build-stdout.vmr']")
+    assert "PASS: hello" in page.inner_text("pre.vmr[data-name='run-stdout.vmr']")
+    assert page.inner_text("#submission-1 .grade") == "10 / 10"
+    shot(page, "09-graded-for-real")
