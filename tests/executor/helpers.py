@@ -1,0 +1,59 @@
+"""Unpacked bundle folders for executor tests, built from real files on the spot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.util import HELLO_C, HELLO_MAKEFILE, make_zip
+from vmchecker.bundle import BundleInfo
+from vmchecker.config import parse_machine
+
+BASE = "vmchecker-base"
+HELLO_BUILD = "make\n"
+# The course's run script: runs the program, compares its output, writes grade.vmr.
+HELLO_RUN = """\
+./hello > out.txt
+cat out.txt
+if cmp -s out.txt expected.txt; then echo "10 hello ok" > grade.vmr; else echo "0 wrong output" > grade.vmr; fi
+"""
+HELLO_FILES = {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE}
+HELLO_TESTS = {"expected.txt": "Hello, world!\n"}
+
+
+def c_program(body: str, includes: str = "") -> dict[str, str]:
+    """A student archive with one C program ``hello`` whose main() is ``body``."""
+    source = "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n#include <unistd.h>\n"
+    source += includes + f"int main(void) {{\n{body}\n}}\n"
+    return {"hello.c": source, "Makefile": HELLO_MAKEFILE}
+
+
+def machine_data(**overrides) -> dict:
+    data = {"name": "linux", "type": "lxc", "vm": BASE,
+            "limits": {"memory_mb": 256, "pids": 128, "cpus": 1, "output_kb": 64}}
+    limits = overrides.pop("limits", {})
+    data["limits"].update(limits)
+    data.update(overrides)
+    return data
+
+
+def make_bundle(folder: Path, files: dict[str, str | bytes] | None = None, *, build: str = HELLO_BUILD,
+                run: str = HELLO_RUN, tests: dict[str, str | bytes] | None = None, timeout: int = 5,
+                job_id: str = "job1", **machine) -> tuple[Path, BundleInfo]:
+    """An unpacked bundle in ``folder`` (created): archive.zip of ``files``, tests.zip,
+    build.sh, run.sh and submission-config.yaml for an lxc machine on the base container."""
+    folder.mkdir(parents=True, exist_ok=True)
+    make_zip(folder / "archive.zip", HELLO_FILES if files is None else files)
+    make_zip(folder / "tests.zip", HELLO_TESTS if tests is None else tests)
+    (folder / "build.sh").write_text(build)
+    (folder / "run.sh").write_text(run)
+    info = BundleInfo(job_id=job_id, key="secret", course="so", assignment="1-hello", account="bob",
+                      submission="2026.02.20 10.00.00", upload_time="2026-02-20 10:00:00", timeout=timeout,
+                      machine=parse_machine(machine_data(**machine), "test"))
+    (folder / "submission-config.yaml").write_text(yaml.safe_dump(info.to_dict(), sort_keys=False))
+    return folder, info
+
+
+def vmr(bundle_dir: Path, name: str) -> str:
+    return (bundle_dir / "results" / name).read_text(encoding="utf-8", errors="replace")

@@ -1,0 +1,192 @@
+"""The generic flow of base.Host, with a VM that runs its "guest" in a host folder.
+
+The fake subclasses the real VM and overrides only the primitives (what touches a
+guest); everything else is the real flow, on real files and real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.executor.helpers import make_bundle, vmr
+from vmchecker.errors import BundleError, ExecutorError
+from vmchecker.executor import base, get_host
+
+
+class FolderVM(base.VM):
+    """A 'guest' that is a host folder; steps run as host processes in it."""
+
+    def __init__(self, machine, name, root: Path, fail: dict[str, BaseException]):
+        super().__init__(machine, name)
+        self.root, self.fail, self.calls = root, fail, []
+
+    def _call(self, what: str) -> None:
+        self.calls.append(what)
+        if what in self.fail:
+            raise self.fail[what]
+
+    def revert(self):
+        self._call("revert")
+
+    def start(self):
+        self._call("start")
+
+    def wait_ready(self, timeout):
+        self._call("wait_ready")
+
+    def copy_to(self, src, guest_dir):
+        self._call("copy_to")
+        shutil.copytree(src, self.root / guest_dir.lstrip("/"))
+
+    def copy_from(self, guest_dir, dest, cap):
+        self._call("copy_from")
+        for path in (self.root / guest_dir.lstrip("/")).glob("*.vmr"):
+            with open(path, "rb") as f:
+                (dest / path.name).write_bytes(f.read(cap + 1))
+
+    def run(self, argv, cwd, timeout, stdout, stderr):
+        self._call("run")
+        proc = subprocess.run(["/bin/sh", argv[1]], cwd=self.root / cwd.lstrip("/"), capture_output=True,
+                              timeout=timeout)
+        stdout.write(proc.stdout)
+        stderr.write(proc.stderr)
+        return base.StepResult(exit_code=proc.returncode, wall_s=0.0)
+
+    def stop(self):
+        self._call("stop")
+
+    def cleanup(self):
+        self.calls.append("cleanup")
+
+
+class FolderHost(base.Host):
+    def __init__(self, root: Path, **fail: BaseException):
+        self.root, self.fail, self.vms = root, fail, []
+
+    def get_vm(self, machine, job_id):
+        vm = FolderVM(machine, f"folder-{job_id}", self.root, self.fail)
+        self.vms.append(vm)
+        return vm
+
+
+def run_job(tmp_path: Path, host: FolderHost | None = None, **kwargs):
+    host = host or FolderHost(tmp_path / "guest")
+    bundle_dir, info = make_bundle(tmp_path / "bundle", **kwargs)
+    return host.test_submission(bundle_dir, info.machine, info), bundle_dir, host
+
+
+def test_capped_writer_keeps_the_head_and_says_how_much_was_cut(tmp_path):
+    w = base.CappedWriter(tmp_path / "x.vmr", 10)
+    w.write(b"0123456")
+    w.write(b"789abcdef")
+    w.close()
+    assert (tmp_path / "x.vmr").read_bytes() == b"0123456789" + base.truncation_line(10, 6)
+
+
+def test_capped_writer_under_the_cap_has_no_marker(tmp_path):
+    w = base.CappedWriter(tmp_path / "x.vmr", 10)
+    w.write(b"short")
+    w.close()
+    assert (tmp_path / "x.vmr").read_bytes() == b"short"
+
+
+def test_course_files_win_over_student_files(tmp_path):
+    files = {"build.sh/x": "a folder named like the build script", "expected.txt": "forged", "a/b.c": "kept"}
+    bundle_dir, _ = make_bundle(tmp_path / "bundle", files=files, tests={"expected.txt": "real", "a/t.txt": "t"})
+    payload = base.prepare_payload(bundle_dir, tmp_path / "work")
+    assert (payload / "build.sh").read_text() == (bundle_dir / "build.sh").read_text()
+    assert (payload / "expected.txt").read_text() == "real"
+    assert (payload / "a" / "b.c").read_text() == "kept" and (payload / "a" / "t.txt").read_text() == "t"
+
+
+def test_full_flow_in_order(tmp_path):
+    run = "echo out; echo err >&2; echo '7 points' > grade.vmr; echo note > extra.vmr\n"
+    job, out, host = run_job(tmp_path, build="echo built\n", run=run)
+    assert job.status == "done"
+    assert host.vms[0].calls == ["revert", "start", "wait_ready", "copy_to", "run", "run", "copy_from", "stop",
+                                 "cleanup"]
+    assert vmr(out, "build-stdout.vmr") == "built\n"
+    assert vmr(out, "run-stdout.vmr") == "out\n" and vmr(out, "run-stderr.vmr") == "err\n"
+    assert vmr(out, "grade.vmr") == "7 points\n" and vmr(out, "extra.vmr") == "note\n"
+    data = json.loads(vmr(out, "result.json"))
+    assert data["status"] == "done" and data["steps"]["run"]["exit_code"] == 0
+
+
+def test_a_guest_cannot_overwrite_the_executors_files(tmp_path):
+    job, out, _ = run_job(tmp_path, run="echo real\necho forged > run-stdout.vmr\n")
+    assert vmr(out, "run-stdout.vmr") == "real\n"
+    assert "ignored run-stdout.vmr" in vmr(out, "vmchecker-stderr.vmr")
+
+
+def test_guest_files_are_capped(tmp_path):
+    job, out, _ = run_job(tmp_path, run="head -c 5000 /dev/zero | tr '\\0' g > grade.vmr\n",
+                          limits={"output_kb": 1})
+    text = vmr(out, "grade.vmr")
+    assert text.startswith("g" * 1024) and text[1024:] == base.truncation_line(1024).decode()
+
+
+def test_a_failed_start_is_an_error_and_the_guest_is_cleaned(tmp_path):
+    host = FolderHost(tmp_path / "guest", start=ExecutorError("LXC container x did not start"))
+    job, out, _ = run_job(tmp_path, host)
+    assert job.status == "error"
+    assert host.vms[0].calls == ["revert", "start", "cleanup"]
+    assert "did not start" in vmr(out, "vmchecker-stderr.vmr")
+    assert vmr(out, "grade.vmr") == "error\n"
+    assert json.loads(vmr(out, "result.json"))["status"] == "error"
+
+
+def test_an_unexpected_exception_is_an_error_with_its_name(tmp_path):
+    host = FolderHost(tmp_path / "guest", copy_from=RuntimeError("boom"))
+    job, out, _ = run_job(tmp_path, host)
+    assert job.status == "error" and "RuntimeError: boom" in vmr(out, "vmchecker-stderr.vmr")
+    assert host.vms[0].calls[-1] == "cleanup"
+
+
+def test_an_interrupted_job_never_claims_success(tmp_path):
+    host = FolderHost(tmp_path / "guest", copy_from=base.Interrupted("SIGTERM"))
+    bundle_dir, info = make_bundle(tmp_path / "bundle")
+    (bundle_dir / "results").mkdir()
+    (bundle_dir / "results" / "result.json").write_text('{"status": "done"}')   # from an earlier run
+    with pytest.raises(base.Interrupted):
+        host.test_submission(bundle_dir, info.machine, info)
+    assert host.vms[0].calls[-1] == "cleanup"
+    data = json.loads(vmr(bundle_dir, "result.json"))
+    assert data["status"] == "error" and "SIGTERM" in data["message"]
+
+
+def test_a_bad_archive_is_an_error_before_any_guest(tmp_path):
+    host = FolderHost(tmp_path / "guest")
+    bundle_dir, info = make_bundle(tmp_path / "bundle")
+    (bundle_dir / "archive.zip").write_bytes(b"not a zip")
+    job = host.test_submission(bundle_dir, info.machine, info)
+    assert job.status == "error" and "archive.zip" in job.message
+    assert host.vms == []
+
+
+def test_unknown_machine_type_is_a_bundle_error():
+    with pytest.raises(BundleError, match="unknown machine type 'qemu'"):
+        get_host("qemu")
+
+
+def test_kernel_messages_and_host_commands_run_around_the_job(tmp_path):
+    seen = tmp_path / "host-command-saw"
+    bundle_results = tmp_path / "bundle" / "results"
+    # the run step waits until both host commands have done their part, so no race
+    run = (f"until grep -q km-line {bundle_results}/run-km.vmr 2>/dev/null && test -s {seen}; do sleep 0.01; done\n"
+           "echo waited\n")
+    job, out, host = run_job(tmp_path, run=run,
+                             kernel_messages=["echo km-line; exec sleep 60"],
+                             host_commands=[f"echo $VMCHECKER_VM > {seen}; exec sleep 60"])
+    assert job.status == "done" and vmr(out, "run-stdout.vmr") == "waited\n"
+    assert vmr(out, "run-km.vmr") == "km-line\n"
+    assert seen.read_text() == f"{host.vms[0].name}\n"
+
+
+def test_without_kernel_messages_there_is_no_run_km(tmp_path):
+    job, out, _ = run_job(tmp_path, run="true\n")
+    assert not (out / "results" / "run-km.vmr").exists()

@@ -1,0 +1,104 @@
+"""vmchecker-vm-executor [--tester-config FILE] BUNDLE_DIR: run one unpacked bundle.
+
+Used by the queue manager (one process per job, in its own process group) and by hand.
+The bundle is validated, the tester's machine overrides applied, the job run in a fresh
+guest of the machine's backend, and the results left in ``BUNDLE_DIR/results/``.
+Exit 0 whenever results were written, even with status ``error``; non-zero only when
+not even that was possible. SIGTERM tears the guest down before exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from vmchecker import bundle, config, executor
+from vmchecker.cli import common
+from vmchecker.errors import VmcheckerError
+from vmchecker.executor import base
+
+log = logging.getLogger(__name__)
+
+PROG = "vmchecker-vm-executor"
+
+
+def execute(bundle_dir: Path, tester_config: Path | None = None) -> base.JobResult:
+    """Run the bundle in ``bundle_dir``; a bundle or config problem becomes an error result."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise VmcheckerError(f"{bundle_dir}: no such bundle folder")
+    try:
+        info = bundle.read_bundle_dir(bundle_dir)
+        machine = info.machine
+        if tester_config is not None:
+            machine = config.load_tester(tester_config).machine(machine)
+        host = executor.get_host(machine.type)
+    except VmcheckerError as exc:
+        log.error("%s", exc.message)
+        return _error_result(bundle_dir, exc.message)
+    removed = host.cleanup_leftovers()
+    if removed:
+        log.info("removed guests left by dead executors: %s", ", ".join(removed))
+    return host.test_submission(bundle_dir, machine, info)
+
+
+def _error_result(bundle_dir: Path, message: str) -> base.JobResult:
+    out = base.ResultFiles(bundle_dir, 64 * 1024)
+    job = base.JobResult(job_id=bundle_dir.name, backend="", message=message)
+    out.error(message)
+    out.finish(job)
+    return job
+
+
+def summary(job: base.JobResult) -> str:
+    steps = ", ".join(f"{name} {_describe(step)}" for name, step in job.steps.items())
+    text = f"job {job.job_id}: {job.status}"
+    if steps:
+        text += f" ({steps})"
+    if job.message:
+        text += f": {job.message.splitlines()[0]}"
+    return f"{text} in {job.total_s} s"
+
+
+def _describe(step: base.StepResult) -> str:
+    if not step.attempted:
+        return "not run"
+    if step.timed_out:
+        return "timed out"
+    if step.signal is not None:
+        return f"killed by signal {step.signal}"
+    return f"exit {step.exit_code}"
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second one must not cut the cleanup
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    base.interrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.parser(PROG, "Run one unpacked bundle in a fresh guest; results go to BUNDLE_DIR/results/.")
+    p.add_argument("--tester-config", metavar="FILE", type=Path,
+                   help="tester config whose machine overrides apply")
+    p.add_argument("bundle_dir", metavar="BUNDLE_DIR", type=Path)
+    args = p.parse_args(argv)
+    common.setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    def work() -> int:
+        try:
+            job = execute(args.bundle_dir, args.tester_config)
+        except base.Interrupted as exc:
+            print(f"{PROG}: stopped by {exc}; the guest was removed", file=sys.stderr)
+            return 128 + signal.Signals[str(exc)].value
+        print(summary(job))
+        return 0
+
+    return common.run(PROG, work, args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""LXC backend: each job runs in an ephemeral overlay clone of the machine's base container.
+
+Revert is free (the clone's writes go to an overlay upper folder that ``destroy``
+removes; the base never changes), commands run through the binding's attach (no guest
+network or SSH), files travel as one tar stream through attach. Limits (memory, pids,
+CPU) are cgroup items set on the clone before it starts. A step that outlives its
+timeout, and whatever a step leaves running, is killed through the clone's cgroup:
+freeze, SIGKILL every process but the guest's init, thaw (a fork bomb cannot outrun
+a frozen cgroup, and no new process has to enter a guest that is out of pids).
+
+Clones are named ``vmck-<job>-<owner pid>-<random>``, so :meth:`LxcHost.cleanup_leftovers`
+can destroy those whose executor died without touching a running job's clone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import re
+import secrets
+import selectors
+import signal
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lxc  # the LXC binding (absolute: this module is vmchecker.executor.lxc)
+
+from vmchecker.config import Limits, Machine
+from vmchecker.errors import ExecutorError
+from vmchecker.executor import base
+
+log = logging.getLogger(__name__)
+
+PREFIX = "vmck-"
+DRAIN_TIMEOUT = 5.0         # seconds to read what is left in the pipes after a step ended
+KILL_TIMEOUT = 5.0          # seconds for a killed guest process to disappear
+CPU_PERIOD_US = 100_000
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The clone is a privileged container and the student may be its root: drop every
+# capability that reaches past the container (mounts and cgroup release agents,
+# open_by_handle_at, ptrace, raw devices, kernel tunables...). CHOWN, DAC_OVERRIDE,
+# SETUID... stay: they act on the guest's own files and processes. NET_ADMIN stays
+# for the guest's init, which brings up loopback in the clone's own network namespace.
+DROP_CAPS = ("sys_admin dac_read_search sys_ptrace sys_boot sys_resource sys_pacct sys_tty_config syslog"
+             " linux_immutable mknod setfcap ipc_lock lease wake_alarm block_suspend audit_control"
+             " audit_read bpf perfmon checkpoint_restore sys_module sys_rawio sys_time mac_admin mac_override").split()
+
+# Runs in the guest as root: unpack the tar stream on stdin into $1.
+COPY_IN = 'mkdir -p -- "$1" && cd -- "$1" && exec tar --numeric-owner -xpf -'
+# Runs in the guest as root once the steps' processes are dead: the first $3 regular
+# *.vmr files at the top of $1, each cut to $2 bytes, as a tar stream on stdout.
+COPY_OUT = r'''
+cd -- "$1" 2>/dev/null || exit 0
+out=$(mktemp -d) || exit 1
+n=0
+for f in *.vmr; do
+  [ -f "$f" ] || continue
+  n=$((n + 1)); [ "$n" -le "$3" ] || break
+  head -c "$2" -- "$f" > "$out/$f"
+done
+cd "$out" && exec tar -cf - .
+'''
+
+
+# --------------------------------------------------------------------------- cgroups
+
+
+@functools.cache
+def _cgroup_mounts() -> dict[str, Path]:
+    """Controller name (or ``unified``) -> mount point, from /proc/self/mounts."""
+    mounts: dict[str, Path] = {}
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        for line in f:
+            _dev, where, fstype, options, *_ = line.split()
+            if fstype == "cgroup2":
+                mounts.setdefault("unified", Path(where))
+            elif fstype == "cgroup":
+                for opt in options.split(","):
+                    mounts.setdefault(opt, Path(where))
+    return mounts
+
+
+def limit_items(limits: Limits) -> list[tuple[str, str]]:
+    """The clone's cgroup config items for ``limits``: v1 keys where the controller is
+    mounted as cgroup v1 (hybrid hosts), cgroup2 keys otherwise."""
+    mounts = _cgroup_mounts()
+    memory = str(limits.memory_mb * 1024 * 1024)
+    quota = max(int(limits.cpus * CPU_PERIOD_US), 1000)
+    items = []
+    if "memory" in mounts:
+        items.append(("lxc.cgroup.memory.limit_in_bytes", memory))
+        if (mounts["memory"] / "memory.memsw.limit_in_bytes").exists():
+            items.append(("lxc.cgroup.memory.memsw.limit_in_bytes", memory))
+    else:
+        items += [("lxc.cgroup2.memory.max", memory), ("lxc.cgroup2.memory.swap.max", "0")]
+    if "pids" in mounts:
+        items.append(("lxc.cgroup.pids.max", str(limits.pids)))
+    else:
+        items.append(("lxc.cgroup2.pids.max", str(limits.pids)))
+    if "cpu" in mounts:
+        items += [("lxc.cgroup.cpu.cfs_period_us", str(CPU_PERIOD_US)), ("lxc.cgroup.cpu.cfs_quota_us", str(quota))]
+    else:
+        items.append(("lxc.cgroup2.cpu.max", f"{quota} {CPU_PERIOD_US}"))
+    return items
+
+
+class GuestCgroup:
+    """The host's view of a running clone's cgroups, found from its init's pid."""
+
+    def __init__(self, init_pid: int):
+        self.init_pid = init_pid
+        paths: dict[str, str] = {}
+        with open(f"/proc/{init_pid}/cgroup", encoding="utf-8") as f:
+            for line in f:
+                _n, controllers, path = line.rstrip("\n").split(":", 2)
+                for c in controllers.split(",") if controllers else ["unified"]:
+                    paths[c] = path.lstrip("/")
+        mounts = _cgroup_mounts()
+
+        def where(controller: str) -> Path | None:
+            if controller in mounts and controller in paths:
+                return mounts[controller] / paths[controller]
+            return None
+
+        self.procs_dir = where("pids") or where("unified")
+        self.freezer = where("freezer")
+        self.unified = where("unified")
+
+    def pids(self) -> set[int]:
+        """Every process in the guest's cgroup tree, but init."""
+        found: set[int] = set()
+        if self.procs_dir is None:
+            return found
+        for folder, _dirs, _files in os.walk(self.procs_dir):
+            with contextlib.suppress(OSError):
+                found.update(int(p) for p in Path(folder, "cgroup.procs").read_text().split())
+        found.discard(self.init_pid)
+        return found
+
+    def _freeze(self, frozen: bool) -> None:
+        if self.freezer is not None:
+            state = self.freezer / "freezer.state"
+            state.write_text("FROZEN" if frozen else "THAWED")
+            deadline = time.monotonic() + 2
+            while frozen and state.read_text().strip() != "FROZEN" and time.monotonic() < deadline:
+                time.sleep(0.002)
+        elif self.unified is not None and (self.unified / "cgroup.freeze").exists():
+            (self.unified / "cgroup.freeze").write_text("1" if frozen else "0")
+
+    def kill_all(self) -> None:
+        """SIGKILL every process in the guest but init; raise if some survive."""
+        if not self.pids():
+            return
+        self._freeze(True)
+        try:
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            self._freeze(False)
+        deadline = time.monotonic() + KILL_TIMEOUT
+        while (left := self.pids()) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+        if left:
+            raise ExecutorError(f"{len(left)} processes in the guest survived SIGKILL")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class _Buffer:
+    """A sink that keeps at most ``limit`` bytes in memory."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.data = bytearray()
+        self.overflow = False
+
+    def write(self, chunk: bytes) -> None:
+        room = self.limit - len(self.data)
+        self.data += chunk[:max(room, 0)]
+        self.overflow |= len(chunk) > room
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace").strip()
+
+
+def _pump(pid: int, sinks: dict[int, base.CappedWriter | _Buffer], timeout: float,
+          kill: Callable[[], None]) -> tuple[int, object, bool]:
+    """Feed the pipes ``sinks`` reads while ``pid`` (our child) runs, at most ``timeout``
+    seconds; then ``kill`` what is left in the guest (all of it on a timeout, the
+    leftovers otherwise) and drain the pipes. Returns (wait status, rusage, timed out)."""
+    deadline = time.monotonic() + timeout
+    status = rusage = None
+    timed_out = False
+    pidfd = os.pidfd_open(pid)
+    sel = selectors.DefaultSelector()
+    sel.register(pidfd, selectors.EVENT_READ)
+    for fd in sinks:
+        sel.register(fd, selectors.EVENT_READ)
+    try:
+        while status is None or len(sel.get_map()) > 0:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                if status is not None:
+                    log.warning("guest process %d ended but its output pipes stayed open", pid)
+                    break
+                timed_out = True
+                kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                sel.unregister(pidfd)
+                _, status, rusage = os.wait4(pid, 0)
+                deadline = time.monotonic() + DRAIN_TIMEOUT
+                continue
+            for key, _ in sel.select(wait):
+                if key.fd == pidfd:
+                    sel.unregister(pidfd)
+                    _, status, rusage = os.wait4(pid, 0)
+                    kill()
+                    deadline = time.monotonic() + DRAIN_TIMEOUT
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    sinks[key.fd].write(chunk)
+                else:
+                    sel.unregister(key.fd)
+    finally:
+        sel.close()
+        os.close(pidfd)
+        for fd in sinks:
+            os.close(fd)
+        if status is None:
+            # Interrupted (SIGTERM): reap the attached process anyway. Its zombie belongs
+            # to the guest's pid namespace, whose init cannot exit (so stop() would hang)
+            # while a process of that namespace waits to be reaped by us.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return status, rusage, timed_out
+
+
+def _step_result(status: int, rusage, timed_out: bool, wall: float) -> base.StepResult:
+    result = base.StepResult(timed_out=timed_out, wall_s=round(wall, 3),
+                             cpu_s=round(rusage.ru_utime + rusage.ru_stime, 3), max_rss_kb=rusage.ru_maxrss)
+    if os.WIFSIGNALED(status):
+        result.signal = os.WTERMSIG(status)
+    else:
+        result.exit_code = os.WEXITSTATUS(status)
+    return result
+
+
+# --------------------------------------------------------------------------- VM, Host
+
+
+class LxcVM(base.VM):
+    """One job's overlay clone of the base container ``machine.vm``."""
+
+    def __init__(self, machine: Machine, name: str, lxcpath: str):
+        super().__init__(machine, name)
+        self.lxcpath = lxcpath
+        self._c: lxc.Container | None = None
+        self._cgroup: GuestCgroup | None = None
+        self._user = (0, 0, "/root")
+        self._children: set[int] = set()   # attached processes not reaped yet
+
+    # -- primitives
+
+    def revert(self) -> None:
+        parent = lxc.Container(self.machine.vm, self.lxcpath)
+        if not parent.defined:
+            raise ExecutorError(f"LXC base container {self.machine.vm!r} does not exist in {self.lxcpath}:"
+                                f" build it with lxc-resources/build-base.sh {self.machine.vm}")
+        if parent.running:
+            raise ExecutorError(f"LXC base container {self.machine.vm!r} is running; jobs run in clones of"
+                                f" a stopped base: lxc-stop -n {self.machine.vm}")
+        self._user = _guest_user(parent, self.machine.guest_user)
+        clone = parent.clone(self.name, flags=lxc.LXC_CLONE_SNAPSHOT, bdevtype="overlayfs")
+        if not clone:
+            raise ExecutorError(f"cloning LXC container {self.machine.vm!r} into {self.name!r} failed")
+        self._c = clone
+        items = [("lxc.uts.name", "vmchecker"), ("lxc.net", ""), ("lxc.net.0.type", "empty"),
+                 ("lxc.cap.drop", sorted(set(clone.get_config_item("lxc.cap.drop") or []) | set(DROP_CAPS))),
+                 *limit_items(self.machine.limits)]
+        for key, value in items:
+            if not clone.set_config_item(key, value):
+                raise ExecutorError(f"LXC rejected {key} = {value} for {self.name}")
+
+    def start(self) -> None:
+        # close_fds: the monitor LXC forks must not keep other jobs' pipes open.
+        if not self._container().start(close_fds=True):
+            raise ExecutorError(f"LXC container {self.name} did not start (base {self.machine.vm!r})")
+
+    def wait_ready(self, timeout: float) -> None:
+        c = self._container()
+        if not c.wait("RUNNING", timeout) or c.init_pid <= 0:
+            raise ExecutorError(f"LXC container {self.name} was not running after {timeout} s")
+        self._cgroup = GuestCgroup(c.init_pid)
+
+    def copy_to(self, src: Path, guest_dir: str) -> None:
+        uid, gid, _home = self._user
+
+        def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+            return info
+
+        def write(stream: int, failure: list[BaseException]) -> None:
+            try:
+                with os.fdopen(stream, "wb") as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+                    tf.add(src, arcname=".", filter=owned)
+            except (OSError, tarfile.TarError) as exc:
+                failure.append(exc)
+
+        read_end, write_end = os.pipe()
+        failure: list[BaseException] = []
+        feeder = threading.Thread(target=write, args=(write_end, failure), daemon=True)
+        try:
+            status, timed_out, errors = self._root_command(
+                ["/bin/sh", "-c", COPY_IN, "sh", guest_dir], read_end, _Buffer(64 * 1024), feeder)
+        except BaseException:
+            if not feeder.is_alive() and not feeder.ident:
+                os.close(write_end)
+            raise
+        if timed_out or status != 0 or failure:
+            reason = errors or (str(failure[0]) if failure else f"wait status {status}")
+            raise ExecutorError(f"copying the job's files into {guest_dir} in {self.name} failed: {reason}")
+
+    def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
+        stream = _Buffer(base.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
+        argv = ["/bin/sh", "-c", COPY_OUT, "sh", guest_dir, str(cap + 1), str(base.MAX_GUEST_VMRS)]
+        status, timed_out, errors = self._root_command(argv, None, stream)
+        if timed_out or status != 0 or stream.overflow:
+            raise ExecutorError(f"copying results out of {guest_dir} in {self.name} failed:"
+                                f" {errors or f'wait status {status}'}")
+        if not stream.data:
+            return
+        try:
+            with tarfile.open(fileobj=io.BytesIO(bytes(stream.data)), mode="r:") as tf:
+                for member in tf:
+                    name = member.name.removeprefix("./")
+                    if member.isreg() and name and "/" not in name and not name.startswith("."):
+                        with tf.extractfile(member) as f:
+                            (dest / name).write_bytes(f.read(cap + 1))
+        except tarfile.TarError as exc:
+            raise ExecutorError(f"results copied out of {self.name} are not a valid tar stream: {exc}") from None
+
+    def run(self, argv: list[str], cwd: str, timeout: float,
+            stdout: base.CappedWriter, stderr: base.CappedWriter) -> base.StepResult:
+        uid, gid, home = self._user
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        started = time.monotonic()
+        try:
+            pid = self._attach(argv, cwd, uid, gid, home, None, out_w, err_w)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        try:
+            status, rusage, timed_out = _pump(pid, {out_r: stdout, err_r: stderr}, timeout, self._kill_guest_processes)
+        finally:
+            self._children.discard(pid)
+        return _step_result(status, rusage, timed_out, time.monotonic() - started)
+
+    def stop(self) -> None:
+        c = self._container()
+        if c.running and not c.stop():
+            raise ExecutorError(f"LXC container {self.name} did not stop")
+
+    def cleanup(self) -> None:
+        self._reap_children()
+        c = self._c if self._c is not None else lxc.Container(self.name, self.lxcpath)
+        _destroy(c)
+        self._c = None
+
+    # -- helpers
+
+    def _container(self) -> lxc.Container:
+        if self._c is None:
+            raise ExecutorError(f"LXC container {self.name} was not created")
+        return self._c
+
+    def _kill_guest_processes(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
+
+    def _attach(self, argv: list[str], cwd: str, uid: int, gid: int, home: str,
+                stdin: int | None, stdout: int, stderr: int) -> int:
+        """Start ``argv`` in the guest; the pid (our child) is recorded until reaped,
+        because the guest's init cannot exit while its zombie waits for us."""
+        null = os.open(os.devnull, os.O_RDONLY) if stdin is None else None
+        try:
+            with base.uninterruptible():
+                pid = self._container().attach(
+                    lxc.attach_run_command, argv, initial_cwd=cwd, uid=uid, gid=gid,
+                    env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
+                    extra_env_vars=[f"PATH={GUEST_PATH}", f"HOME={home}", "LANG=C.UTF-8", "TERM=dumb"],
+                    stdin=stdin if stdin is not None else null, stdout=stdout, stderr=stderr)
+                if isinstance(pid, int) and pid > 0:
+                    self._children.add(pid)
+        finally:
+            if null is not None:
+                os.close(null)
+        if not isinstance(pid, int) or pid <= 0:
+            raise ExecutorError(f"attaching to LXC container {self.name} failed")
+        return pid
+
+    def _reap_children(self) -> None:
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self._children.discard(pid)
+
+    def _root_command(self, argv: list[str], stdin: int | None, stdout: _Buffer,
+                      feeder: threading.Thread | None = None) -> tuple[int, bool, str]:
+        """Run a command of ours as root in the guest under COPY_TIMEOUT, while
+        ``feeder`` (if any) writes its stdin. Returns (wait status, timed out, stderr)."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        errors = _Buffer(64 * 1024)
+        try:
+            pid = self._attach(argv, "/", 0, 0, "/root", stdin, out_w, err_w)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            for fd in (out_w, err_w, *([stdin] if stdin is not None else [])):
+                os.close(fd)
+        if feeder is not None:
+            feeder.start()
+        try:
+            status, _rusage, timed_out = _pump(pid, {out_r: stdout, err_r: errors}, base.COPY_TIMEOUT,
+                                               self._kill_guest_processes)
+        finally:
+            self._children.discard(pid)
+            if feeder is not None:
+                feeder.join()
+        return status, timed_out, errors.text()
+
+
+def _guest_user(parent: lxc.Container, user: str) -> tuple[int, int, str]:
+    """(uid, gid, home) of ``user`` from the base's /etc/passwd (read on the host: the
+    base is ours and stopped, so this needs no process in a guest)."""
+    if user in ("", "root"):
+        return 0, 0, "/root"
+    rootfs = parent.get_config_item("lxc.rootfs.path").split(":", 1)[-1]
+    with contextlib.suppress(OSError):
+        for line in Path(rootfs, "etc/passwd").read_text(encoding="utf-8").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 6 and fields[0] == user:
+                return int(fields[2]), int(fields[3]), fields[5] or "/"
+    raise ExecutorError(f"guest_user {user!r} does not exist in LXC base container {parent.name!r}")
+
+
+def _destroy(c: lxc.Container) -> None:
+    if not c.defined:
+        return
+    if c.state == "FROZEN":
+        c.unfreeze()
+    if c.running and not c.stop() and c.init_pid > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(c.init_pid, signal.SIGKILL)
+        c.wait("STOPPED", 5)
+    if not c.destroy():
+        raise ExecutorError(f"LXC container {c.name} could not be destroyed")
+
+
+CLONE_RE = re.compile(rf"^{re.escape(PREFIX)}[A-Za-z0-9]*-(\d+)-[0-9a-f]+$")
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the executor that made clone ``name`` may still run (us included).
+    A name not made by :meth:`LxcHost.get_vm` counts as alive: it is not ours to remove."""
+    match = CLONE_RE.match(name)
+    if not match:
+        return True
+    pid = int(match.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LxcHost(base.Host):
+    backend = "lxc"
+
+    def __init__(self, lxcpath: str | None = None):
+        self.lxcpath = lxcpath or lxc.default_config_path
+
+    def get_vm(self, machine: Machine, job_id: str) -> LxcVM:
+        if machine.network:
+            raise ExecutorError(f"machine {machine.name!r}: network: true is not supported by the LXC backend"
+                                " yet; set network: false")
+        job = re.sub(r"[^A-Za-z0-9]", "", job_id)[:20]
+        return LxcVM(machine, f"{PREFIX}{job}-{os.getpid()}-{secrets.token_hex(3)}", self.lxcpath)
+
+    def clones(self) -> list[str]:
+        """The names of every job clone in this LXC path."""
+        return [n for n in lxc.list_containers(config_path=self.lxcpath) if n.startswith(PREFIX)]
+
+    def destroy_clone(self, name: str) -> None:
+        """Stop and destroy the job clone ``name`` (whoever made it)."""
+        if not name.startswith(PREFIX):
+            raise ExecutorError(f"refusing to destroy {name!r}: not a job clone ({PREFIX}*)")
+        _destroy(lxc.Container(name, self.lxcpath))
+
+    def cleanup_leftovers(self) -> list[str]:
+        removed = []
+        for name in self.clones():
+            if _owner_alive(name):
+                continue
+            log.warning("destroying LXC clone %s left by a dead executor", name)
+            try:
+                self.destroy_clone(name)
+                removed.append(name)
+            except ExecutorError as exc:
+                log.error("%s", exc.message)
+        return removed
+
+
+def create_host() -> LxcHost:
+    return LxcHost()
