@@ -102,17 +102,46 @@ def executor_overhead(jobs: int, vm: str) -> dict[str, float]:
 
 
 def queue_manager_throughput(args: argparse.Namespace) -> dict[str, float]:
-    """Throughput of one tester with 1, 2 and 4 slots (``jobs_100_2slots_s``...).
+    """Throughput of one tester (the real queue manager in drain mode, real executor
+    processes, real LXC guests) with 1, 2 and 4 slots: ``--throughput-jobs`` trivial
+    bundles queued, then the wall time until every result is durable in done/."""
+    from vmchecker import bundle
+    from vmchecker.config import load_tester
+    from vmchecker.tester.queue_manager import QueueManager
 
-    Place for the queue-manager part of the benchmark; it returns name=value figures
-    that join the final line."""
-    return {}
+    figures: dict[str, float] = {}
+    if args.throughput_jobs <= 0:
+        return figures
+    for slots in (1, 2, 4):
+        with tempfile.TemporaryDirectory(prefix="vmck-bench-qm-") as tmp:
+            root = Path(tmp)
+            (root / "config.yaml").write_text(yaml.safe_dump({"tester": {"name": "bench", "slots": slots}}))
+            queue = root / "queue"
+            queue.mkdir()
+            for i in range(args.throughput_jobs):
+                folder, info = make_bundle(root / "src" / str(i), f"qm{slots}-{i:04d}", args.vm)
+                bundle.build_bundle(queue / info.file_name, info, archive_path=folder / "archive.zip",
+                                    tests_path=folder / "tests.zip", build_script=folder / "build.sh",
+                                    run_script=folder / "run.sh")
+            manager = QueueManager(load_tester(root / "config.yaml"), once=True)
+            start = time.perf_counter()
+            manager.run()
+            elapsed = time.perf_counter() - start
+            done = sum(1 for d in (root / "done").iterdir() if (d / ".complete").exists())
+            ok = sum(1 for d in (root / "done").iterdir() if '"status": "done"' in (d / "result.json").read_text())
+        print(f"queue manager, {slots} slot(s): {args.throughput_jobs} jobs in {elapsed:.1f} s"
+              f" ({args.throughput_jobs / elapsed:.1f} jobs/s), {done} results, {ok} done")
+        figures[f"jobs_{args.throughput_jobs}_{slots}slots_s"] = round(elapsed, 3)
+        figures[f"jobs_per_s_{slots}slots"] = round(args.throughput_jobs / elapsed, 3)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=20, help="jobs to time (default 20)")
     p.add_argument("--vm", default="vmchecker-base", help="LXC base container (default vmchecker-base)")
+    p.add_argument("--throughput-jobs", type=int, default=100,
+                   help="jobs per queue-manager throughput run with 1, 2 and 4 slots (default 100; 0 skips)")
     args = p.parse_args(argv)
     figures = executor_overhead(args.jobs, args.vm)
     figures.update(queue_manager_throughput(args))
