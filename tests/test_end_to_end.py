@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lab import netns, skip_unless_lab, sshd
+from tests.lab import lxc_unusable, netns, skip_unless_lab, sshd
 from tests.util import HELLO_C, HELLO_MAKEFILE, make_zip
 from vmchecker import config
 from vmchecker.repo import Repository
@@ -42,18 +42,6 @@ if [ "$out" = "Hello, world!" ]; then echo PASS; else echo FAIL; echo "-10: wron
 """
 SPIN_C = ("#include <stdio.h>\nint main(void){volatile unsigned long x=0;"
           " for(unsigned long i=0;i<400000000UL;i++) x+=i; return x==1;}\n")
-
-
-def _lxc_ready() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    try:
-        import lxc
-    except ImportError as exc:
-        return f"the LXC binding is missing: {exc}"
-    if not lxc.Container(BASE).defined:
-        return f"the LXC base container {BASE} does not exist: run 'make base'"
-    return None
 
 
 def _wait(predicate, timeout: float, what: str, step: float = 0.3):
@@ -187,7 +175,7 @@ class Storer:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     skip_unless_lab()
-    reason = _lxc_ready()
+    reason = lxc_unusable(BASE)
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("e2e")

@@ -200,8 +200,8 @@ class NotifyRequest:
 # --------------------------------------------------------------------------- client
 
 
-class _TimeoutTransport(xmlrpc.client.Transport):
-    """A transport whose connections time out, so a hung daemon cannot hang the caller."""
+class _TimeoutMixin:
+    """Connections that time out, so a hung daemon cannot hang the caller."""
 
     def __init__(self, timeout: float):
         super().__init__()
@@ -213,15 +213,12 @@ class _TimeoutTransport(xmlrpc.client.Transport):
         return conn
 
 
-class _SafeTimeoutTransport(xmlrpc.client.SafeTransport):
-    def __init__(self, timeout: float):
-        super().__init__()
-        self._timeout = timeout
+class _TimeoutTransport(_TimeoutMixin, xmlrpc.client.Transport):
+    pass
 
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        conn = super().make_connection(host)
-        conn.timeout = self._timeout
-        return conn
+
+class _SafeTimeoutTransport(_TimeoutMixin, xmlrpc.client.SafeTransport):
+    pass
 
 
 def check_url(url: Any) -> str:

@@ -8,27 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.executor.helpers import BASE
-
-
-def _lxc_unusable() -> str | None:
-    """Why real LXC jobs cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "LXC tests need root"
-    try:
-        import lxc  # noqa: F401  (the binding, not vmchecker.executor.lxc)
-    except ImportError as exc:
-        return f"the LXC Python binding is not installed ({exc}); pip install -e '.[lxc]'"
-    import lxc as binding
-
-    if not binding.Container(BASE).defined:
-        return f"the LXC base container {BASE!r} does not exist: run 'make base'"
-    return None
+from tests.lab import lxc_unusable
 
 
 @pytest.fixture(scope="session")
 def lxc_host():
     """The LXC backend's Host; skips with the reason when LXC cannot run here."""
-    reason = _lxc_unusable()
+    reason = lxc_unusable(BASE)
     if reason:
         pytest.skip(reason)
     from vmchecker.executor import get_host

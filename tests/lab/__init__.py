@@ -16,3 +16,18 @@ def skip_unless_lab() -> None:
     reason = netns.available() or sshd.available()
     if reason:
         pytest.skip(reason)
+
+
+def lxc_unusable(base: str = "vmchecker-base") -> str | None:
+    """Why real LXC guests cannot run here (no root, no binding, no base), or None."""
+    import os
+
+    if os.geteuid() != 0:
+        return "LXC tests need root"
+    try:
+        import lxc  # the binding, not vmchecker.executor.lxc
+    except ImportError as exc:
+        return f"the LXC Python binding is not installed ({exc}); pip install -e '.[lxc]'"
+    if not lxc.Container(base).defined:
+        return f"the LXC base container {base!r} does not exist: run 'make base'"
+    return None

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lab import skip_unless_lab, sshd
+from tests.lab import lxc_unusable, skip_unless_lab, sshd
 from tests.util import make_zip
 from tests.web.helpers import HELLO, PASSWORDS, free_port, open_course, write_users
 from tests.web.test_browser import WebServer, log_in, page, shot  # noqa: F401  (page is a fixture)
@@ -28,16 +28,6 @@ from tests.web.test_browser import WebServer, log_in, page, shot  # noqa: F401  
 BASE = "vmchecker-base"
 RUN_SH = ('#!/bin/bash\nout=$(./hello)\nif [ "$out" = "Hello, world!" ]; then echo "PASS: hello";'
           ' else echo FAIL; echo "-10: wrong output" > grade.vmr; fi\n')
-
-
-def _lxc_reason() -> str | None:
-    try:
-        import lxc
-    except ImportError as exc:
-        return f"the LXC binding is missing: {exc}"
-    if not lxc.Container(BASE).defined:
-        return f"the LXC base container {BASE} does not exist: run 'make base'"
-    return None
 
 
 class Process:
@@ -61,7 +51,7 @@ class Process:
 @pytest.fixture
 def system(tmp_path: Path):
     skip_unless_lab()
-    reason = _lxc_reason()
+    reason = lxc_unusable(BASE)
     if reason:
         pytest.skip(reason)
     daemon_port = free_port()
