@@ -60,8 +60,10 @@ class FolderVM(base.VM):
     def stop(self):
         self._call("stop")
 
-    def cleanup(self):
+    def cleanup(self, failed=False):
         self.calls.append("cleanup")
+        self.cleaned_after_failure = failed
+        return "guest kept for inspection in /somewhere" if failed else None
 
 
 class FolderHost(base.Host):
@@ -110,6 +112,7 @@ def test_full_flow_in_order(tmp_path):
     assert job.status == "done"
     assert host.vms[0].calls == ["revert", "start", "wait_ready", "copy_to", "run", "run", "copy_from", "stop",
                                  "cleanup"]
+    assert not host.vms[0].cleaned_after_failure
     assert vmr(out, "build-stdout.vmr") == "built\n"
     assert vmr(out, "run-stdout.vmr") == "out\n" and vmr(out, "run-stderr.vmr") == "err\n"
     assert vmr(out, "grade.vmr") == "7 points\n" and vmr(out, "extra.vmr") == "note\n"
@@ -135,7 +138,9 @@ def test_a_failed_start_is_an_error_and_the_guest_is_cleaned(tmp_path):
     job, out, _ = run_job(tmp_path, host)
     assert job.status == "error"
     assert host.vms[0].calls == ["revert", "start", "cleanup"]
+    assert host.vms[0].cleaned_after_failure  # the backend may keep the guest...
     assert "did not start" in vmr(out, "vmchecker-stderr.vmr")
+    assert "guest kept for inspection in /somewhere" in vmr(out, "vmchecker-stderr.vmr")  # ...and say where
     assert vmr(out, "grade.vmr") == "error\n"
     assert json.loads(vmr(out, "result.json"))["status"] == "error"
 

@@ -369,8 +369,12 @@ class VM:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def cleanup(self) -> None:
-        """Remove whatever ``revert`` created; safe to call in any state, twice."""
+    def cleanup(self, failed: bool = False) -> str | None:
+        """Remove whatever ``revert`` created; safe to call in any state, twice.
+
+        ``failed`` says the job did not finish: a backend may then keep the guest for
+        inspection and return a note for ``vmchecker-stderr.vmr`` (where it is)."""
+        return None
 
 
 class Host:
@@ -461,7 +465,9 @@ class Host:
         if vm is not None:
             try:
                 with job.phase("cleanup"):
-                    vm.cleanup()
+                    note = vm.cleanup(failed=job.status != STATUS_DONE)
+                if note:
+                    out.error(note)
             except Exception as exc:  # the job's results stand; the leftover is logged
                 log.exception("job %s: cleaning up guest %s failed", job.job_id, vm.name)
                 out.error(f"cleaning up guest {vm.name} failed: {exc}")

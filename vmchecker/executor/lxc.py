@@ -380,11 +380,12 @@ class LxcVM(base.VM):
         if c.running and not c.stop():
             raise ExecutorError(f"LXC container {self.name} did not stop")
 
-    def cleanup(self) -> None:
+    def cleanup(self, failed: bool = False) -> str | None:
         self._reap_children()
         c = self._c if self._c is not None else lxc.Container(self.name, self.lxcpath)
         _destroy(c)
         self._c = None
+        return None
 
     # -- helpers
 

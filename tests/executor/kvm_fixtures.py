@@ -1,0 +1,63 @@
+"""Fixtures for executor tests on real libvirt/QEMU guests (TCG where KVM cannot run).
+
+``kvm_host`` builds the guest once per session with kvm-resources/build-image.sh (a
+no-op when its stamps match) and skips, with the reason, only where QEMU or libvirt
+cannot run at all. Test modules import the fixtures they use from here (the package's
+conftest.py belongs to the LXC tests).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KVM_BASE = "vmchecker-kvm-base"
+KVM_STATE = Path(os.environ.get("VMCHECKER_KVM_STATE", "/var/lib/vmchecker/kvm"))
+TOOLS = ("qemu-system-x86_64", "qemu-img", "virsh", "libvirtd", "virtlogd", "mmdebstrap", "busybox", "mkfs.ext4")
+
+
+def _kvm_unusable() -> str | None:
+    """Why real QEMU guests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "KVM tests need root (libvirt's system instance)"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"missing {', '.join(missing)}: install the packages in kvm-resources/INSTALL.md"
+    try:
+        import libvirt  # noqa: F401
+        import libvirt_qemu  # noqa: F401
+    except ImportError as exc:
+        return f"libvirt-python is not installed ({exc}); pip install libvirt-python"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kvm_host():
+    """The KVM backend's Host, with the base guest built and snapshotted."""
+    reason = _kvm_unusable()
+    if reason:
+        pytest.skip(reason)
+    proc = subprocess.run([str(REPO / "kvm-resources" / "build-image.sh"), KVM_BASE],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"build-image.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    from vmchecker.executor import get_host
+
+    return get_host("kvm")
+
+
+def kvm_machine(**overrides) -> dict:
+    """Machine overrides for tests.executor.helpers.make_bundle: the KVM base guest."""
+    return {"type": "kvm", "vm": KVM_BASE, "base_image": str(KVM_STATE / "base.qcow2"), **overrides}
+
+
+def owned_domains(host, pids: set[int]) -> list[str]:
+    """Running transient job guests made by the processes ``pids``."""
+    import libvirt
+
+    domains = host.connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
+    return [d.name() for d in domains if any(f"-{pid}-" in d.name() for pid in pids)]
