@@ -1,13 +1,14 @@
 # Two entry points for a fresh Debian machine, as root:  make demo  and  make test.
-# Each installs what it needs (Debian packages, .venv/, the LXC base container) and is
-# safe to run twice.
+# Each installs what it needs (Debian packages, .venv/, the LXC base container, the KVM
+# guest image) and is safe to run twice.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BASE ?= vmchecker-base
+KVM_BASE ?= vmchecker-kvm-base
 STAMPS := .stamps
 
-.PHONY: all deps venv base test lint demo demo-stop bench clean
+.PHONY: all deps venv base kvm-base test lint demo demo-stop bench clean
 
 all: venv
 
@@ -20,7 +21,7 @@ deps: | $(STAMPS)
 $(VENV)/.installed: setup.py | deps
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[lxc,web,test]'
+	$(VENV)/bin/pip install -q -e '.[lxc,kvm,web,test]'
 	touch $@
 
 venv: deps $(VENV)/.installed
@@ -28,20 +29,26 @@ venv: deps $(VENV)/.installed
 base: deps
 	lxc-resources/build-base.sh $(BASE)
 
+kvm-base: deps
+	kvm-resources/build-image.sh $(KVM_BASE)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv base lint
+test: venv base kvm-base lint
 	$(VENV)/bin/pytest tests
 
-demo: venv base
+demo: venv base kvm-base
 	demo/demo.sh start
 
 demo-stop:
 	demo/demo.sh stop
 
-bench: venv base
+bench: venv base kvm-base
 	$(VENV)/bin/python bench/executor.py
+	$(VENV)/bin/python bench/executor_kvm.py
+	$(VENV)/bin/python bench/dispatch.py
+	$(VENV)/bin/python bench/scheduler.py
 
 clean:
 	rm -rf $(VENV) $(STAMPS) *.egg-info

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo behind `make demo` / `make demo-stop`: a storer and a tester on this one
-# machine. Course `demo` (assignment 1-hello on machine `linux`, type lxc), a tester
-# folder, sshd on loopback for the storer's SFTP, the storer daemon, the queue manager
-# and the web interface. `start` sets up what is missing, starts what is not running,
+# machine. Course `demo` (1-hello on machine `linux`, type lxc; 1-hello-kvm on
+# `linux-kvm`, type kvm), a tester folder, sshd on loopback for the storer's SFTP, the
+# storer daemon, the queue manager and the web interface. `start` sets up what is missing, starts what is not running,
 # submits the sample archive and prints its results; it is safe to run twice.
 # Everything lives in demo-run/ next to this folder; the course is registered in the
 # global config ($VMCHECKER_CONFIG, default /etc/vmchecker/config.yaml) so the commands
@@ -104,6 +104,17 @@ machines:
     build_script: build.sh
     run_script: run.sh
     limits: {memory_mb: 512, pids: 256, cpus: 1, output_kb: 256}
+  linux-kvm:
+    type: kvm
+    testers: [t1]
+    vm: vmchecker-kvm-base
+    snapshot: clean
+    revert: snapshot
+    domain_type: auto
+    base_image: /var/lib/vmchecker/kvm/base.qcow2
+    build_script: build.sh
+    run_script: run.sh
+    limits: {memory_mb: 256, pids: 256, cpus: 1, output_kb: 256}
 assignments:
   defaults:
     timeout: 30
@@ -118,6 +129,12 @@ assignments:
     machine: linux
     statement: https://en.wikipedia.org/wiki/%22Hello,_World!%22_program
     order: 1
+  1-hello-kvm:
+    title: Hello, world (in a KVM guest)
+    deadline: 2030-06-30 23:55:00
+    machine: linux-kvm
+    statement: https://en.wikipedia.org/wiki/%22Hello,_World!%22_program
+    order: 2
 EOF
 }
 
@@ -176,10 +193,10 @@ setup_web_users() {
     fi
 }
 
-wait_graded() {  # wait_graded ACCOUNT: until the current submission is done or error
-    local account=$1 status
+wait_graded() {  # wait_graded ASSIGNMENT ACCOUNT: until the current submission is done or error
+    local assignment=$1 account=$2 status
     for _ in $(seq 1 240); do
-        status=$(cat "$course/repo/1-hello/$account/current/results/grade.vmr" 2>/dev/null | head -c 200)
+        status=$(cat "$course/repo/$assignment/$account/current/results/grade.vmr" 2>/dev/null | head -c 200)
         case "$status" in saved|queued|running|"") sleep 0.5 ;; *) return 0 ;; esac
     done
     echo "the submission was not graded within 120 s; see $logs/" >&2
@@ -203,15 +220,19 @@ start() {
     fi
     for _ in $(seq 1 50); do "$bin/vmchecker-status" demo >/dev/null 2>&1 && break; sleep 0.2; done
 
-    say "submitting the sample archive as 'student'"
     (cd "$here/sample/hello" && rm -f "$run/hello.zip" && zip -q "$run/hello.zip" hello.c Makefile)
-    "$bin/vmchecker-submit" --skip-time-checks demo 1-hello student "$run/hello.zip"
-    wait_graded student
-
-    say "results of demo/1-hello/student"
-    local results="$course/repo/1-hello/student/current/results"
-    for f in build-stdout build-stderr run-stdout run-stderr vmchecker-stderr grade; do
-        [ -s "$results/$f.vmr" ] && { echo "--- $f.vmr"; head -c 2000 "$results/$f.vmr"; echo; }
+    local assignment results
+    for assignment in 1-hello 1-hello-kvm; do
+        say "submitting the sample archive for $assignment as 'student'"
+        "$bin/vmchecker-submit" --skip-time-checks demo "$assignment" student "$run/hello.zip"
+    done
+    for assignment in 1-hello 1-hello-kvm; do
+        wait_graded "$assignment" student
+        say "results of demo/$assignment/student"
+        results="$course/repo/$assignment/student/current/results"
+        for f in build-stdout build-stderr run-stdout run-stderr vmchecker-stderr grade; do
+            [ -s "$results/$f.vmr" ] && { echo "--- $f.vmr"; head -c 2000 "$results/$f.vmr"; echo; }
+        done
     done
     say "grades"
     "$bin/vmchecker-grades" demo

@@ -7,6 +7,8 @@ packages=(
   openssh-server openssh-client                           # storer <-> tester transport
   iproute2 procps psmisc zip unzip sqlite3                # namespaces, process tools
   chromium chromium-driver slapd ldap-utils               # web: browser tests, LDAP server for tests
+  qemu-system-x86 qemu-utils libvirt-daemon-system        # KVM backend (TCG where no hardware
+  libvirt-clients libvirt-dev busybox-static e2fsprogs    #   virtualization) and its guest image
   "$@"
 )
 missing=()
