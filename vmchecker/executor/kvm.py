@@ -25,6 +25,7 @@ too: if the wrapper does not report in time, the host kills the cgroup through t
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import fcntl
@@ -616,6 +617,7 @@ class KvmHost(base.Host):
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
         self.state_dirs = {Path(DEFAULT_STATE)}
+        atexit.register(self.close)  # before interpreter shutdown tears libvirt's module down
 
     def connection(self) -> libvirt.virConnect:
         if self._conn is None or not self._conn.isAlive():
@@ -625,6 +627,13 @@ class KvmHost(base.Host):
                 raise ExecutorError(f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()};"
                                     " start it with kvm-resources/build-image.sh (virtlogd -d; libvirtd -d)") from None
         return self._conn
+
+    def close(self) -> None:
+        """Close the libvirt connection (a later call opens a new one)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
 
     def get_vm(self, machine: Machine, job_id: str) -> KvmVM:
         if machine.channel == "ssh":
