@@ -18,7 +18,7 @@ $(STAMPS):
 deps: | $(STAMPS)
 	tools/install-deps.sh
 
-$(VENV)/.installed: setup.py | deps
+$(VENV)/.installed: setup.py $(wildcard bin/vmchecker-*) | deps
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[lxc,kvm,web,test]'

@@ -7,6 +7,7 @@ call here must be refused before any transfer.
 
 from __future__ import annotations
 
+import json
 import threading
 import xmlrpc.client
 
@@ -95,3 +96,24 @@ def test_queue_task_only_from_storer(daemon):
     assert rpc.Client(daemon.url).queue_task("so", "1-hello", "carol", sub.name) == job_id
     with pytest.raises(rpc.RpcRefused, match="no submission|not a submission|bad submission"):
         rpc.Client(daemon.url).queue_task("so", "1-hello", "carol", "2020.01.01 00.00.00")
+
+
+def test_vmchecker_status_shows_the_daemons_view(daemon, capsys):
+    from vmchecker.cli import status
+
+    archive = make_zip(daemon.course.root / "c.zip", {"hello.c": HELLO_C})
+    sub = submit.submit(daemon.course, "1-hello", "dave", archive, skip_time_checks=True)
+    job_id = rpc.Client(daemon.url).queue_task("so", "1-hello", "dave", sub.name)
+    assert status.main(["--url", daemon.url, "so"]) == 0
+    text = capsys.readouterr().out
+    assert job_id in text and "queued" in text and "so/1-hello/dave" in text
+    assert status.main(["--url", daemon.url, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [j["job_id"] for j in data["jobs"]] == [job_id] and data["counts"]["queued"] == 1
+
+
+def test_vmchecker_status_says_when_the_daemon_is_down(capsys):
+    from vmchecker.cli import status
+
+    assert status.main(["--url", "http://127.0.0.1:9/"]) == 8
+    assert "not answering" in capsys.readouterr().err
