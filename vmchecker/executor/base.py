@@ -22,12 +22,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import io
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -38,7 +42,7 @@ from typing import IO, Any
 
 from vmchecker import archive, bundle, fsutil
 from vmchecker.config import Machine
-from vmchecker.errors import ArchiveError, BundleError, VmcheckerError
+from vmchecker.errors import ArchiveError, BundleError, ExecutorError, VmcheckerError
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +330,53 @@ def _pump(stream: IO[bytes], sink: CappedWriter) -> None:
     for chunk in iter(lambda: stream.read1(65536), b""):
         sink.write(chunk)
     stream.close()
+
+
+# --------------------------------------------------------------------------- guests
+
+GUEST_PREFIX = "vmck-"
+_GUEST_RE = re.compile(rf"^{re.escape(GUEST_PREFIX)}[A-Za-z0-9]*-(\d+)-[0-9a-f]+$")
+
+
+def guest_name(job_id: str) -> str:
+    """A job guest's name, ``vmck-<job>-<executor pid>-<random>``: the pid lets a later
+    executor tell a leftover of a dead one from a guest still in use."""
+    job = re.sub(r"[^A-Za-z0-9]", "", job_id)[:20]
+    return f"{GUEST_PREFIX}{job}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the executor that made guest ``name`` may still run (this one included).
+    A name :func:`guest_name` did not make counts as alive: it is not ours to remove."""
+    match = _GUEST_RE.match(name)
+    if not match:
+        return True
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def extract_vmrs(data: bytes, dest: Path, cap: int, guest: str) -> None:
+    """Write the regular top-level files of a tar stream copied out of a guest into
+    ``dest``, each cut to ``cap + 1`` bytes; links, folders and dotfiles are skipped."""
+    if not data:
+        return
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+            for member in tf:
+                name = member.name.removeprefix("./")
+                if member.isreg() and name and "/" not in name and not name.startswith("."):
+                    with tf.extractfile(member) as f:
+                        (dest / name).write_bytes(f.read(cap + 1))
+    except tarfile.TarError as exc:
+        raise ExecutorError(f"results copied out of {guest} are not a valid tar stream: {exc}") from None
 
 
 # --------------------------------------------------------------------------- VM, Host

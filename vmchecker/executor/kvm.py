@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 libvirt.registerErrorHandler(lambda *_args: None, None)   # errors arrive as exceptions; polling must not flood stderr
 
-PREFIX = "vmck-"
+PREFIX = base.GUEST_PREFIX
 URI = os.environ.get("VMCHECKER_LIBVIRT_URI", "qemu:///system")
 DEFAULT_STATE = os.environ.get("VMCHECKER_KVM_STATE", "/var/lib/vmchecker/kvm")
 AGENT_TIMEOUT = 10          # seconds for one agent command
@@ -190,23 +190,6 @@ def tail(path: Path | None) -> str:
     except OSError as exc:
         return f"(cannot read the serial console log {path}: {exc.strerror})"
     return text.strip() or "(the serial console log is empty)"
-
-
-def owner_alive(name: str) -> bool:
-    """Whether the executor that made guest ``name`` (``vmck-JOB-PID-HEX``) still runs."""
-    match = re.match(rf"^{re.escape(PREFIX)}[A-Za-z0-9]*-(\d+)-[0-9a-f]+$", name)
-    if not match:
-        return True   # not ours to judge
-    pid = int(match.group(1))
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Agent:
@@ -382,15 +365,7 @@ class KvmVM(base.VM):
         agent = self._require_agent()
         agent.shell(COPY_OUT, guest_dir, str(cap + 1), str(base.MAX_GUEST_VMRS), OUT_TAR)
         data = agent.read_file(OUT_TAR, base.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-                for member in tf:
-                    name = member.name.removeprefix("./")
-                    if member.isreg() and name and "/" not in name and not name.startswith("."):
-                        with tf.extractfile(member) as f:
-                            (dest / name).write_bytes(f.read(cap + 1))
-        except tarfile.TarError as exc:
-            raise ExecutorError(f"results copied out of {self.name} are not a valid tar file: {exc}") from None
+        base.extract_vmrs(data, dest, cap, self.name)
 
     def run(self, argv: list[str], cwd: str, timeout: float,
             stdout: base.CappedWriter, stderr: base.CappedWriter) -> base.StepResult:
@@ -646,10 +621,9 @@ class KvmHost(base.Host):
         if machine.network:
             raise ExecutorError(f"machine {machine.name!r}: network: true is not supported by the KVM backend;"
                                 " set network: false")
-        job = re.sub(r"[^A-Za-z0-9]", "", job_id)[:20]
         self.state_dirs.add(state_dir(machine))
         (state_dir(machine) / "jobs").mkdir(parents=True, exist_ok=True)
-        vm = KvmVM(machine, f"{PREFIX}{job}-{os.getpid()}-{secrets.token_hex(3)}", self.connection())
+        vm = KvmVM(machine, base.guest_name(job_id), self.connection())
         vm.prepare_console()
         return vm
 
@@ -663,14 +637,14 @@ class KvmHost(base.Host):
             domains = []
         for dom in domains:
             name = dom.name()
-            if name.startswith(PREFIX) and not owner_alive(name):
+            if name.startswith(PREFIX) and not base.owner_alive(name):
                 log.warning("destroying KVM guest %s left by a dead executor", name)
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.destroy()
                 removed.append(name)
         for jobs in (d / "jobs" for d in self.state_dirs):
             for path in jobs.glob(f"{PREFIX}*"):
-                if path.suffix in (".qcow2", ".console") and not owner_alive(path.stem):
+                if path.suffix in (".qcow2", ".console") and not base.owner_alive(path.stem):
                     log.warning("removing %s left by a dead executor", path)
                     path.unlink(missing_ok=True)
                     if path.stem not in removed:

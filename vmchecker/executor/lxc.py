@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import logging
 import os
-import re
-import secrets
 import selectors
 import signal
 import tarfile
@@ -37,7 +34,7 @@ from vmchecker.executor import base
 
 log = logging.getLogger(__name__)
 
-PREFIX = "vmck-"
+PREFIX = base.GUEST_PREFIX
 DRAIN_TIMEOUT = 5.0         # seconds to read what is left in the pipes after a step ended
 KILL_TIMEOUT = 5.0          # seconds for a killed guest process to disappear
 CPU_PERIOD_US = 100_000
@@ -342,17 +339,7 @@ class LxcVM(base.VM):
         if timed_out or status != 0 or stream.overflow:
             raise ExecutorError(f"copying results out of {guest_dir} in {self.name} failed:"
                                 f" {errors or f'wait status {status}'}")
-        if not stream.data:
-            return
-        try:
-            with tarfile.open(fileobj=io.BytesIO(bytes(stream.data)), mode="r:") as tf:
-                for member in tf:
-                    name = member.name.removeprefix("./")
-                    if member.isreg() and name and "/" not in name and not name.startswith("."):
-                        with tf.extractfile(member) as f:
-                            (dest / name).write_bytes(f.read(cap + 1))
-        except tarfile.TarError as exc:
-            raise ExecutorError(f"results copied out of {self.name} are not a valid tar stream: {exc}") from None
+        base.extract_vmrs(bytes(stream.data), dest, cap, self.name)
 
     def run(self, argv: list[str], cwd: str, timeout: float,
             stdout: base.CappedWriter, stderr: base.CappedWriter) -> base.StepResult:
@@ -482,25 +469,6 @@ def _destroy(c: lxc.Container) -> None:
         raise ExecutorError(f"LXC container {c.name} could not be destroyed")
 
 
-CLONE_RE = re.compile(rf"^{re.escape(PREFIX)}[A-Za-z0-9]*-(\d+)-[0-9a-f]+$")
-
-
-def _owner_alive(name: str) -> bool:
-    """Whether the executor that made clone ``name`` may still run (us included).
-    A name not made by :meth:`LxcHost.get_vm` counts as alive: it is not ours to remove."""
-    match = CLONE_RE.match(name)
-    if not match:
-        return True
-    pid = int(match.group(1))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class LxcHost(base.Host):
     backend = "lxc"
 
@@ -511,8 +479,7 @@ class LxcHost(base.Host):
         if machine.network:
             raise ExecutorError(f"machine {machine.name!r}: network: true is not supported by the LXC backend"
                                 " yet; set network: false")
-        job = re.sub(r"[^A-Za-z0-9]", "", job_id)[:20]
-        return LxcVM(machine, f"{PREFIX}{job}-{os.getpid()}-{secrets.token_hex(3)}", self.lxcpath)
+        return LxcVM(machine, base.guest_name(job_id), self.lxcpath)
 
     def clones(self) -> list[str]:
         """The names of every job clone in this LXC path."""
@@ -527,7 +494,7 @@ class LxcHost(base.Host):
     def cleanup_leftovers(self) -> list[str]:
         removed = []
         for name in self.clones():
-            if _owner_alive(name):
+            if base.owner_alive(name):
                 continue
             log.warning("destroying LXC clone %s left by a dead executor", name)
             try:
