@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import logging
 import os
 import re
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 DEFAULT_GLOBAL_CONFIG = "/etc/vmchecker/config.yaml"
 MACHINE_TYPES = ("lxc", "kvm", "vmware")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # course, assignment, machine, tester ids
 
 
 # --------------------------------------------------------------------------- values
@@ -77,6 +78,24 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"bad size {value!r}: expected bytes or a number with K, M or G")
 
 
+def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or (with ``default_port``) ``HOST`` -> (host, port).
+    Port 0 is accepted: to listen on, it means any free port."""
+    text = str(value).strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not port and default_port is not None:
+        port = str(default_port)
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"bad address {value!r}: expected HOST:PORT")
+    return host, int(port)
+
+
 class _Size(int):
     """Marker type: a byte size written as ``10M``."""
 
@@ -113,6 +132,7 @@ class StorerSettings:
     known_hosts: str = "keys/known_hosts"
     queue_task_from: list[str] = field(default_factory=list)
     max_attempts: int = 3
+    retry_delay: float = 30.0
     failure_penalty_factor: float = 10.0
     notify_margin: int = 60
 
@@ -450,7 +470,7 @@ def read_yaml(path: Path | str) -> Any:
 
 
 def _check_id(value: str, file: Path, key: str, what: str) -> None:
-    if not _ID_RE.match(str(value)):
+    if not ID_RE.match(str(value)):
         raise ConfigError(file, key, f"bad {what} {value!r}: use letters, digits, '_', '-', '.'")
 
 
@@ -487,6 +507,12 @@ def load_course(path: Path | str) -> CourseConfig:
         if h.end < h.start:
             raise ConfigError(path, f"course.holidays[{i}]", "end is before start")
     storer = build(StorerSettings, data.get("storer"), path, "storer")
+    for i, entry in enumerate(storer.queue_task_from):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(path, f"storer.queue_task_from[{i}]",
+                              f"{entry!r} is not an IP address or network (such as 10.0.0.5 or 10.0.0.0/24)") from None
     testers = _named(Tester, data.get("testers"), path, "testers", "tester")
     for t in testers.values():
         if t.slots < 1:

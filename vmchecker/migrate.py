@@ -33,14 +33,13 @@ from typing import Any
 
 import yaml
 
-from vmchecker.config import DATE_FORMAT
+from vmchecker.config import DATE_FORMAT, ID_RE
 from vmchecker.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 OLD_DATE_FORMATS = ("%Y.%m.%d %H:%M:%S", DATE_FORMAT, "%Y.%m.%d %H:%M", "%Y-%m-%d %H:%M")
 _NO_DEFAULT = "\x00no default section"
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 _MISSING = object()
@@ -383,7 +382,7 @@ def _assignments(conv: _Converter, names: dict[str, str], vm_values: dict[str, s
     for name, section in sorted(names.items()):
         if name == "DEFAULT":
             continue
-        if not _ID_RE.match(name):
+        if not ID_RE.match(name):
             conv.warn(section, "", f"assignment name {name!r} is not a valid id; the YAML will not load")
         out[name] = conv.convert(section, _ASSIGNMENT, conv.own(section), default_values)
         # keys equal to the defaults block are noise in the YAML
@@ -415,7 +414,7 @@ def read_ini(path: Path | str) -> configparser.ConfigParser:
 def course_id_from(path: Path | str) -> str | None:
     """A course id guessed from the file name (``so.config`` -> ``so``), if valid."""
     name = Path(path).name.lstrip(".").split(".")[0]
-    return name if _ID_RE.match(name) else None
+    return name if ID_RE.match(name) else None
 
 
 def migrate(path: Path | str, course_id: str | None = None) -> Migration:

@@ -151,7 +151,7 @@ class Submission:
         if not text:
             return Status.SAVED
         try:
-            return Status(text)
+            return Status(text.lower())  # as penalty.parse_grade_vmr reads it
         except ValueError:
             return Status.DONE
 

@@ -261,15 +261,3 @@ class Client:
 
     def status(self) -> Any:
         return self.call(STATUS)
-
-
-# --------------------------------------------------------------------------- server side
-#
-# The daemon (vmchecker/storer/daemon.py, issue 4) parses requests here too, so that the
-# hardened parsing lives next to the format it parses:
-#   * parse with defusedxml (``defusedxml.xmlrpc.monkey_patch()`` or its ``DefusedExpatParser``),
-#     refusing entity declarations and expansion;
-#   * cap the request body before parsing (the server reads Content-Length first);
-#   * validate each method's arguments with the validators above (``NotifyRequest.validate``)
-#     and answer a Fault naming the bad field.
-MAX_REQUEST_BYTES = 1024 * 1024

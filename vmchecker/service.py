@@ -47,6 +47,9 @@ class PidFile:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock (a no-op when this object holds it already)."""
+        if self._fd is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

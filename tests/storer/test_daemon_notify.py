@@ -16,6 +16,7 @@ import pytest
 from tests.util import HELLO_C, make_zip, write_course
 from vmchecker import config, rpc, submit
 from vmchecker.errors import RpcError
+from vmchecker.repo import Repository, Status
 from vmchecker.storer.daemon import StorerDaemon
 
 
@@ -117,3 +118,25 @@ def test_vmchecker_status_says_when_the_daemon_is_down(capsys):
 
     assert status.main(["--url", "http://127.0.0.1:9/"]) == 8
     assert "not answering" in capsys.readouterr().err
+
+
+def test_a_recheck_while_a_job_runs_is_tested_again(daemon):
+    archive = make_zip(daemon.course.root / "e.zip", {"hello.c": HELLO_C})
+    sub = submit.submit(daemon.course, "1-hello", "erin", archive, skip_time_checks=True)
+    client = rpc.Client(daemon.url)
+    first = client.queue_task("so", "1-hello", "erin", sub.name)
+    assert client.queue_task("so", "1-hello", "erin", sub.name) == first  # still waiting: the same job
+    daemon.journal.mark_sent(first, "t1", deadline=9e12)
+    submit.recheck(sub)
+    second = client.queue_task("so", "1-hello", "erin", sub.name)
+    assert second != first and daemon.journal.get(second).state.value == "queued"
+    rechecked = Repository(daemon.course).submission("1-hello", "erin", sub.name)
+    assert rechecked.info.job_id == second and rechecked.status().value == "queued"
+
+
+def test_queue_task_refuses_a_graded_submission(daemon):
+    archive = make_zip(daemon.course.root / "f.zip", {"hello.c": HELLO_C})
+    sub = submit.submit(daemon.course, "1-hello", "fay", archive, skip_time_checks=True)
+    sub.set_status(Status.DONE)
+    with pytest.raises(rpc.RpcRefused, match="already done: recheck it"):
+        rpc.Client(daemon.url).queue_task("so", "1-hello", "fay", sub.name)

@@ -250,3 +250,15 @@ def test_key_compare_is_constant_time(monkeypatch: pytest.MonkeyPatch, journal: 
 def test_unopenable_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(VmcheckerError, match="missing/journal.db"):
         Journal(tmp_path / "missing" / "journal.db")
+
+
+def test_a_failed_job_waits_out_its_retry_delay(tmp_path):
+    from vmchecker.storer.journal import Journal
+
+    with Journal(tmp_path / "j.db") as journal:
+        job = journal.enqueue("so", "1-hello", "bob", "s", "linux", now=100.0)
+        journal.mark_sent(job.id, "t1", deadline=500.0, now=101.0)
+        journal.record_failure(job.id, "cannot connect", max_attempts=3, retry_delay=30.0, now=102.0)
+        assert journal.to_dispatch(now=120.0) == []
+        assert journal.next_retry() == 132.0
+        assert [j.id for j in journal.to_dispatch(now=132.0)] == [job.id]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
+import time
 import xmlrpc.client
 
 import pytest
@@ -81,3 +83,41 @@ def test_oversized_request_refused_before_parsing(server):
     status, _ = _post(server, big)
     assert status == 413
     assert server.calls == []
+
+
+def test_stalled_clients_cannot_exhaust_the_server():
+    srv = rpcserver.RestrictedServer(("127.0.0.1", 0), max_concurrent=4)
+    srv.register("echo", lambda address, value: value, rpcserver.loopback_or([]))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    stalled = []
+    try:
+        for _ in range(12):  # headers promising a body that never comes
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            stalled.append(s)
+        closed = 0
+        for s in stalled:  # the server hangs up at once on those past the cap
+            s.settimeout(0.5)
+            try:
+                closed += s.recv(1) == b""
+            except TimeoutError:
+                pass
+        assert closed == 8
+        for s in stalled:
+            s.close()
+        deadline = time.monotonic() + 10
+        while True:  # once the stalled ones are gone, calls are served again
+            try:
+                assert _proxy(srv).echo("back") == "back"
+                break
+            except (ConnectionError, xmlrpc.client.ProtocolError, http.client.HTTPException):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        for s in stalled:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)

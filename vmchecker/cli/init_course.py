@@ -16,7 +16,6 @@ import datetime as dt
 import importlib.resources
 import logging
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +31,6 @@ from vmchecker.storer import testers_admin
 log = logging.getLogger(__name__)
 
 PROG = "vmchecker-init-course"
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as config.py accepts
 
 
 def template(name: str) -> str:
@@ -152,7 +150,7 @@ def _register(glob: Path, course_id: str, course_config: Path) -> None:
 
 def init_storer(root: Path, course_id: str, global_path: Path | str | None = None) -> Path:
     """Create (or complete) a course folder and register it; returns its config path."""
-    if not _ID_RE.match(course_id):
+    if not config.ID_RE.match(course_id):
         raise VmcheckerError(f"bad course id {course_id!r}: use letters, digits, '_', '-', '.'")
     root = Path(root).absolute()
     course_config = root / "config.yaml"
@@ -177,7 +175,7 @@ def init_storer(root: Path, course_id: str, global_path: Path | str | None = Non
 
 def init_tester(root: Path, name: str = "tester") -> Path:
     """Create (or complete) a tester folder; returns its config path."""
-    if not _ID_RE.match(name):
+    if not config.ID_RE.match(name):
         raise VmcheckerError(f"bad tester name {name!r}: use letters, digits, '_', '-', '.'")
     root = Path(root).absolute()
     _mkdirs(root, ["queue", "tmpunzip", "done", "state"])
@@ -187,20 +185,6 @@ def init_tester(root: Path, name: str = "tester") -> Path:
 
 
 # --------------------------------------------------------------------------- command
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); port 22 by default."""
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest.removeprefix(":") or "22"
-    elif value.count(":") == 1:
-        host, port = value.split(":")
-    else:
-        host, port = value, "22"
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise VmcheckerError(f"bad tester address {value!r}: expected HOST or HOST:PORT")
-    return host, int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +209,10 @@ def work(args: argparse.Namespace) -> int:
         print(f"course {args.course_id} is ready: edit {path}")
         if args.add_tester:
             name, address, user, queue = args.add_tester
-            host, port = split_host_port(address)
+            try:
+                host, port = config.parse_host_port(address, default_port=22)
+            except ValueError as exc:
+                raise VmcheckerError(f"--add-tester: {exc}") from None
             print(testers_admin.add_tester(path.parent, name, host, port, user, queue))
     else:
         path = init_tester(args.dir, args.name)

@@ -31,6 +31,7 @@ class Course:
     scheduler: Scheduler
     mtime: float
     links: dict[str, TesterLink] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def id(self) -> str:
@@ -38,13 +39,33 @@ class Course:
 
     def link(self, tester: str) -> TesterLink:
         """The (reused) SSH/SFTP link to one of the course's testers."""
-        if tester not in self.links:
-            self.links[tester] = TesterLink.from_config(self.config, tester)
-        return self.links[tester]
+        with self._lock:
+            if tester not in self.links:
+                self.links[tester] = TesterLink.from_config(self.config, tester)
+            return self.links[tester]
+
+    def take_links(self, old: Course) -> None:
+        """Keep the links of ``old`` (the course before a reload) whose tester is reached
+        the same way, so a reload neither breaks a transfer under way nor reconnects;
+        close the others."""
+        with old._lock:
+            for name, link in old.links.items():
+                if name in self.config.testers and _same_endpoint(link, self.config, name):
+                    self.links[name] = link
+                else:
+                    link.close()
+            old.links = {}
 
     def close(self) -> None:
-        for link in self.links.values():
-            link.close()
+        with self._lock:
+            for link in self.links.values():
+                link.close()
+
+
+def _same_endpoint(link: TesterLink, cfg: config.CourseConfig, name: str) -> bool:
+    t = cfg.testers[name]
+    return ((link.host, link.port, link.user, link.key_file, link.known_hosts)
+            == (t.host, t.port, t.user, cfg.resolve(cfg.storer.ssh_key), cfg.resolve(cfg.storer.known_hosts)))
 
 
 def tester_done_dir(tester: config.Tester) -> str:
@@ -63,14 +84,27 @@ class Courses:
         self.journal = journal
         self._lock = threading.RLock()
         self._courses: dict[str, Course] = {}
+        self._glob: config.GlobalConfig | None = None
+        self._glob_mtime: float | None = None
+
+    def _global(self) -> config.GlobalConfig:
+        """The global file, read again only when it changed."""
+        try:
+            mtime = self.global_path.stat().st_mtime
+        except OSError:
+            mtime = None
+        if self._glob is None or mtime != self._glob_mtime:
+            self._glob, self._glob_mtime = config.load_global(self.global_path), mtime
+        return self._glob
 
     def ids(self) -> list[str]:
-        return sorted(config.load_global(self.global_path).courses)
+        with self._lock:
+            return sorted(self._global().courses)
 
     def get(self, course_id: str) -> Course:
         """The course, loaded or reloaded if its file changed; NotFound/ConfigError if unusable."""
         with self._lock:
-            path = config.load_global(self.global_path).course_path(course_id)
+            path = self._global().course_path(course_id)
             try:
                 mtime = path.stat().st_mtime
             except OSError:
@@ -86,7 +120,7 @@ class Courses:
                 log.error("keeping the last good config of %s: %s", course_id, exc.message)
                 return current
             if current is not None:
-                current.close()
+                loaded.take_links(current)
             self._courses[course_id] = loaded
             return loaded
 

@@ -27,17 +27,18 @@ from vmchecker.storer import outcomes
 from vmchecker.storer.courses import Courses, tester_done_dir
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, JobState, JobStateError, Journal, check_key
-from vmchecker.storer.rpcserver import Refused, RestrictedServer, TryLater, anyone, loopback_or
+from vmchecker.storer.rpcserver import Refused, RestrictedServer, TryLater, anyone
+from vmchecker.storer.transport import ResultRefused
 
 log = logging.getLogger(__name__)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` -> (host, port), with a clear error."""
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise VmcheckerError(f"bad listen address {value!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return config.parse_host_port(value)
+    except ValueError as exc:
+        raise VmcheckerError(f"bad listen address: {exc}") from None
 
 
 def resolve_addresses(host: str) -> set[str]:
@@ -54,30 +55,41 @@ class StorerDaemon(Service):
     name = "vmchecker-storer-daemon"
 
     def __init__(self, global_config: Path | str | None = None, *, listen: str | None = None,
-                 state_dir: Path | str | None = None, poll: float = 2.0, pid_file: Path | str | None = None):
+                 state_dir: Path | str | None = None, poll: float = 2.0, pid_file: Path | str | None = None,
+                 saved_sweep: float = 300.0):
         super().__init__(pid_file=pid_file)
         glob = config.load_global(global_config)
         self.global_path = glob.path
         self.listen = parse_listen(listen or glob.daemon.listen)
         self.state_dir = Path(state_dir or glob.daemon.state)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.pid_file:  # before the journal and the port: a second copy says so plainly
+            self.pid_file.acquire()
         self.journal = Journal(self.state_dir / "journal.db")
         self.courses = Courses(self.global_path, self.journal)
-        self.dispatcher = Dispatcher(self.journal, self.courses, self.state_dir / "bundles", poll=poll)
+        self.dispatcher = Dispatcher(self.journal, self.courses, self.state_dir / "bundles", poll=poll,
+                                     sweep=self.queue_saved_submissions, sweep_every=saved_sweep)
         self.server = RestrictedServer(self.listen)
-        self.server.register(rpc.QUEUE_TASK, self.queue_task, self._local_rule())
-        self.server.register(rpc.STATUS, self.status, self._local_rule())
+        self.server.register(rpc.QUEUE_TASK, self.queue_task, self.is_local_caller)
+        self.server.register(rpc.STATUS, self.status, self.is_local_caller)
         self.server.register(rpc.NOTIFY, self.notify, anyone)  # checks the caller per job
         self._queue_lock = threading.Lock()
 
-    def _local_rule(self):
-        allowed: list[str] = []
+    def is_local_caller(self, address: str) -> bool:
+        """Callers on the storer: loopback, the daemon's own listen address (a local
+        process that connects to it comes from it), and each course's queue_task_from."""
+        ip = ipaddress.ip_address(address)
+        if ip.is_loopback or address in resolve_addresses(self.listen[0]):
+            return True
         for course_id in self.courses.ids():
             try:
-                allowed += self.courses.get(course_id).config.storer.queue_task_from
+                allowed = self.courses.get(course_id).config.storer.queue_task_from
             except VmcheckerError as exc:
                 log.error("course %s is unusable: %s", course_id, exc.message)
-        return loopback_or(allowed)
+                continue
+            if any(ip in ipaddress.ip_network(a, strict=False) for a in allowed):
+                return True
+        return False
 
     @property
     def port(self) -> int:
@@ -137,13 +149,19 @@ class StorerDaemon(Service):
         course = self.courses.get(course_id)
         check_account(account)
         sub = Repository(course.config).submission(assignment, account, submission)
-        with self._queue_lock:  # one job per submission at a time
-            job = self.journal.find_active(course_id, assignment, account, sub.name)
-            if job is not None:
-                return job.id
-            job = self.journal.enqueue(course_id, assignment, account, sub.name, course.config.assignment(
-                assignment).machine)
-        outcomes.set_status(course, job, Status.QUEUED)
+        with self._queue_lock:  # one waiting job per submission
+            active = self.journal.find_active(course_id, assignment, account, sub.name)
+            if active is not None and active.state is JobState.QUEUED:
+                return active.id
+            status = sub.status()
+            if status is not Status.SAVED:
+                if active is not None:
+                    return active.id  # being tested now
+                raise Refused(f"{course_id}/{assignment}/{account}/{sub.name} is already {status}:"
+                              " recheck it (vmchecker-resubmit) to test it again")
+            job = self.journal.enqueue(course_id, assignment, account, sub.name,
+                                       course.config.assignment(assignment).machine)
+            outcomes.set_status(course, job, Status.QUEUED, (Status.SAVED,), claim=True, tester="")
         self.dispatcher.wake.set()
         return job.id
 
@@ -171,6 +189,9 @@ class StorerDaemon(Service):
         try:
             outcomes.land_results(course, job, lambda dest: course.link(job.tester).fetch_results(
                 remote, request.files, dest))
+        except ResultRefused as exc:  # the tester misbehaved: a failure of it, not of the network
+            self.dispatcher.fail(job, exc.message, job.tester)
+            raise Refused(exc.message) from None
         except VmcheckerError as exc:
             log.warning("job %s: could not pull results from %s: %s", job.id, job.tester, exc.message)
             raise TryLater(f"could not pull the results yet: {exc.message}") from None

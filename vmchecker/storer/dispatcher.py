@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vmchecker import bundle
@@ -32,22 +34,36 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """Moves jobs from ``queued`` to a tester; one thread runs :meth:`loop`."""
 
-    def __init__(self, journal: Journal, courses: Courses, bundles_dir: Path, poll: float = 2.0):
+    def __init__(self, journal: Journal, courses: Courses, bundles_dir: Path, poll: float = 2.0,
+                 sweep: Callable[[], object] | None = None, sweep_every: float = 300.0):
+        """``sweep`` runs every ``sweep_every`` seconds: the daemon passes the look for
+        submissions left ``saved`` (a queue_task that was lost on its way)."""
         self.journal = journal
         self.courses = courses
         self.bundles_dir = Path(bundles_dir)
         self.poll = poll
         self.wake = threading.Event()
+        self._sweep = sweep
+        self._sweep_every = sweep_every
 
     def loop(self, stop: threading.Event) -> None:
         """Dispatch and sweep until ``stop`` is set; each pass survives any one job's failure."""
+        next_sweep = time.monotonic() + self._sweep_every
         while not stop.is_set():
             self.wake.clear()
             try:
+                if self._sweep is not None and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self._sweep_every
+                    self._sweep()
                 self.run_once()
             except Exception:
                 log.exception("dispatcher pass failed; trying again")
-            self.wake.wait(self.poll)
+            self.wake.wait(self._wait())
+
+    def _wait(self) -> float:
+        """Until the next pass: the poll interval, or sooner when a retry falls due."""
+        due = self.journal.next_retry()
+        return self.poll if due is None else min(self.poll, max(due - time.time(), 0.05))
 
     def run_once(self) -> int:
         """One pass: sweep overdue jobs, then send what is queued. Returns jobs sent."""
@@ -84,20 +100,26 @@ class Dispatcher:
             self._give_up(job, f"cannot build the bundle: {exc}")
             return 0
         try:
+            # Running before the upload: a fast tester's results must land after it.
+            if not outcomes.set_status(course, job, Status.RUNNING, (Status.QUEUED, Status.RUNNING), tester=tester):
+                course.scheduler.forget(tester, job.id)
+                self._give_up(job, "the submission no longer waits for this job (rechecked or graded since)")
+                return 0
             self.journal.mark_sent(job.id, tester, deadline)
             course.link(tester).send_bundle(path, course.config.testers[tester].queue, path.name)
         except JobStateError:
             course.scheduler.forget(tester, job.id)  # someone else moved it meanwhile
             return 0
         except VmcheckerError as exc:
-            self.fail(self.journal.get(job.id), f"could not send the bundle: {exc.message}", tester)
+            job = self.journal.get(job.id)
+            if job.state is JobState.SENT:
+                self.fail(job, f"could not send the bundle: {exc.message}", tester)
+            else:  # the submission vanished before the upload
+                course.scheduler.forget(tester, job.id)
+                self._give_up(job, exc.message)
             return 0
         finally:
             path.unlink(missing_ok=True)
-        try:
-            outcomes.set_status(course, job, Status.RUNNING, job_id=job.id, tester=tester)
-        except VmcheckerError as exc:
-            log.warning("job %s: could not mark the submission running: %s", job.id, exc.message)
         return 1
 
     def _build(self, course: Course, job: Job) -> Path:
@@ -127,18 +149,18 @@ class Dispatcher:
         except VmcheckerError as exc:
             self._give_up(job, f"{reason}; and the course is unusable: {exc.message}")
             return
+        storer = course.config.storer
+        try:
+            job = self.journal.record_failure(job.id, reason, max_attempts=storer.max_attempts, tester=tester,
+                                              retry_delay=storer.retry_delay * 2 ** job.attempts)
+        except JobStateError:
+            return  # a notify won the race: the tester did its job
         if tester and tester in course.config.testers:
             course.scheduler.on_failure(tester, job.id, job.assignment, reason)
-        try:
-            job = self.journal.record_failure(job.id, reason, max_attempts=course.config.storer.max_attempts,
-                                              tester=tester)
-        except JobStateError:
-            return  # a notify won the race
         if job.state is JobState.ERROR:
             self._record_error(course, job)
         else:
             self._set_status(course, job, Status.QUEUED)
-            self.wake.set()
 
     def _give_up(self, job: Job, reason: str) -> None:
         """A failure no other tester can mend: error at once."""
@@ -159,6 +181,6 @@ class Dispatcher:
 
     def _set_status(self, course: Course, job: Job, status: Status) -> None:
         try:
-            outcomes.set_status(course, job, status)
+            outcomes.set_status(course, job, status, (Status.RUNNING, Status.QUEUED))
         except VmcheckerError as exc:
             log.warning("job %s: could not set status %s: %s", job.id, status, exc.message)

@@ -57,7 +57,7 @@ from vmchecker.storer.scheduler import Estimate
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 KEY_BYTES = 32  # secrets.token_urlsafe(32): 256 bits, 43 characters
 
@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     deadline    REAL,
     reasons     TEXT NOT NULL DEFAULT '[]',
     failed_on   TEXT NOT NULL DEFAULT '[]',
-    last_error  TEXT NOT NULL DEFAULT ''
+    last_error  TEXT NOT NULL DEFAULT '',
+    retry_at    REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
 CREATE INDEX IF NOT EXISTS jobs_submission ON jobs (course, assignment, account, submission);
@@ -135,6 +136,7 @@ class Job:
     reasons: tuple[str, ...]
     failed_on: tuple[str, ...]
     last_error: str
+    retry_at: float | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -193,6 +195,9 @@ class Journal:
         with self._write():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "retry_at" not in columns:  # a version 1 journal
+                self._db.execute("ALTER TABLE jobs ADD COLUMN retry_at REAL")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -214,10 +219,11 @@ class Journal:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # also after a failed COMMIT (disk full, I/O error)
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -268,13 +274,16 @@ class Journal:
         return job
 
     def record_failure(
-        self, job_id: str, reason: str, *, max_attempts: int, tester: str | None = None, now: float | None = None
+        self, job_id: str, reason: str, *, max_attempts: int, tester: str | None = None, retry_delay: float = 0.0,
+        now: float | None = None,
     ) -> Job:
         """One attempt failed: back to ``queued`` with ``attempts + 1``, or ``error``
         once ``max_attempts`` attempts have failed. Every reason is kept.
 
         ``tester`` is the tester that failed (default: the job's current one); it is
-        added to :attr:`Job.failed_on` so the retry can avoid it."""
+        added to :attr:`Job.failed_on` so the retry can avoid it. The job is not
+        dispatched again before ``retry_delay`` seconds, so a tester that is down for a
+        minute does not use up every attempt in a fraction of a second."""
         now = time.time() if now is None else now
         with self._write() as db:
             job = self._fetch(db, job_id)
@@ -287,9 +296,9 @@ class Journal:
             state = JobState.ERROR if attempts >= max_attempts else JobState.QUEUED
             db.execute(
                 "UPDATE jobs SET state = ?, attempts = ?, reasons = ?, failed_on = ?, last_error = ?,"
-                " deadline = NULL, finished = ? WHERE id = ?",
+                " deadline = NULL, finished = ?, retry_at = ? WHERE id = ?",
                 (state.value, attempts, json.dumps(reasons), json.dumps(failed_on), reason,
-                 now if state is JobState.ERROR else None, job_id),
+                 now if state is JobState.ERROR else None, now + retry_delay if retry_delay > 0 else None, job_id),
             )
             job = self._fetch(db, job_id)
         log.warning("job %s %s: %s", job_id, "failed for good" if state is JobState.ERROR else "will be resent", text)
@@ -339,22 +348,29 @@ class Journal:
         return Job.from_row(rows[0]) if rows else None
 
     def find_active(self, course: str, assignment: str, account: str, submission: str) -> Job | None:
-        """The queued or sent job of one submission, if there is one."""
+        """The newest queued or sent job of one submission, if there is one."""
         rows = self._read(
             "SELECT * FROM jobs WHERE course = ? AND assignment = ? AND account = ? AND submission = ?"
-            " AND state IN (?, ?) ORDER BY created LIMIT 1",
+            " AND state IN (?, ?) ORDER BY created DESC, id DESC LIMIT 1",
             (course, assignment, account, submission, *(s.value for s in ACTIVE)),
         )
         return Job.from_row(rows[0]) if rows else None
 
-    def to_dispatch(self, limit: int | None = None) -> list[Job]:
-        """Queued jobs, oldest first."""
-        sql = "SELECT * FROM jobs WHERE state = ? ORDER BY created, id"
-        params: tuple = (JobState.QUEUED.value,)
+    def to_dispatch(self, limit: int | None = None, now: float | None = None) -> list[Job]:
+        """Queued jobs due now (not waiting out a retry delay), oldest first."""
+        now = time.time() if now is None else now
+        sql = "SELECT * FROM jobs WHERE state = ? AND (retry_at IS NULL OR retry_at <= ?) ORDER BY created, id"
+        params: tuple = (JobState.QUEUED.value, now)
         if limit is not None:
             sql += " LIMIT ?"
             params += (limit,)
         return [Job.from_row(r) for r in self._read(sql, params)]
+
+    def next_retry(self) -> float | None:
+        """When the earliest queued job waiting out a retry delay falls due."""
+        rows = self._read("SELECT MIN(retry_at) FROM jobs WHERE state = ? AND retry_at IS NOT NULL",
+                          (JobState.QUEUED.value,))
+        return rows[0][0] if rows else None
 
     def in_flight(self, tester: str | None = None) -> list[Job]:
         """Sent jobs (all, or those on ``tester``), oldest sent first."""

@@ -10,6 +10,9 @@ so a recheck moving ``results/`` aside never races a result landing.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,27 +31,53 @@ def submission_of(course: Course, job: Job) -> Submission:
     return Repository(course.config).submission(job.assignment, job.account, job.submission)
 
 
-def set_status(course: Course, job: Job, status: Status, **info: str) -> Submission:
-    """Write the status word (and job facts such as the tester) into the submission."""
+def set_status(course: Course, job: Job, status: Status, expect: tuple[Status, ...], *,
+               claim: bool = False, **info: str) -> bool:
+    """Move the submission to ``status`` (recording job facts such as the tester), only
+    from one of the ``expect`` states and only while it waits for this job, so a late
+    writer never undoes a newer state (a fast tester's grade, a recheck). ``claim``
+    makes this job the one the submission waits for. Returns whether it moved."""
     repo = Repository(course.config)
     with repo.lock(job.assignment):
         sub = repo.submission(job.assignment, job.account, job.submission)
-        sub.set_status(status)
+        current = sub.status()
+        if current not in expect or (not claim and sub.info.job_id != job.id):
+            log.info("job %s: %s stays %s (not moved to %s; it waits for job %r)",
+                     job.id, sub.path.name, current, status, sub.info.job_id)
+            return False
+        if claim:
+            info["job_id"] = job.id
         if info:
             sub = sub.update_info(**info)
-    return sub
+        sub.set_status(status)
+    return True
 
 
-def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> Submission:
+def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> Submission | None:
     """Pull a job's result files into the submission's ``results/`` and update grades.
 
-    ``fetch(results_dir)`` downloads into that folder (all or nothing)."""
+    ``fetch(folder)`` downloads into a private folder next to ``results/``, outside the
+    repository lock (it may take a while); the files move into ``results/`` under the
+    lock, and only if the submission still waits for this job (a recheck since the
+    job was sent has cleared its job id: then the results are dropped and None returned)."""
     repo = Repository(course.config)
-    with repo.lock(job.assignment):
-        sub = repo.submission(job.assignment, job.account, job.submission)
-        fetch(sub.results_dir)
-        if sub.grade_text() is None or sub.status() in (Status.SAVED, Status.QUEUED, Status.RUNNING):
-            sub.set_status(Status.DONE)
+    sub = repo.submission(job.assignment, job.account, job.submission)
+    incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{job.id}-", dir=sub.path))
+    try:
+        fetch(incoming)
+        with repo.lock(job.assignment):
+            sub = repo.submission(job.assignment, job.account, job.submission)
+            if sub.info.job_id != job.id:
+                log.info("job %s: %s was rechecked since; its results are dropped", job.id, sub.path.name)
+                return None
+            sub.results_dir.mkdir(exist_ok=True)
+            for path in incoming.iterdir():
+                os.replace(path, sub.results_dir / path.name)
+            fsutil.fsync_dir(sub.results_dir)
+            if sub.status() in (Status.SAVED, Status.QUEUED, Status.RUNNING):
+                sub.set_status(Status.DONE)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
     _update_grades(course, sub)
     return sub
 
@@ -58,6 +87,9 @@ def record_error(course: Course, job: Job, reasons: list[str] | tuple[str, ...])
     repo = Repository(course.config)
     with repo.lock(job.assignment):
         sub = repo.submission(job.assignment, job.account, job.submission)
+        if sub.info.job_id != job.id:
+            log.info("job %s: %s was rechecked since; its error is not recorded there", job.id, sub.path.name)
+            return sub
         sub.results_dir.mkdir(exist_ok=True)
         stderr = sub.results_dir / VMCHECKER_STDERR
         previous = stderr.read_text(errors="replace") if stderr.exists() else ""

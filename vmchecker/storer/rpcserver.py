@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 defusedxml.xmlrpc.monkey_patch()
 
 MAX_REQUEST_BYTES = 1024 * 1024
+MAX_CONCURRENT_REQUESTS = 64
+REQUEST_TIMEOUT = 30.0
 
 # Fault codes a caller can tell apart (xmlrpc.client.Fault.faultCode). A refusal is
 # final; FAULT_TRY_LATER (also for a crash of the method) asks the caller to retry.
@@ -74,6 +76,7 @@ class _Method:
 
 class _Handler(SimpleXMLRPCRequestHandler):
     rpc_paths = ("/", "/RPC2")
+    timeout = REQUEST_TIMEOUT  # a client that sends half a request cannot hold a thread
 
     def do_POST(self) -> None:  # noqa: N802 (stdlib name)
         try:
@@ -99,8 +102,10 @@ class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], max_request_bytes: int = MAX_REQUEST_BYTES):
+    def __init__(self, address: tuple[str, int], max_request_bytes: int = MAX_REQUEST_BYTES,
+                 max_concurrent: int = MAX_CONCURRENT_REQUESTS):
         self.max_request_bytes = max_request_bytes
+        self._slots = threading.BoundedSemaphore(max_concurrent)
         self.local = threading.local()
         self._methods: dict[str, _Method] = {}
         SimpleXMLRPCServer.__init__(self, address, requestHandler=_Handler, logRequests=False,
@@ -109,6 +114,27 @@ class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    def process_request(self, request, client_address) -> None:
+        """One thread per request, at most ``max_concurrent`` at once; past that the
+        connection is closed at once (the caller retries), so a flood cannot exhaust
+        the daemon."""
+        if not self._slots.acquire(blocking=False):
+            log.warning("refused a connection from %s: %d requests already running", client_address[0],
+                        MAX_CONCURRENT_REQUESTS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def register(self, name: str, func: Callable[..., Any], rule: AddressRule) -> None:
         """Expose ``func(caller_address, *params)`` as ``name`` to callers ``rule`` admits."""

@@ -191,7 +191,9 @@ class Scheduler:
             {a.id: a.timeout for a in course.assignments.values()},
             guesses=guesses,
             penalty_factor=course.storer.failure_penalty_factor,
-            notify_margin=course.storer.notify_margin,
+            # the bound on a job also covers booting the slowest guest of the course
+            notify_margin=course.storer.notify_margin + max((m.boot_timeout for m in course.machines.values()),
+                                                            default=0),
             estimates=estimates,
             persist=persist,
         )

@@ -35,8 +35,9 @@ from typing import Any, TypeVar
 
 import paramiko
 
+from vmchecker import rpc
 from vmchecker.config import CourseConfig, Tester
-from vmchecker.errors import NotFound, TransportError
+from vmchecker.errors import NotFound, RpcError, TransportError
 from vmchecker.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,11 @@ def known_hosts_entry(host: str, port: int) -> str:
 
 
 def check_name(name: Any) -> str:
-    """A plain file name, or ResultRefused: no '/', no '..', no NUL, not empty."""
-    if not isinstance(name, str) or not name or name == "." or "/" in name or ".." in name or "\0" in name:
-        raise ResultRefused(f"refused file name {name!r}: only plain names inside the job folder are allowed")
-    return name
+    """A plain result file name (:func:`vmchecker.rpc.check_file_name`), or ResultRefused."""
+    try:
+        return rpc.check_file_name(name)
+    except RpcError as exc:
+        raise ResultRefused(f"refused result file: {exc.message}") from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -299,7 +301,8 @@ class TesterLink:
         It goes to ``NAME.part`` first (a stale one is removed) and is then
         posix-renamed into place, replacing a bundle of the same name (a resend).
         Returns the remote path."""
-        check_name(name)
+        if not name or "/" in name or "\0" in name or name.startswith("."):
+            raise TransportError(f"{self.where}: bad bundle name {name!r}")
         local = Path(local_zip)
         if not local.is_file():
             raise TransportError(f"{self.where}: cannot send {local}: no such file")
