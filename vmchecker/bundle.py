@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from vmchecker import archive
-from vmchecker.config import Machine, machine_to_dict, parse_machine
+from vmchecker.config import Machine, machine_to_dict, parse_machine, safe_load
 from vmchecker.errors import ArchiveError, BundleError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def read_bundle_dir(bundle_dir: Path) -> BundleInfo:
     if extra:
         raise BundleError(f"{bundle_dir}: unexpected member {extra[0]!r} in bundle")
     try:
-        data = yaml.safe_load((bundle_dir / SUBMISSION_CONFIG).read_text(encoding="utf-8"))
+        data = safe_load((bundle_dir / SUBMISSION_CONFIG).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BundleError(f"{bundle_dir / SUBMISSION_CONFIG}: not valid YAML: {exc}") from None
     return BundleInfo.from_dict(data, str(bundle_dir / SUBMISSION_CONFIG))

@@ -454,6 +454,21 @@ def parse_machine(data: Any, file: Path | str, key: str = "machine") -> Machine:
 # --------------------------------------------------------------------------- loading
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` through libyaml where PyYAML has it: the same safe subset,
+    ten times faster (the daemon reads a submission's YAML on every call)."""
+    return yaml.load(text, Loader=_SAFE_LOADER)
+
+
+def safe_dump(data: Any, **options: Any) -> str:
+    """``yaml.safe_dump`` through libyaml where PyYAML has it."""
+    return yaml.dump(data, Dumper=_SAFE_DUMPER, **options)
+
+
 def read_yaml(path: Path | str) -> Any:
     """``yaml.safe_load`` a file; errors name the file (and line, for syntax)."""
     path = Path(path)
@@ -464,7 +479,7 @@ def read_yaml(path: Path | str) -> Any:
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(path, "", f"not valid YAML: {exc}") from None
 

@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vmchecker import fsutil
-from vmchecker.config import CourseConfig, format_datetime, parse_datetime
+from vmchecker.config import CourseConfig, format_datetime, parse_datetime, safe_dump, safe_load
 from vmchecker.errors import NotFound, VmcheckerError
 
 log = logging.getLogger(__name__)
@@ -83,11 +81,11 @@ class SubmissionInfo:
     def to_yaml(self) -> str:
         data = dataclasses.asdict(self)
         data["upload_time"] = format_datetime(self.upload_time)
-        return yaml.safe_dump(data, sort_keys=False)
+        return safe_dump(data, sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str, source: Path) -> SubmissionInfo:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
         if not isinstance(data, dict):
             raise VmcheckerError(f"{source}: expected a mapping")
         names = {f.name for f in dataclasses.fields(cls)}

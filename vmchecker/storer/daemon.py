@@ -161,7 +161,9 @@ class StorerDaemon(Service):
                               " recheck it (vmchecker-resubmit) to test it again")
             job = self.journal.enqueue(course_id, assignment, account, sub.name,
                                        course.config.assignment(assignment).machine)
-            outcomes.set_status(course, job, Status.QUEUED, (Status.SAVED,), claim=True, tester="")
+        # Outside the lock, so calls for other submissions proceed meanwhile; a second
+        # call for this one finds the queued job above.
+        outcomes.set_status(course, job, Status.QUEUED, (Status.SAVED,), claim=True, tester="")
         self.dispatcher.wake.set()
         return job.id
 
