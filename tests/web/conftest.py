@@ -9,17 +9,27 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.web.helpers import PASSWORDS, FakeDaemon, csrf_from, free_port, open_course, write_users
+from tests.web.helpers import PASSWORDS, DaemonInThread, csrf_from, free_port, open_course, write_users
 from vmchecker import config
 from vmchecker.storer.web import create_app
 from vmchecker.storer.web.throttle import Limits
 
+# A tester on TEST-NET-1: never contacted (the daemon's dispatcher does not run), only named.
+TESTERS = {"t1": {"host": "192.0.2.11"}}
+
 
 @pytest.fixture
-def daemon() -> Iterator[FakeDaemon]:
-    d = FakeDaemon()
-    yield d
-    d.close()
+def daemon(tmp_path: Path) -> Iterator[DaemonInThread]:
+    """The real storer daemon (no dispatcher) serving course ``so`` in tmp_path/up;
+    ``daemon.course`` is that course, its ``storer.daemon`` pointing at the daemon."""
+    root = tmp_path / "up"
+    open_course(root, f"http://127.0.0.1:{free_port()}/", testers=TESTERS)   # the daemon needs the files
+    d = DaemonInThread(root / "global.yaml", tmp_path / "daemon-state")
+    try:
+        d.course = open_course(root, d.url, testers=TESTERS)
+        yield d
+    finally:
+        d.close()
 
 
 @pytest.fixture

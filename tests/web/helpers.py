@@ -1,23 +1,30 @@
-"""Helpers for the web tests: a course open for uploads, a password file, a stand-in
-storer daemon (a real XML-RPC server on loopback) and results written as a tester would."""
+"""Helpers for the web tests: a course open for uploads, a password file, the real
+storer daemon in-process (XML-RPC on loopback, no dispatcher) and results written as a
+tester would."""
 
 from __future__ import annotations
 
 import functools
 import re
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
-from xmlrpc.server import SimpleXMLRPCServer
 
 from tests.util import HELLO_C, HELLO_MAKEFILE, write_course
 from vmchecker import config
 from vmchecker.repo import Submission
+from vmchecker.storer.daemon import StorerDaemon
+from vmchecker.storer.journal import Journal
 from vmchecker.storer.web.passwords import hash_password
 
 HELLO = {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE}
 PASSWORDS = {"student": "student-pw", "bob": "bob-pw", "alice": "alice-pw"}  # alice is the admin
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "artifacts" / "screenshots"
+SERVER_WAIT = 30.0
 
 
 def free_port() -> int:
@@ -27,9 +34,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def open_course(root: Path, daemon_url: str, **assignment: object) -> config.CourseConfig:
+def open_course(root: Path, daemon_url: str, *, testers: dict | None = None,
+                **assignment: object) -> config.CourseConfig:
     """Course ``so`` open for uploads until 2099: ``1-hello`` (deadline far ahead, no minimum
-    interval), ``0-past`` (deadline passed), ``9-hidden`` (hidden). Registered in root/global.yaml."""
+    interval), ``0-past`` (deadline passed), ``9-hidden`` (hidden). Registered in root/global.yaml.
+    ``testers`` is merged into the course's testers (t1 on 127.0.0.1 by default)."""
     extra = {
         "course": {"upload_active_from": "2020-01-01 00:00:00", "upload_active_until": "2099-12-31 23:59:00",
                    "admins": ["alice"], "public_results": True},
@@ -44,6 +53,8 @@ def open_course(root: Path, daemon_url: str, **assignment: object) -> config.Cou
                          "hidden": True, "order": 9},
         },
     }
+    if testers:
+        extra["testers"] = testers
     return config.load_course(write_course(root, extra=extra))
 
 
@@ -71,28 +82,62 @@ def csrf_from(html: str) -> str:
     return match.group(1)
 
 
-class FakeDaemon:
-    """A real XML-RPC server on loopback answering ``status()`` and ``queue_task()`` as the
-    storer daemon does; ``jobs`` is what status() reports, ``queued`` what was queued."""
+class DaemonInThread:
+    """The real :class:`StorerDaemon` on 127.0.0.1:0 with only its XML-RPC server
+    running (in a thread): ``queue_task`` journals jobs and ``status()`` reports them,
+    but no dispatcher sends anything anywhere. Tests move jobs on through ``journal``
+    (e.g. ``mark_sent``) as the dispatcher would."""
 
-    def __init__(self) -> None:
-        self.jobs: list[dict] = []
-        self.queued: list[tuple[str, str, str, str]] = []
-        self.server = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=True)
-        self.server.register_function(self.status, "status")
-        self.server.register_function(self.queue_task, "queue_task")
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def __init__(self, global_config: Path, state_dir: Path) -> None:
+        self.daemon = StorerDaemon(global_config, listen="127.0.0.1:0", state_dir=state_dir)
+        self.url = f"http://127.0.0.1:{self.daemon.port}/"
+        self.thread = threading.Thread(target=self.daemon.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name="test-daemon", daemon=True)
         self.thread.start()
 
-    def status(self) -> dict:
-        return {"jobs": self.jobs, "testers": []}
-
-    def queue_task(self, course: str, assignment: str, account: str, submission: str) -> str:
-        self.queued.append((course, assignment, account, submission))
-        return f"job-{len(self.queued)}"
+    @property
+    def journal(self) -> Journal:
+        return self.daemon.journal
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.daemon.server.shutdown()
+        self.daemon.server.server_close()
         self.thread.join()
+        self.daemon.courses.close()
+        self.daemon.journal.close()
+
+
+class WebServer:
+    """``python -m vmchecker.cli.web`` on a free loopback port (``extra``: more options),
+    stopped by ``stop()``."""
+
+    def __init__(self, global_config: Path, users: Path, secret: Path, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(global_config.parent / "web.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vmchecker.cli.web", "--config", str(global_config),
+             "--listen", f"127.0.0.1:{self.port}", "--users", str(users), "--secret-file", str(secret), *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + SERVER_WAIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"vmchecker-web exited: {(global_config.parent / 'web.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("vmchecker-web did not start listening")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

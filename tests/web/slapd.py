@@ -5,6 +5,11 @@ temporary folder; the directory is loaded with ``slapadd`` before start:
 ``dc=vmchecker,dc=test`` with ``ou=people`` (users under it, ``uid`` + ``userPassword``
 hashed by ``slappasswd``) and a service account ``cn=reader`` allowed to search.
 Anonymous binds may search too, so both ways of finding a user can be tested.
+``extra_conf`` adds global ``slapd.conf`` lines (e.g. ``disallow bind_simple``, which
+makes slapd answer every user bind with ``unwillingToPerform``).
+
+``Slapd(...)`` removes its folder itself if loading fails; once made, use it as a
+context manager (or call ``close()``) so the folder goes even when ``start()`` fails.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ READER_PASSWORD = "reader-pw"
 READY_WAIT = 15.0
 
 CONF = """\
+{extra}
 include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/nis.schema
@@ -64,19 +70,31 @@ def _entry(dn: str, *lines: str) -> str:
 
 
 class Slapd:
-    """``Slapd(users={"carol": "pw"})``; ``start()``, ``stop()``, ``close()``; ``url``."""
+    """``with Slapd(users={"carol": "pw"}) as s: s.start()``; ``stop()``, ``close()``; ``url``."""
 
-    def __init__(self, users: dict[str, str]):
+    def __init__(self, users: dict[str, str], extra_conf: str = ""):
         self.dir = Path(tempfile.mkdtemp(prefix="vmck-slapd-"))
-        (self.dir / "db").mkdir()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"ldap://127.0.0.1:{self.port}"
-        self.conf = self.dir / "slapd.conf"
-        self.conf.write_text(CONF.format(dir=self.dir, suffix=SUFFIX, rootpw=hashed("root-pw")))
         self.proc: subprocess.Popen | None = None
-        self._load(users)
+        self.log = None
+        try:
+            (self.dir / "db").mkdir()
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            self.url = f"ldap://127.0.0.1:{self.port}"
+            self.conf = self.dir / "slapd.conf"
+            self.conf.write_text(CONF.format(dir=self.dir, suffix=SUFFIX, rootpw=hashed("root-pw"),
+                                             extra=extra_conf))
+            self._load(users)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def __enter__(self) -> Slapd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _load(self, users: dict[str, str]) -> None:
         ldif = _entry(SUFFIX, "objectClass: dcObject", "objectClass: organization", "o: vmchecker", "dc: vmchecker")
@@ -119,8 +137,9 @@ class Slapd:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        if getattr(self, "log", None):
+        if self.log is not None:
             self.log.close()
+            self.log = None
 
     def close(self) -> None:
         self.stop()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import bcrypt
+import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.web.conftest import login, page_token
-from tests.web.helpers import PASSWORDS
+from tests.web.helpers import PASSWORDS, write_users
 from vmchecker.cli.web import read_secret
 from vmchecker.storer.web import create_app
+from vmchecker.storer.web.auth import Authenticator
 from vmchecker.storer.web.passwords import PasswordFile, verify_hash
 from vmchecker.storer.web.throttle import Limits, Throttle
 
@@ -83,21 +88,85 @@ def test_anonymous_visitor_is_sent_to_login(client: FlaskClient) -> None:
     assert client.get("/api/courses").status_code == 401
 
 
-def test_next_goes_only_to_this_site(client: FlaskClient) -> None:
-    token = page_token(client, "/login")
-    for target, expected in (("/courses/so", "/courses/so"), ("//evil.example/x", "/courses"),
-                             ("https://evil.example/", "/courses")):
-        client.post("/logout", data={"csrf_token": page_token(client, "/login")})
-        token = page_token(client, "/login")
-        r = client.post("/login", data={"username": "student", "password": "student-pw",
-                                         "csrf_token": token, "next": target})
-        assert r.headers["Location"] == expected
+NEXT_CASES = [
+    ("/courses/so", "/courses/so"),
+    ("/courses/so?x=1", "/courses/so?x=1"),
+    ("//evil.example/x", "/courses"),
+    ("https://evil.example/", "/courses"),
+    ("/\\evil.example", "/courses"),
+    ("/\t/evil.example", "/courses"),          # browsers drop the tab: //evil.example
+    ("/\n/evil.example", "/courses"),          # used to be a 500 (newline in a header)
+    ("/\r\nSet-Cookie: x=1", "/courses"),
+    ("/\x00/evil.example", "/courses"),
+    ("/\x7f/evil.example", "/courses"),
+    ("/\u2028/evil.example", "/courses"),      # a line separator: not printable
+    ("evil.example", "/courses"),
+]
+
+
+@pytest.mark.parametrize(("target", "expected"), NEXT_CASES)
+def test_next_goes_only_to_this_site(client: FlaskClient, target: str, expected: str) -> None:
+    r = client.post("/login", data={"username": "student", "password": "student-pw",
+                                     "csrf_token": page_token(client, "/login"), "next": target})
+    assert r.status_code == 302 and r.headers["Location"] == expected
+
+
+def test_next_from_the_login_link_with_a_tab(client: FlaskClient) -> None:
+    """The whole way: ``/login?next=/%09/evil.example``, the form carries it, login."""
+    page = client.get("/login?next=/%09/evil.example").get_data(as_text=True)
+    carried = re.search(r'name="next" value="([^"]*)"', page).group(1)
+    assert carried == "/\t/evil.example"
+    r = client.post("/login", data={"username": "student", "password": "student-pw",
+                                     "csrf_token": page_token(client, "/login"), "next": carried})
+    assert r.status_code == 302 and r.headers["Location"] == "/courses"
 
 
 def test_logout_ends_the_session(student: FlaskClient) -> None:
     token = page_token(student, "/courses")
     assert student.post("/logout", data={"csrf_token": token}).status_code == 302
     assert student.get("/courses").status_code == 302
+
+
+def test_a_cookie_copied_before_logout_stops_working(app: Flask, student: FlaskClient) -> None:
+    thief = app.test_client()
+    thief.set_cookie("vmchecker_session", student.get_cookie("vmchecker_session").value)
+    assert thief.get("/courses").status_code == 200                 # the copy works while logged in
+    assert student.post("/logout", data={"csrf_token": page_token(student, "/courses")}).status_code == 302
+    assert thief.get("/courses").status_code == 302
+    assert thief.get("/api/courses").status_code == 401
+    assert thief.get("/api/session").get_json()["user"] is None
+    assert login(student, "student").status_code == 302             # a new login is a new session
+    assert student.get("/courses").status_code == 200
+    bob = app.test_client()                                         # other accounts are untouched
+    assert login(bob, "bob").status_code == 302
+    assert bob.get("/courses").status_code == 200
+
+
+def test_session_ends_when_the_user_leaves_the_password_file(users: Path, student: FlaskClient) -> None:
+    assert student.get("/courses").status_code == 200
+    write_users(users, names=("bob", "alice"))
+    assert student.get("/courses").status_code == 302
+    assert student.get("/api/courses").status_code == 401
+
+
+def test_session_lasts_12_hours_from_login_however_often_it_is_used(app: Flask, client: FlaskClient) -> None:
+    auth: Authenticator = app.extensions["vmchecker_auth"]
+    now = [1_000_000.0]
+    auth.clock = lambda: now[0]
+    assert login(client, "student").status_code == 302
+    for _ in range(11):                                             # used every hour: refreshed each time
+        now[0] += 3600
+        assert client.get("/courses").status_code == 200
+    now[0] += 3600 + 1                                              # 12 h and a second after the login
+    assert client.get("/courses").status_code == 302
+    assert client.get("/api/session").get_json()["user"] is None
+
+
+def test_a_session_without_login_time_is_refused(app: Flask, client: FlaskClient) -> None:
+    """A cookie this app signed, but in the old shape (name only): not a session."""
+    forged = app.session_interface.get_signing_serializer(app).dumps({"user": "alice"})
+    client.set_cookie("vmchecker_session", forged)
+    assert client.get("/courses").status_code == 302
 
 
 def test_throttling_per_account(client: FlaskClient) -> None:
@@ -134,6 +203,48 @@ def test_throttle_window_passes() -> None:
     assert 59 <= t.retry_after("x", "1.2.3.4") <= 60
     now[0] += 61
     assert t.retry_after("x", "1.2.3.4") == 0
+
+
+def test_throttle_counts_bad_names_against_the_address_only() -> None:
+    t = Throttle(Limits(per_account=2, per_address=5, window=60), clock=lambda: 1000.0)
+    auth = Authenticator(None, None, t)
+    huge = "x" * 5_000_000
+    for name in (huge, "../etc", "a b", huge + "y"):
+        assert not auth.login(name, "pw", "192.0.2.1").ok
+    assert len(t) == 1                                              # the address's key, nothing else
+    assert not auth.login("student", "pw", "192.0.2.1").throttled   # 5th failure from that address
+    assert auth.login("student", "pw", "192.0.2.1").throttled       # address limit reached
+
+
+def test_throttle_names_are_case_insensitive() -> None:
+    t = Throttle(Limits(per_account=2, per_address=100, window=60), clock=lambda: 1000.0)
+    t.failed("Carol", "192.0.2.1")
+    t.failed("CAROL", "192.0.2.2")
+    assert t.retry_after("carol", "192.0.2.3") > 0
+
+
+def test_throttle_sweeps_expired_keys() -> None:
+    now = [1000.0]
+    t = Throttle(Limits(per_account=2, per_address=100, window=60), clock=lambda: now[0])
+    for i in range(50):
+        t.failed(f"user{i}", f"192.0.2.{i}")
+    assert len(t) == 100
+    now[0] += 61
+    t.failed("late", "192.0.2.200")                                 # any call sweeps what expired
+    assert len(t) == 2
+
+
+def test_failed_login_logs_a_cut_name(caplog: pytest.LogCaptureFixture) -> None:
+    auth = Authenticator(None, None, Throttle())
+    with caplog.at_level(logging.INFO, logger="vmchecker.storer.web.auth"):
+        auth.login("A" * 5_000_000, "pw", "192.0.2.1")
+    assert "5000000 characters" in caplog.text and "A" * 65 not in caplog.text
+    assert len(caplog.text) < 1000
+
+
+def test_huge_name_through_the_api_is_refused(client: FlaskClient) -> None:
+    r = client.post("/api/login", json={"username": "x" * 5_000_000, "password": "pw"})
+    assert r.status_code == 401
 
 
 def test_secret_file_is_made_once_and_private(tmp_path: Path) -> None:

@@ -14,25 +14,29 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.util import make_zip, zip_bytes
-from tests.web.helpers import ARTIFACTS, HELLO, PASSWORDS, free_port, open_course, write_results, write_users
+from tests.web.helpers import (
+    ARTIFACTS,
+    HELLO,
+    PASSWORDS,
+    WebServer,
+    free_port,
+    open_course,
+    write_results,
+    write_users,
+)
 from vmchecker.repo import Repository, Status
 from vmchecker.submit import submit
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SERVER_WAIT = 30.0
 
 
 def _skip_reason() -> str | None:
@@ -47,40 +51,6 @@ def _skip_reason() -> str | None:
 
 reason = _skip_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
-
-
-class WebServer:
-    """``python -m vmchecker.cli.web`` on a free loopback port, stopped by ``stop()``."""
-
-    def __init__(self, global_config: Path, users: Path, secret: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(global_config.parent / "web.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmchecker.cli.web", "--config", str(global_config),
-             "--listen", f"127.0.0.1:{self.port}", "--users", str(users), "--secret-file", str(secret)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
-        deadline = time.monotonic() + SERVER_WAIT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vmchecker-web exited: {(global_config.parent / 'web.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("vmchecker-web did not start listening")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ import yaml
 
 from tests.lab import lxc_unusable, skip_unless_lab, sshd
 from tests.util import make_zip
-from tests.web.helpers import HELLO, PASSWORDS, free_port, open_course, write_users
-from tests.web.test_browser import WebServer, log_in, page, shot  # noqa: F401  (page is a fixture)
+from tests.web.helpers import HELLO, PASSWORDS, WebServer, free_port, open_course, write_users
+from tests.web.test_browser import log_in, page, shot  # noqa: F401  (page is a fixture)
 
 BASE = "vmchecker-base"
 RUN_SH = ('#!/bin/bash\nout=$(./hello)\nif [ "$out" = "Hello, world!" ]; then echo "PASS: hello";'

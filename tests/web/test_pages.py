@@ -1,11 +1,12 @@
-"""The pages: uploads through the real submit(), queue information from a daemon,
-results escaped and capped, grades and their visibility, access control, recheck."""
+"""The pages: uploads through the real submit(), queue information from the real storer
+daemon, results escaped and capped, grades and their visibility, access control, recheck."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import io
+import logging
 import time
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from flask.testing import FlaskClient
 
 from tests.util import zip_bytes
 from tests.web.conftest import login, page_token
-from tests.web.helpers import HELLO, FakeDaemon, open_course, write_results
+from tests.web.helpers import HELLO, DaemonInThread, open_course, write_results
 from vmchecker import config
-from vmchecker.repo import Repository, Status
+from vmchecker.repo import SUBMISSION_CONFIG, Repository, Status
+from vmchecker.storer.journal import JobState
 from vmchecker.storer.web import create_app
+from vmchecker.storer.web.jobs import QueueInfo, parse_status
 from vmchecker.storer.web.model import VMR_CAP, penalty_rules
 from vmchecker.submit import submit
 
@@ -62,8 +65,10 @@ def test_javascript_statement_is_not_a_link(tmp_path: Path, users: Path) -> None
     open_course(tmp_path / "js", "http://127.0.0.1:1/", statement="javascript:alert(1)")
     app = create_app(tmp_path / "js" / "global.yaml", users, secret_key="k" * 32)
     c = app.test_client()
-    login(c, "student")
-    assert "javascript:" not in text(c.get("/courses/so"))
+    assert login(c, "student").status_code == 302
+    r = c.get("/courses/so")
+    assert r.status_code == 200 and "Hello, world" in text(r)      # the assignment is on the page...
+    assert "javascript:" not in text(r)                             # ...without its statement link
 
 
 def test_unknown_course_is_404(student: FlaskClient) -> None:
@@ -86,33 +91,54 @@ def test_upload_saves_through_submit_and_says_daemon_is_down(student: FlaskClien
     assert '<meta http-equiv="refresh"' in body               # reloads while waiting
 
 
+def _shown_finish(body: str) -> dt.datetime:
+    start = body.index("Results expected around <strong>") + len("Results expected around <strong>")
+    return config.parse_datetime(body[start:body.index("</strong>", start)])
+
+
 def test_upload_is_queued_and_shows_position_and_estimate(tmp_path: Path, users: Path,
-                                                          daemon: FakeDaemon) -> None:
-    course = open_course(tmp_path / "up", daemon.url)
+                                                          daemon: DaemonInThread) -> None:
+    """The real daemon journals the upload and reports it; the test then moves the job
+    on as the dispatcher would (sent to t1, on TEST-NET-1, never contacted)."""
     app = create_app(tmp_path / "up" / "global.yaml", users, secret_key="k" * 32)
     c = app.test_client()
-    login(c, "student")
+    assert login(c, "student").status_code == 302
     body = text(upload(c, zip_bytes(HELLO)))
     assert "It is queued for testing" in body
-    sub = Repository(course).current("1-hello", "student")
-    assert daemon.queued == [("so", "1-hello", "student", sub.name)]
-    sub.set_status(Status.QUEUED)
-    finish = time.time() + 3600
-    daemon.jobs = [
-        {"course": "so", "assignment": "1-hello", "account": "student", "submission": sub.name,
-         "state": "queued", "tester": "", "position": 3, "estimated_finish": finish},
-        {"course": "other", "assignment": "1-hello", "account": "student", "submission": sub.name,
-         "state": "queued", "tester": "t9", "position": 1, "estimated_finish": None},
-        "garbage",
-    ]
+    sub = Repository(daemon.course).current("1-hello", "student")
+    job = daemon.journal.find_active("so", "1-hello", "student", sub.name)
+    assert job is not None and job.state is JobState.QUEUED
+    assert sub.status() is Status.QUEUED                            # written by the daemon
+    # A job of another course, sent to a tester of that name: not this course's business.
+    other = daemon.journal.enqueue("other", "1-hello", "student", sub.name, "linux")
+    daemon.journal.mark_sent(other.id, "t9", deadline=time.time() + 3600)
+
+    per_job = daemon.daemon.courses.get("so").scheduler.expected_finish("t1", "1-hello")
+    before = time.time()
     body = text(c.get(PAGE))
-    assert "Position in the queue: <strong>3</strong>" in body and "t9" not in body
-    expected = config.format_datetime(dt.datetime.fromtimestamp(int(finish)))
-    assert f"Results expected around <strong>{expected}</strong>" in body
-    daemon.jobs[0].update(state="sent", tester="t1", position=0, estimated_finish=None)
+    after = time.time()
+    assert "Position in the queue: <strong>1</strong>" in body and "t9" not in body
+    shown = _shown_finish(body)                                    # now + one job's expected time
+    assert dt.datetime.fromtimestamp(int(before + per_job)) <= shown <= dt.datetime.fromtimestamp(after + per_job)
+
+    sent_at = time.time() - 30
+    daemon.journal.mark_sent(job.id, "t1", deadline=time.time() + 3600, now=sent_at)
     body = text(c.get(PAGE))
     assert "Being tested on <strong>t1</strong>" in body and "Position in the queue" not in body
-    assert "Results expected" not in body
+    estimate = daemon.daemon.courses.get("so").scheduler.estimate("t1", "1-hello")
+    assert _shown_finish(body) == dt.datetime.fromtimestamp(int(sent_at + estimate))
+
+
+def test_status_answers_are_read_defensively() -> None:
+    """What the daemon answers is checked field by field: junk is skipped, never shown."""
+    good = {"course": "so", "assignment": "1-hello", "account": "bob", "submission": "s", "state": "queued",
+            "tester": "", "position": 2, "estimated_finish": 4102444800}
+    jobs = parse_status("so", {"jobs": [good, "garbage", {**good, "course": "other"},
+                                        {**good, "account": None}, {**good, "submission": "t", "position": True,
+                                                                    "estimated_finish": "soon"}]})
+    assert jobs == {("1-hello", "bob", "s"): QueueInfo("queued", "", 2, dt.datetime.fromtimestamp(4102444800)),
+                    ("1-hello", "bob", "t"): QueueInfo("queued", "", None, None)}
+    assert parse_status("so", "nonsense") == {} and parse_status("so", {"jobs": "x"}) == {}
 
 
 def test_refusals_show_their_reason(student: FlaskClient, web_course: config.CourseConfig) -> None:
@@ -133,6 +159,25 @@ def test_upload_over_the_assignment_size_is_refused(tmp_path: Path, users: Path)
     c = app.test_client()
     login(c, "student")
     assert "larger than 1024 bytes" in text(upload(c, b"x" * 5000))
+
+
+def test_server_error_on_upload_shows_no_server_detail(student: FlaskClient, web_course: config.CourseConfig,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A broken submission config in the repository makes submit() fail with a message
+    naming its path: the student reads a generic sentence, the log has the detail."""
+    first = submit(web_course, "1-hello", "student", zip_bytes(HELLO))
+    broken = first.path / SUBMISSION_CONFIG
+    broken.write_text("- not a mapping\n")
+    token = student.get("/api/session").get_json()["csrf_token"]
+    with caplog.at_level(logging.ERROR, logger="vmchecker.storer.web.uploads"):
+        r = student.post("/api/courses/so/assignments/1-hello/upload", headers={"X-CSRF-Token": token},
+                         data={"archive": (io.BytesIO(zip_bytes(HELLO)), "hello.zip")},
+                         content_type="multipart/form-data")
+    assert r.status_code == 422
+    message = r.get_json()["error"]
+    assert message.startswith("Upload failed: the server could not store your archive")
+    assert str(web_course.repository) not in message and "expected a mapping" not in message
+    assert str(broken) in caplog.text and "expected a mapping" in caplog.text
 
 
 def test_upload_to_hidden_assignment_is_404(student: FlaskClient) -> None:

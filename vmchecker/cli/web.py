@@ -4,7 +4,7 @@
                   [--ldap-url URL --ldap-base DN [--ldap-user-attr uid]
                    [--ldap-bind-dn DN --ldap-bind-password-file FILE]
                    [--ldap-cache FILE] [--ldap-cache-days 7]]
-                  [--secret-file FILE] [--secure-cookies] [--threads 8]
+                  [--secret-file FILE] [--secure-cookies] [--trusted-proxy ADDR] [--threads 8]
 
     vmchecker-web --users FILE --add-user NAME < password
 
@@ -12,11 +12,17 @@
 password from the first line of stdin, stores only its argon2 hash, and exits.
 ``--secret-file`` holds the key that signs session cookies; it is created (mode 0600)
 when missing, so sessions survive a restart.
+
+Behind a reverse proxy every request comes from the proxy's address, so login
+throttling per address would be one bucket shared by everybody. ``--trusted-proxy ADDR``
+names the proxy: for requests from ADDR (only) the client's address is taken from the
+last hop of ``X-Forwarded-For``; from anyone else that header is removed unread.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import secrets
@@ -40,10 +46,19 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 
 def listen_address(value: str) -> tuple[str, int]:
     """argparse type for ``--listen HOST:PORT``."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"bad address {value!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return config.parse_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def proxy_address(value: str) -> str:
+    """argparse type for ``--trusted-proxy ADDR``: one IP address, as waitress compares it."""
+    try:
+        return ipaddress.ip_address(value.strip("[]")).compressed
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad proxy address {value!r}: expected an IP address"
+                                         " such as 127.0.0.1 or ::1") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", type=Path, metavar="FILE",
                    help="session signing key, created if missing (default: random per run)")
     p.add_argument("--secure-cookies", action="store_true", help="send cookies over HTTPS only (behind a TLS proxy)")
+    p.add_argument("--trusted-proxy", type=proxy_address, metavar="ADDR",
+                   help="the reverse proxy's IP address: for requests from ADDR the client's address is"
+                        " taken from X-Forwarded-For (so login throttling is per client, not one bucket"
+                        " for all); the header is removed from every other request. Default: no proxy,"
+                        " the header is never trusted")
     p.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
     ldap = p.add_argument_group("LDAP")
     ldap.add_argument("--ldap-url", metavar="URL", help="ldap://HOST:PORT or ldaps://HOST:PORT")
@@ -123,7 +143,12 @@ def serve(args: argparse.Namespace) -> int:
     host, port = args.listen
     shown = f"[{host}]" if ":" in host else host
     print(f"{PROG}: serving http://{shown}:{port}/", flush=True)
-    waitress.serve(app, host=host, port=port, threads=args.threads, ident=PROG)
+    proxy = {}
+    if args.trusted_proxy:
+        proxy = {"trusted_proxy": args.trusted_proxy, "trusted_proxy_headers": {"x-forwarded-for"},
+                 "clear_untrusted_proxy_headers": True}
+        log.info("trusting X-Forwarded-For from %s", args.trusted_proxy)
+    waitress.serve(app, host=host, port=port, threads=args.threads, ident=PROG, **proxy)
     return 0
 
 

@@ -8,7 +8,6 @@ responses carry a Content-Security-Policy that allows no script at all.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import secrets
 from pathlib import Path
@@ -27,7 +26,6 @@ from vmchecker.storer.web.throttle import Limits, Throttle
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024   # the request cap; each assignment's own limit is checked by submit
-SESSION_HOURS = 12
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
                                 " frame-ancestors 'none'; base-uri 'none'"),
@@ -50,7 +48,7 @@ def create_app(global_config_path: Path | str | None, users_file: Path | str | N
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure_cookies,
         SESSION_COOKIE_NAME="vmchecker_session",
-        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=SESSION_HOURS),
+        PERMANENT_SESSION_LIFETIME=auth.SESSION_LIFETIME,   # the cookie's; the login's own age is checked too
         MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,
     )
     app.extensions["vmchecker_settings"] = WebSettings(config.global_config_path(global_config_path),

@@ -66,7 +66,7 @@ def login():
     result = auth.authenticator().login(name, password, request.remote_addr or "")
     if not result.ok:
         return jsonify(error=result.message), 429 if result.throttled else 401
-    auth.start_session(name.strip())
+    auth.start_session(result)
     return jsonify(user=auth.current_user(), csrf_token=csrf.token())
 
 

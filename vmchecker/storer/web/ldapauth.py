@@ -4,6 +4,17 @@ The search binds as a service account (``bind_dn`` + password) or anonymously, w
 the user name escaped into the filter, so ``*`` or ``)(`` in a name match nothing.
 An empty password is refused before anything is sent: an LDAP "simple bind" with a
 DN and no password is an *unauthenticated* bind that many servers accept.
+
+LDAP matches ``uid`` case-insensitively, so ``Carol`` finds carol's entry: the search
+asks for the user attribute and the account is named by the entry's own value, never
+by what was typed (else ``Carol`` would be a second account with its own folder).
+
+Only a failure to talk to LDAP (no connection, a dropped one, no answer in time, or
+the server saying it is busy or unavailable) lets the login cache decide. Any other
+answer is LDAP's word: ``unwillingToPerform`` for a disabled account, an ACL refusal,
+a missing search base all refuse the login, so a cached password of an account LDAP
+now refuses does not work. A refused *search* bind (the service account's password)
+says nothing about the user and also lets the cache decide; it is logged as an error.
 """
 
 from __future__ import annotations
@@ -14,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ldap3
-from ldap3.core.exceptions import LDAPBindError, LDAPException, LDAPInvalidCredentialsResult
+from ldap3.core.exceptions import (
+    LDAPBindError,
+    LDAPBusyResult,
+    LDAPCommunicationError,
+    LDAPException,
+    LDAPInvalidCredentialsResult,
+    LDAPResponseTimeoutError,
+    LDAPUnavailableResult,
+)
 from ldap3.utils.conv import escape_filter_chars
 
 from vmchecker.storer.web.logincache import LoginCache
@@ -22,8 +41,19 @@ from vmchecker.storer.web.logincache import LoginCache
 log = logging.getLogger(__name__)
 
 
+# Errors that mean LDAP could not give an answer (the cache decides); any other
+# LDAPException is an answer, and a refusal.
+UNREACHABLE = (LDAPCommunicationError, LDAPResponseTimeoutError, LDAPBusyResult, LDAPUnavailableResult)
+
+
 class LdapUnavailable(Exception):
     """LDAP could not be reached or did not answer: the cache may decide."""
+
+
+@dataclass(frozen=True)
+class LdapUser:
+    dn: str
+    name: str           # the entry's own value of the user attribute (its spelling)
 
 
 @dataclass(frozen=True)
@@ -52,8 +82,8 @@ class LdapAuthenticator:
         return ldap3.Connection(self._server(), user=user, password=password,
                                 receive_timeout=math.ceil(self.settings.timeout), raise_exceptions=True)
 
-    def find_dn(self, name: str) -> str | None:
-        """The DN of the single entry whose user attribute is ``name``, or None."""
+    def find_user(self, name: str) -> LdapUser | None:
+        """The single entry whose user attribute is ``name`` (as LDAP compares it), or None."""
         s = self.settings
         query = f"(&{s.user_filter}({s.user_attr}={escape_filter_chars(name)}))"
         conn = self._connection(s.bind_dn or None, s.bind_password or None)
@@ -63,7 +93,7 @@ class LdapAuthenticator:
             except (LDAPBindError, LDAPInvalidCredentialsResult) as exc:
                 log.error("LDAP: the search bind as %r was refused: %s", s.bind_dn or "anonymous", exc)
                 raise LdapUnavailable(f"{s.url}: search bind refused") from exc
-            conn.search(s.base, query, search_scope=ldap3.SUBTREE, attributes=[], size_limit=2)
+            conn.search(s.base, query, search_scope=ldap3.SUBTREE, attributes=[s.user_attr], size_limit=2)
             entries = list(conn.entries)
         finally:
             conn.unbind()
@@ -71,34 +101,46 @@ class LdapAuthenticator:
             if entries:
                 log.warning("LDAP: %d entries match %s; refusing", len(entries), query)
             return None
-        return entries[0].entry_dn
+        entry = entries[0]
+        values = [str(v) for attr, vs in entry.entry_attributes_as_dict.items()
+                  if attr.casefold() == s.user_attr.casefold() for v in vs]
+        spelled = [v for v in values if v.casefold() == name.casefold()]
+        if not spelled:
+            log.warning("LDAP: %s matched %s but its %s is %r; refusing", entry.entry_dn, query, s.user_attr, values)
+            return None
+        return LdapUser(entry.entry_dn, spelled[0])
 
-    def check(self, name: str, password: str) -> bool:
-        """Ask LDAP; raise LdapUnavailable when it cannot answer."""
+    def check(self, name: str, password: str) -> str | None:
+        """The account's name (as LDAP spells it) when LDAP accepts ``password``, None
+        when it refuses; raise LdapUnavailable when it cannot answer."""
         try:
-            dn = self.find_dn(name)
-            if dn is None:
-                return False
-            conn = self._connection(dn, password)
+            user = self.find_user(name)
+            if user is None:
+                return None
+            conn = self._connection(user.dn, password)
             try:
                 conn.bind()
             except (LDAPBindError, LDAPInvalidCredentialsResult):
-                return False
+                return None
             finally:
                 conn.unbind()
-            return True
-        except LDAPException as exc:
+            return user.name
+        except UNREACHABLE as exc:
             raise LdapUnavailable(f"{self.settings.url}: {exc}") from exc
+        except LDAPException as exc:
+            log.warning("LDAP refused the login of %s: %s", name, exc)
+            return None
 
-    def authenticate(self, name: str, password: str) -> bool:
-        """LDAP's answer when it gives one; the login cache's when LDAP is down."""
+    def authenticate(self, name: str, password: str) -> str | None:
+        """The account's name when LDAP accepts the login, or, while LDAP cannot be
+        reached, when the login cache does; None otherwise."""
         if not password:
-            return False
+            return None
         try:
-            ok = self.check(name, password)
+            found = self.check(name, password)
         except LdapUnavailable as exc:
             log.warning("LDAP unavailable (%s); using the login cache for %s", exc, name)
-            return bool(self.cache and self.cache.verify(name, password))
-        if ok and self.cache:
-            self.cache.remember(name, password)
-        return ok
+            return self.cache.verify(name, password) if self.cache else None
+        if found is not None and self.cache:
+            self.cache.remember(found, password)
+        return found

@@ -4,6 +4,10 @@ Each entry is an argon2 hash of the password that LDAP accepted, with the time i
 expires. It is consulted only when LDAP cannot be reached, never when LDAP answers
 (a changed or revoked password takes effect as soon as LDAP is back). Stored as JSON,
 rewritten atomically with mode 0600.
+
+LDAP compares user names case-insensitively, so entries are keyed by the casefolded
+name and keep the name as LDAP spells it: ``CAROL`` logging in from the cache is the
+same account ``carol`` as when LDAP answered.
 """
 
 from __future__ import annotations
@@ -39,19 +43,25 @@ class LoginCache:
         return data if isinstance(data, dict) else {}
 
     def remember(self, name: str, password: str) -> None:
-        """Store a login LDAP just accepted; drop expired entries while at it."""
+        """Store a login LDAP just accepted (``name`` as LDAP spells it); drop expired
+        entries while at it."""
         with self._lock:
             now = self._clock()
             entries = {k: v for k, v in self._read().items()
                        if isinstance(v, dict) and v.get("expires", 0) > now}
-            entries[name] = {"hash": hash_password(password), "expires": now + self.ttl}
+            entries[name.casefold()] = {"name": name, "hash": hash_password(password), "expires": now + self.ttl}
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fsutil.write_atomic(self.path, json.dumps(entries, indent=1, sort_keys=True), mode=0o600)
 
-    def verify(self, name: str, password: str) -> bool:
-        """True when ``name`` logged in with ``password`` before and that has not expired."""
+    def verify(self, name: str, password: str) -> str | None:
+        """The account's name as LDAP spelled it when ``name`` (in any case) logged in
+        with ``password`` before and that has not expired; None otherwise."""
+        key = name.casefold()
         with self._lock:
-            entry = self._read().get(name)
+            entry = self._read().get(key)
         if not isinstance(entry, dict) or entry.get("expires", 0) <= self._clock():
-            return False
-        return verify_hash(str(entry.get("hash", "")), password)
+            return None
+        if not verify_hash(str(entry.get("hash", "")), password):
+            return None
+        stored = entry.get("name")
+        return stored if isinstance(stored, str) and stored.casefold() == key else key

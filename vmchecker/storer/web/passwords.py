@@ -91,6 +91,10 @@ class PasswordFile:
     def names(self) -> list[str]:
         return sorted(self._load())
 
+    def exists(self, name: str) -> bool:
+        """True while ``name`` is in the file (a removed user's sessions end at once)."""
+        return name in self._load()
+
     def verify(self, name: str, password: str) -> bool:
         """True when ``name`` is in the file and ``password`` matches its hash."""
         stored = self._load().get(name)

@@ -1,5 +1,10 @@
 """An upload from the web: the same :func:`vmchecker.submit.submit` as
-``vmchecker-submit``, then ``queue_task``; every refusal becomes the message shown."""
+``vmchecker-submit``, then ``queue_task``.
+
+A refusal (:class:`SubmissionRefused`, :class:`ArchiveError`) carries a message meant
+for the student and is shown as it is. Any other error is the server's problem and its
+message may name server paths: the student reads a generic sentence, the log the detail.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from vmchecker.storer.web.jobs import Queuer
 from vmchecker.submit import recheck, submit
 
 log = logging.getLogger(__name__)
+
+UPLOAD_FAILED = ("Upload failed: the server could not store your archive. Try again later,"
+                 " and tell the course's staff if it keeps failing.")
 
 
 @dataclass(frozen=True)
@@ -46,11 +54,11 @@ def upload(course: CourseConfig, assignment: str, account: str, file: FileStorag
     queuer = Queuer(course, timeout)
     try:
         sub = submit(course, assignment, account, data, notify=queuer)
-    except SubmissionRefused as exc:
+    except SubmissionRefused as exc:   # ArchiveError included: both are meant for the student
         return Outcome(False, f"Upload refused: {exc.message}")
     except VmcheckerError as exc:
         log.error("upload of %s/%s by %s failed: %s", course.id, assignment, account, exc.message)
-        return Outcome(False, f"Upload failed: {exc.message}")
+        return Outcome(False, UPLOAD_FAILED)
     return Outcome(True, _queued_message(queuer, "Your archive was saved."), sub, bool(queuer.queued))
 
 

@@ -4,6 +4,7 @@ and submissions, an admin's grades table and recheck."""
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
@@ -15,11 +16,18 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("pages", __name__)
 REFRESH_WHILE_WAITING = 10  # seconds between reloads of a page with a waiting submission
+MAX_NEXT = 2000             # longest ?next= path followed after login
+MAX_SHOWN_NAME = 64         # a refused login's name is shown back (in the form) up to this length
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this site: ``//evil.example`` or ``https://...`` go to the courses."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """Only a path on this site; anything else goes to the courses: ``//evil.example``,
+    ``https://...``, a backslash (``/\\evil.example``), and any control or other
+    non-printable character. Browsers drop tabs and newlines from a URL, so
+    ``/<TAB>/evil.example`` would be ``//evil.example``; a newline would also break the
+    Location header."""
+    if (target and len(target) <= MAX_NEXT and target.startswith("/") and not target.startswith("//")
+            and target.isprintable() and "\\" not in target and not urlsplit(target).netloc):
         return target
     return url_for("pages.courses")
 
@@ -37,9 +45,9 @@ def login():
     result = auth.authenticator().login(name, request.form.get("password", ""), request.remote_addr or "")
     if not result.ok:
         flash(result.message, "error")
-        return render_template("login.html", next=request.form.get("next", ""), username=name), \
+        return render_template("login.html", next=request.form.get("next", ""), username=name[:MAX_SHOWN_NAME]), \
             429 if result.throttled else 401
-    auth.start_session(name.strip())
+    auth.start_session(result)
     return redirect(_safe_next(request.form.get("next")))
 
 
