@@ -7,8 +7,11 @@ guest); everything else is the real flow, on real files and real processes.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -195,3 +198,62 @@ def test_kernel_messages_and_host_commands_run_around_the_job(tmp_path):
 def test_without_kernel_messages_there_is_no_run_km(tmp_path):
     job, out, _ = run_job(tmp_path, run="true\n")
     assert not (out / "results" / "run-km.vmr").exists()
+
+
+def test_a_sigterm_during_the_final_cleanup_still_writes_the_results(tmp_path):
+    class InterruptedInCleanup(FolderHost):
+        def get_vm(self, machine, job_id):
+            vm = super().get_vm(machine, job_id)
+            cleanup = vm.cleanup
+
+            def interrupted_cleanup(failed=False):
+                base.interrupt("SIGTERM")   # what the executor's signal handler does
+                return cleanup(failed)
+
+            vm.cleanup = interrupted_cleanup
+            return vm
+
+    host = InterruptedInCleanup(tmp_path / "guest")
+    bundle_dir, info = make_bundle(tmp_path / "bundle", run="echo ran > grade.vmr\n")
+    with pytest.raises(base.Interrupted):
+        host.test_submission(bundle_dir, info.machine, info)
+    assert host.vms[0].calls[-1] == "cleanup"   # the guest was removed...
+    assert json.loads(vmr(bundle_dir, "result.json"))["status"] == "done"   # ...and the results written
+    assert vmr(bundle_dir, "grade.vmr") == "ran\n"
+
+
+def test_host_command_groups_are_recorded_until_stopped(tmp_path):
+    record = tmp_path / "b" / "results" / f".host_commands{base.PGIDS_SUFFIX}"
+    record.parent.mkdir(parents=True)
+    commands = base.HostCommands("host_commands", record)
+    commands.start(["exec sleep 60"], {}, None)
+    assert len(record.read_text().split()) == 1
+    commands.stop()
+    assert not record.exists()
+
+
+def test_kill_recorded_stops_the_host_commands_of_a_dead_executor(tmp_path):
+    record = tmp_path / "b" / "results" / f".kernel_messages{base.PGIDS_SUFFIX}"
+    record.parent.mkdir(parents=True)
+    commands = base.HostCommands("kernel_messages", record)
+    # the second command leaves a grandchild in its group, as `tail -F ... | grep` would
+    commands.start(["exec sleep 60", f"sleep 60 & echo $! > {tmp_path}/grandchild; wait"], {}, None)
+    procs = list(commands._procs)
+    pgids = sorted(int(p) for p in record.read_text().split())
+    assert pgids == sorted(p.pid for p in procs)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "grandchild").exists() or not (tmp_path / "grandchild").read_text():
+        assert time.monotonic() < deadline, "the second host command never started its child"
+        time.sleep(0.01)
+    grandchild = int((tmp_path / "grandchild").read_text())
+
+    assert base.kill_recorded(tmp_path / "b") == pgids   # as if the executor had been SIGKILLed
+
+    for proc in procs:
+        assert proc.wait(10) == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        for _ in range(1000):   # killed, then reaped by init
+            os.kill(grandchild, 0)
+            time.sleep(0.01)
+    assert not record.exists()
+    assert base.kill_recorded(tmp_path / "b") == []

@@ -183,3 +183,46 @@ def test_guest_of_dead_executor_is_cleaned(kvm_host, tmp_path):
     assert vm.name in kvm_host.cleanup_leftovers()
     assert owned_domains(kvm_host, {dead.pid}) == []
     assert not vm.overlay.exists() and not vm.console.exists()
+
+
+def test_kernel_messages_of_two_snapshot_jobs_stay_apart(kvm_host, tmp_path):
+    # one snapshot domain, two slots: the second job waits for the domain, and its
+    # kernel_messages command must not follow the shared console while the first runs
+    console = KVM_STATE / "jobs" / "$VMCHECKER_VM.console"
+    machine = kvm_machine(kernel_messages=[f"exec tail -n0 -F {console}"])
+    results = {}
+
+    def one(name: str) -> None:
+        run = f"echo '<3>vmchecker-km-{name}' > /dev/kmsg; sleep 1\n"
+        results[name] = run_job(kvm_host, tmp_path / name, machine, run=run, job_id=name, timeout=30)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, other in (("a", "b"), ("b", "a")):
+        job, out = results[name]
+        assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+        km = vmr(out, "run-km.vmr")
+        assert f"vmchecker-km-{name}" in km and f"vmchecker-km-{other}" not in km, (name, km)
+
+
+def test_cleanup_looks_in_the_state_folders_of_the_machines_it_is_given(kvm_host, tmp_path):
+    from vmchecker.config import parse_machine
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    machine = parse_machine({"name": "linux", **kvm_machine(revert="overlay", base_image=str(tmp_path / "b.qcow2"))},
+                            "test")
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    left = f"vmck-left-{dead.pid}-abcdef"
+    for suffix in (".qcow2", ".console"):
+        (jobs / f"{left}{suffix}").write_text("x")
+    mine = jobs / f"vmck-mine-{os.getpid()}-abcdef.qcow2"   # a running job's: kept
+    mine.write_text("x")
+
+    assert left not in kvm_host.cleanup_leftovers()   # the default folder only
+    assert left in kvm_host.cleanup_leftovers([machine])
+    assert sorted(p.name for p in jobs.iterdir()) == [mine.name]

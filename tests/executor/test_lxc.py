@@ -20,6 +20,7 @@ import pytest
 from tests.executor.conftest import owned_clones
 from tests.executor.helpers import HELLO_FILES, c_program, make_bundle, vmr
 from vmchecker import bundle
+from vmchecker.executor import base
 
 pytestmark = pytest.mark.lxc
 
@@ -266,3 +267,62 @@ def test_tester_config_overrides_the_bundled_machine(lxc_host, tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = vmr(bundle_dir, "run-stdout.vmr")
     assert text.startswith("a" * 2048) and "[vmchecker: output truncated at 2 KiB" in text
+
+
+def test_guest_root_cannot_raise_its_own_cgroup_limits(lxc_host, tmp_path):
+    # 256 MiB touched under a 64 MiB limit, after trying to lift the limits from inside
+    hog = c_program("for (int i = 0; i < 256; i++) { char *p = malloc(1 << 20); if (!p) return 3;"
+                    " memset(p, 1, 1 << 20); } puts(\"survived\"); return 0;")
+    run = """\
+cg=/sys/fs/cgroup
+lift() { [ -e "$cg/$1" ] && echo "$2" > "$cg/$1" && echo "raised $1"; }
+lift memory/memory.memsw.limit_in_bytes 1073741824; lift memory/memory.limit_in_bytes 1073741824
+lift memory.swap.max max; lift memory.max max
+lift pids/pids.max max; lift pids.max max
+lift cpu/cpu.cfs_quota_us -1; lift cpu.max max
+echo "pids $(cat $cg/pids/pids.max 2>/dev/null || cat $cg/pids.max)"
+exec ./hello
+"""
+    job, out = run_job(lxc_host, tmp_path / "b", files=hog, run=run, limits={"memory_mb": 64, "pids": 100})
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    text = vmr(out, "run-stdout.vmr")
+    assert "raised" not in text, text
+    assert "pids 100\n" in text
+    assert "survived" not in text and job.steps["run"].signal == signal.SIGKILL   # the memory limit held
+
+
+def test_a_symlinked_vmr_is_not_copied_out(lxc_host, tmp_path):
+    # the student is not root, the copy-out is: it must not follow the link to a root-only file
+    run = "ln -s /etc/shadow grade.vmr\nln -s /etc/shadow leak.vmr\ncat /etc/shadow; echo \"cat: $?\"\n"
+    job, out = run_job(lxc_host, tmp_path / "b", run=run, guest_user="nobody", guest_base_path="/tmp/job")
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    assert "cat: 1" in vmr(out, "run-stdout.vmr")   # the student cannot read it...
+    assert not (out / "results" / "leak.vmr").exists()   # ...nor have it copied out
+    assert vmr(out, "grade.vmr") == "done\n"
+
+
+def test_host_commands_of_a_sigkilled_executor_can_be_killed(lxc_host, tmp_path, executor_pids):
+    host_pid = tmp_path / "host.pid"
+    bundle_dir, _ = make_bundle(tmp_path / "b", run="sleep 60\n", timeout=60,
+                                kernel_messages=[f"echo $$ > {host_pid}; exec sleep 1000"])
+    proc = _start_executor(bundle_dir, executor_pids)
+    try:
+        _wait_for_clone(lxc_host, proc)
+        deadline = time.monotonic() + 30
+        while not host_pid.exists() or not host_pid.read_text().strip():
+            assert time.monotonic() < deadline, "the kernel_messages command did not start"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)   # what the queue manager does to a stuck executor
+        proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lxc_host.cleanup_leftovers()
+    pid = int(host_pid.read_text())
+    assert os.getpgid(pid) == pid   # alive, in a group of its own: the executor's kill missed it
+    assert base.kill_recorded(bundle_dir) == [pid]
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, f"host command {pid} survived"
+        time.sleep(0.01)

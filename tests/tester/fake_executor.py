@@ -15,6 +15,8 @@ fake.json keys (all optional):
   ignore_term  ignore SIGTERM (the queue manager must escalate to SIGKILL)
   active_dir   concurrency probe: register here while running, record how many ran at once
   barrier      with active_dir: wait (up to 20 s) until this many jobs have started
+  host_pid     start a host command as the real executor does (vmchecker.executor.base.
+               HostCommands, recorded in results/) that writes its pid here and sleeps
 """
 
 import json
@@ -46,6 +48,12 @@ def main() -> int:
         if started.exists() and action == "hang":
             action = "ok"
         started.write_text(str(os.getpid()))
+    if spec.get("host_pid"):
+        from vmchecker.executor.base import PGIDS_SUFFIX, HostCommands
+
+        (bundle / "results").mkdir(exist_ok=True)
+        commands = HostCommands("host_commands", bundle / "results" / f".host_commands{PGIDS_SUFFIX}")
+        commands.start([f"echo $$ > {spec['host_pid']}; exec sleep 1000"], {}, None)
     if spec.get("child_pid"):
         child = subprocess.Popen(["sleep", "1000"])
         Path(spec["child_pid"]).write_text(str(child.pid))

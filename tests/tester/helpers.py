@@ -35,7 +35,8 @@ def make_tester(root: Path, slots: int = 2, executor_timeout: int = 60, storer_d
 
 def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machine_type: str = "lxc",
                 notify_url: str = "", archive_members: dict | None = None,
-                build_sh: str = "#!/bin/bash\nmake\n", run_sh: str = "#!/bin/bash\n./hello\n") -> Path:
+                build_sh: str = "#!/bin/bash\nmake\n", run_sh: str = "#!/bin/bash\n./hello\n",
+                timeout: int = 30, boot_timeout: int = 120) -> Path:
     """A real bundle (vmchecker.bundle.build_bundle) whose archive holds ``fake.json``."""
     work = dest_dir.parent / f".src-{job_id}"
     work.mkdir(parents=True, exist_ok=True)
@@ -47,11 +48,11 @@ def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machin
     (work / "run.sh").write_text(run_sh)
     if machine_type in config.MACHINE_TYPES:
         machine = config.parse_machine({"name": "linux", "type": machine_type, "vm": "vmchecker-base",
-                                        "limits": {"output_kb": 64}}, "test")
+                                        "limits": {"output_kb": 64}, "boot_timeout": boot_timeout}, "test")
     else:  # what a storer with a newer backend might send: built without validation
         machine = config.Machine(name="linux", type=machine_type, vm="vm")
     info = BundleInfo(job_id=job_id, key=KEY, course="so", assignment="1-hello", account="bob",
-                      submission="2026.02.20 10.00.00", upload_time="2026-02-20 10:00:00", timeout=30,
+                      submission="2026.02.20 10.00.00", upload_time="2026-02-20 10:00:00", timeout=timeout,
                       machine=machine, notify_url=notify_url)
     dest = dest_dir / bundle_name("so", "1-hello", "bob", job_id)
     return build_bundle(dest, info, archive_path=archive, tests_path=None,

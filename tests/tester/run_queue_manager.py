@@ -12,7 +12,7 @@ from vmchecker.tester import queue_manager
 from vmchecker.tester.queue_manager import QueueManager
 
 
-def record_cleanup(machine_type: str) -> None:
+def record_cleanup(machine_type: str, machines=()) -> None:
     """The fake jobs say ``lxc`` but have no guests: note the request, touch no container."""
     print(f"cleanup requested for {machine_type}", file=sys.stderr)
 

@@ -25,8 +25,10 @@ from pathlib import Path
 import pytest
 
 from tests.tester.helpers import FAKE_COMMAND, KEY, RecordingStorer, free_port, make_bundle, make_tester, wait_for
+from tests.util import make_zip
 from vmchecker import rpc
-from vmchecker.tester import processes, queue_manager, results
+from vmchecker.errors import RpcError
+from vmchecker.tester import jobs, processes, queue_manager, results
 from vmchecker.tester.notifier import Journal
 from vmchecker.tester.queue_manager import QueueManager
 
@@ -46,7 +48,7 @@ def cleanups(monkeypatch) -> list[str]:
     """Backend clean-up requests, recorded: the fake jobs name ``lxc`` but have no guests,
     and these tests must not touch real containers."""
     calls: list[str] = []
-    monkeypatch.setattr(queue_manager, "cleanup_backend", calls.append)
+    monkeypatch.setattr(queue_manager, "cleanup_backend", lambda machine_type, machines=(): calls.append(machine_type))
     return calls
 
 
@@ -128,7 +130,7 @@ def test_malformed_bundles_give_error_results_and_the_rest_still_runs(tmp_path):
         for job, reason in (("jbad", "not a zip"), ("jtype", "unknown machine type 'bogus'")):
             assert_finished(cfg, job, "error")
             assert reason in (cfg.done_dir / job / "vmchecker-stderr.vmr").read_text()
-            assert reason in result(cfg, job)["error"]
+            assert reason in result(cfg, job)["message"]
         # the unknown-type bundle still says who it is: the storer hears of the error
         calls = {c[0]: c for c in storer.calls}
         assert calls["jtype"][1:4] == (KEY, "error", ["result.json", "vmchecker-stderr.vmr"])
@@ -147,17 +149,19 @@ def test_executor_crash_without_results_is_an_error_with_its_output(tmp_path):
 
 
 @pytest.mark.parametrize("ignore_term", [False, True])
-def test_timeout_kills_the_whole_process_group(tmp_path, ignore_term, cleanups):
+def test_timeout_kills_the_whole_process_group(tmp_path, ignore_term, cleanups, monkeypatch):
+    monkeypatch.setattr(jobs, "EXECUTOR_MARGIN", 0)   # executor_timeout = 1 + 2 * 1 s
     cfg = make_tester(tmp_path / "tester", executor_timeout=1)
     child_pid = tmp_path / "child.pid"
-    make_bundle(cfg.queue_dir, "j1", {"action": "hang", "child_pid": str(child_pid), "ignore_term": ignore_term})
+    make_bundle(cfg.queue_dir, "j1", {"action": "hang", "child_pid": str(child_pid), "ignore_term": ignore_term},
+                timeout=1, boot_timeout=1)
     make_bundle(cfg.queue_dir, "j2", {})
 
     qm(cfg).run()
 
     assert_finished(cfg, "j1", "error")
-    assert "executor_timeout (1 s)" in (cfg.done_dir / "j1" / "vmchecker-stderr.vmr").read_text()
-    assert result(cfg, "j1")["error"].startswith("the executor did not finish")
+    assert "executor_timeout (3 s)" in (cfg.done_dir / "j1" / "vmchecker-stderr.vmr").read_text()
+    assert result(cfg, "j1")["message"].startswith("the executor did not finish")
     assert not alive(int(child_pid.read_text())), "the executor's child survived the kill"
     assert cleanups == ["lxc"], "a killed executor's guest must be cleaned up"
     assert_finished(cfg, "j2", "done")
@@ -172,6 +176,64 @@ def test_slots_bound_how_many_jobs_run_at_once(tmp_path, slots):
     qm(cfg).run()
     seen = [result(cfg, f"j{i}")["seen_at_once"] for i in range(4)]
     assert max(seen) == slots, seen
+
+
+@pytest.mark.parametrize("bad_id", ["", "..", "../queue", "a/b"])
+def test_a_broken_bundle_cannot_name_a_folder_outside_done(tmp_path, bad_id):
+    cfg = make_tester(tmp_path / "tester")
+    make_bundle(cfg.queue_dir, "j0", {})
+    qm(cfg).run()
+    # a bundle that fails validation but whose submission-config names a job id
+    broken = cfg.queue_dir / "so_1-hello_bob_jbroken.zip"
+    make_zip(broken, {"submission-config.yaml": f"job_id: {bad_id!r}\nkey: {KEY}\n"})
+
+    qm(cfg).run()
+
+    assert_finished(cfg, "j0", "done")   # earlier results untouched
+    assert_finished(cfg, "jbroken", "error")
+    assert {"config.yaml", "done", "queue", "state"} <= {p.name for p in cfg.root.iterdir()}
+    assert sorted(p.name for p in cfg.done_dir.iterdir()) == ["j0", "jbroken"]
+
+
+def test_commit_refuses_a_job_id_that_is_not_one(tmp_path):
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "result.json").write_text("{}")
+    (tmp_path / "done" / "keep").mkdir(parents=True)
+    for bad in ("", "..", "x/../..", ".hidden"):
+        with pytest.raises(RpcError):
+            results.commit(staged, tmp_path / "done", bad, {})
+    assert (tmp_path / "done" / "keep").is_dir() and (staged / "result.json").exists()
+
+
+def test_executor_timeout_grows_with_the_bundles_own_timeout():
+    from vmchecker.config import parse_machine
+
+    machine = parse_machine({"name": "m", "type": "lxc", "vm": "v", "boot_timeout": 100}, "test")
+    assert jobs.executor_timeout(600, machine, 10) == 600
+    assert jobs.executor_timeout(600, machine, 300) == 100 + 600 + jobs.EXECUTOR_MARGIN
+
+
+def test_a_job_slower_than_executor_timeout_but_within_its_own_timeout_finishes(tmp_path):
+    cfg = make_tester(tmp_path / "tester", executor_timeout=1)
+    make_bundle(cfg.queue_dir, "j1", {"sleep": 2}, timeout=30, boot_timeout=1)
+    qm(cfg).run()
+    assert_finished(cfg, "j1", "done")
+
+
+def test_host_commands_of_a_killed_executor_are_killed(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "EXECUTOR_MARGIN", 0)
+    cfg = make_tester(tmp_path / "tester", executor_timeout=1)
+    host_pid = tmp_path / "host.pid"
+    # the executor ignores SIGTERM (stuck): the queue manager must SIGKILL its group,
+    # which does not hold the host commands (each has a session of its own)
+    make_bundle(cfg.queue_dir, "j1", {"action": "hang", "ignore_term": True, "host_pid": str(host_pid)},
+                timeout=1, boot_timeout=1)
+    qm(cfg).run()
+    assert_finished(cfg, "j1", "error")
+    pid = int(host_pid.read_text())
+    assert not alive(pid), "a host command outlived its killed executor"
+    assert not list((cfg.done_dir / "j1").glob(".*pgids"))
 
 
 # --------------------------------------------------------------------------- durability
@@ -228,6 +290,24 @@ def test_startup_finishes_committed_jobs_and_reruns_interrupted_commits(tmp_path
     assert list(cfg.work_dir.iterdir()) == []
 
 
+def test_a_bundle_resent_after_its_results_were_committed_runs_again(tmp_path):
+    cfg = make_tester(tmp_path / "tester", storer_daemon=f"http://127.0.0.1:{free_port()}/")
+    order = tmp_path / "order.log"
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "result.json").write_text('{"status": "error"}')
+    name = "so_1-hello_bob_j1.zip"
+    results.commit(staged, cfg.done_dir, "j1", {"bundle": name, "job_id": "j1", "key": KEY,
+                                                "notify_url": "", "status": "error", "stats": {}})
+    # the storer sends the same job again (after the error), then the tester restarts
+    make_bundle(cfg.queue_dir, "j1", {"log": str(order)})
+
+    qm(cfg).run()
+
+    assert order.read_text().split() == ["j1"], "the new bundle must run, not be taken for the old one"
+    assert_finished(cfg, "j1", "done")
+
+
 def test_pid_file_refuses_a_second_queue_manager(tmp_path):
     cfg = make_tester(tmp_path / "tester")
     with Background(qm(cfg, once=False)):
@@ -279,6 +359,49 @@ def test_stopping_kills_running_jobs_and_keeps_their_bundles(tmp_path):
     # the next start runs it (the fake hangs only the first time)
     qm(cfg).run()
     assert_finished(cfg, "j1", "done")
+
+
+def test_an_error_in_the_main_loop_does_not_stop_the_queue_manager(tmp_path, monkeypatch):
+    real_poll = queue_manager.QueueWatcher.poll
+    failures = []
+
+    def poll(self, timeout):
+        if not failures:
+            failures.append(1)
+            raise OSError("inotify: simulated failure")
+        return real_poll(self, timeout)
+
+    monkeypatch.setattr(queue_manager, "ERROR_PAUSE", 0.05)
+    monkeypatch.setattr(queue_manager.QueueWatcher, "poll", poll)
+    cfg = make_tester(tmp_path / "tester")
+    with Background(qm(cfg, once=False)):
+        wait_for(lambda: failures, "the simulated failure")
+        make_bundle(cfg.queue_dir, "j1", {})
+        wait_for(lambda: results.read_marker(cfg.done_dir / "j1"), "the bundle to be run")
+    assert_finished(cfg, "j1", "done")
+
+
+class RemoveFailsOnce(QueueManager):
+    """A bundle that cannot be removed the first time (e.g. a read-only queue/)."""
+
+    failed: list[str]
+
+    def _remove_bundle(self, bundle_path: Path) -> None:
+        if not self.failed:
+            self.failed.append(bundle_path.name)
+            raise OSError(f"{bundle_path}: simulated failure")
+        super()._remove_bundle(bundle_path)
+
+
+def test_a_failed_bundle_removal_does_not_hold_the_notification_back(tmp_path):
+    with RecordingStorer() as storer:
+        cfg = make_tester(tmp_path / "tester", storer_daemon=storer.url)
+        make_bundle(cfg.queue_dir, "j1", {})
+        manager = RemoveFailsOnce(cfg, once=True, notify_timeout=2, _executor_command=FAKE_COMMAND)
+        manager.failed = []
+        manager.run()
+    assert manager.failed == ["so_1-hello_bob_j1.zip"]
+    assert [c[:3] for c in storer.calls] == [("j1", KEY, "done")]
 
 
 # --------------------------------------------------------------------------- notify

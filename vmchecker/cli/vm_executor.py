@@ -38,9 +38,10 @@ def execute(bundle_dir: Path, tester_config: Path | None = None) -> base.JobResu
     except VmcheckerError as exc:
         log.error("%s", exc.message)
         return _error_result(bundle_dir, exc.message)
-    removed = host.cleanup_leftovers()
-    if removed:
-        log.info("removed guests left by dead executors: %s", ", ".join(removed))
+    if tester_config is None:   # by hand; under a queue manager, it cleans up after the executors it kills
+        removed = host.cleanup_leftovers([machine])
+        if removed:
+            log.info("removed guests left by dead executors: %s", ", ".join(removed))
     return host.test_submission(bundle_dir, machine, info)
 
 

@@ -35,7 +35,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -57,6 +57,27 @@ RESERVED = {VMCHECKER_STDERR, RUN_KM, *(n for pair in STEP_FILES.values() for n 
 MAX_GUEST_VMRS = 32          # *.vmr files taken from the guest folder
 COPY_TIMEOUT = 120           # seconds for copying files in or out
 HOST_COMMAND_GRACE = 2.0     # seconds between SIGTERM and SIGKILL for host commands
+PGIDS_SUFFIX = ".pgids"      # results/.<what>.pgids: process groups of running host commands
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CPU_PERIOD_US = 100_000
+
+# Runs in the guest as root once the steps' processes are dead: the first $3 regular
+# *.vmr files at the top of $1 (never a symlink: root would follow it to any file of the
+# guest), each cut to $2 bytes, as a tar written to $4 ("-": stdout). A missing $1 gives
+# an empty tar.
+COPY_OUT = r'''
+[ "$4" = - ] || rm -f -- "$4"
+out=$(mktemp -d) || exit 1
+if cd -- "$1" 2>/dev/null; then
+  n=0
+  for f in *.vmr; do
+    [ -f "$f" ] && [ ! -L "$f" ] || continue
+    n=$((n + 1)); [ "$n" -le "$3" ] || break
+    head -c "$2" -- "$f" > "$out/$f"
+  done
+fi
+tar -cf "$4" -C "$out" . && rm -rf "$out"
+'''
 
 
 class Interrupted(BaseException):
@@ -282,21 +303,31 @@ def _overlay(src: Path, dst: Path) -> None:
 
 class HostCommands:
     """Shell commands run on the host around a job (kernel messages, host_commands),
-    each in its own process group so stopping them also stops what they started."""
+    each in its own process group so stopping them also stops what they started.
 
-    def __init__(self, what: str):
+    Their groups are not the executor's, so killing the executor's group does not reach
+    them: while they run, their pgids are listed in ``record`` (a dotfile in the job's
+    ``results/``, never sent to the storer) for whoever kills the executor with SIGKILL
+    to kill them too (:func:`kill_recorded`)."""
+
+    def __init__(self, what: str, record: Path | None = None):
         self.what = what
+        self.record = record
         self._procs: list[subprocess.Popen] = []
         self._threads: list[threading.Thread] = []
 
     def start(self, commands: list[str], env: dict[str, str], sink: CappedWriter | None) -> None:
         for command in commands:
             log.debug("starting %s command: %s", self.what, command)
-            proc = subprocess.Popen(
-                command, shell=True, start_new_session=True, env={**os.environ, **env},
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if sink else subprocess.DEVNULL,
-                stderr=subprocess.STDOUT if sink else subprocess.DEVNULL)
-            self._procs.append(proc)
+            with uninterruptible():   # started and recorded, or neither
+                proc = subprocess.Popen(
+                    command, shell=True, start_new_session=True, env={**os.environ, **env},
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if sink else subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT if sink else subprocess.DEVNULL)
+                self._procs.append(proc)
+                if self.record is not None:
+                    with open(self.record, "a", encoding="ascii") as f:
+                        f.write(f"{proc.pid}\n")
             if sink is not None:
                 t = threading.Thread(target=_pump, args=(proc.stdout, sink), daemon=True)
                 t.start()
@@ -317,6 +348,8 @@ class HostCommands:
             t.join(HOST_COMMAND_GRACE)
         self._procs.clear()
         self._threads.clear()
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)
 
 
 def _killpg(proc: subprocess.Popen, sig: int) -> None:
@@ -324,6 +357,31 @@ def _killpg(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def kill_recorded(bundle_dir: Path) -> list[int]:
+    """SIGKILL the host-command process groups a dead executor recorded in
+    ``bundle_dir`` (see :class:`HostCommands`); returns the groups that were alive.
+    Call it only once the executor is gone: a live one stops its commands itself."""
+    killed = []
+    for record in (Path(bundle_dir) / "results").glob(f".*{PGIDS_SUFFIX}"):
+        try:
+            pgids = {int(line) for line in record.read_text(encoding="ascii").split()}
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable list of host command groups: %s", record, exc)
+            continue
+        for pgid in sorted(pgids):
+            if pgid <= 1 or pgid == os.getpgid(0):
+                continue
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed.append(pgid)
+        record.unlink(missing_ok=True)
+    if killed:
+        log.warning("killed host command groups %s left by a dead executor in %s", killed, bundle_dir)
+    return killed
 
 
 def _pump(stream: IO[bytes], sink: CappedWriter) -> None:
@@ -361,6 +419,51 @@ def owner_alive(name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_leftovers(names: Iterable[str], remove: Callable[[str], None], what: str) -> list[str]:
+    """Call ``remove`` on each guest of ``names`` whose executor is dead; the names
+    removed. A failure is logged and the rest go on."""
+    removed = []
+    for name in names:
+        if not name.startswith(GUEST_PREFIX) or owner_alive(name):
+            continue
+        log.warning("removing %s %s left by a dead executor", what, name)
+        try:
+            remove(name)
+        except (VmcheckerError, OSError) as exc:
+            log.error("removing %s %s failed: %s", what, name, getattr(exc, "message", exc))
+            continue
+        removed.append(name)
+    return removed
+
+
+def cpu_quota_us(cpus: float) -> int:
+    """The CFS quota per CPU_PERIOD_US for a ``cpus`` limit (at least 1 ms)."""
+    return max(int(cpus * CPU_PERIOD_US), 1000)
+
+
+def write_payload(src: Path, stream: IO[bytes], uid: int, gid: int) -> None:
+    """Write the folder ``src`` to ``stream`` as a tar stream whose files all belong to
+    ``uid:gid`` (the guest user), whatever owns them on the host."""
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+        return info
+
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+        tf.add(src, arcname=".", filter=owned)
+
+
+def passwd_entry(text: str, user: str) -> tuple[int, int, str] | None:
+    """(uid, gid, home) of ``user`` in passwd-format ``text``, or None."""
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[0] == user:
+            try:
+                return int(fields[2]), int(fields[3]), fields[5] or "/"
+            except ValueError:
+                return None
+    return None
 
 
 def extract_vmrs(data: bytes, dest: Path, cap: int, guest: str) -> None:
@@ -436,8 +539,9 @@ class Host:
     def get_vm(self, machine: Machine, job_id: str) -> VM:
         raise NotImplementedError
 
-    def cleanup_leftovers(self) -> list[str]:
-        """Remove guests a killed executor left behind; return their names."""
+    def cleanup_leftovers(self, machines: Iterable[Machine] = ()) -> list[str]:
+        """Remove guests a killed executor left behind; return their names. ``machines``
+        are the machines the caller knows of (a backend may keep state per machine)."""
         return []
 
     def test_submission(self, bundle_dir: Path, machine: Machine, info: bundle.BundleInfo) -> JobResult:
@@ -448,7 +552,8 @@ class Host:
         job = JobResult(job_id=info.job_id, backend=machine.type,
                         started_at=dt.datetime.now().isoformat(timespec="seconds"))
         vm: VM | None = None
-        kernel_messages, host_commands = HostCommands("kernel_messages"), HostCommands("host_commands")
+        kernel_messages, host_commands = (HostCommands(what, out.dir / f".{what}{PGIDS_SUFFIX}")
+                                          for what in ("kernel_messages", "host_commands"))
         try:
             with tempfile.TemporaryDirectory(prefix=f"vmchecker-{info.job_id[:40]}-") as tmp:
                 with job.phase("prepare"):
@@ -486,7 +591,8 @@ class Host:
             job.message = f"the executor was stopped ({exc or 'SIGINT'}) before the job finished"
             raise
         finally:
-            self._finish(vm, out, job, (host_commands, kernel_messages), started)
+            with uninterruptible():   # a SIGTERM now must not cut the cleanup or result.json
+                self._finish(vm, out, job, (host_commands, kernel_messages), started)
         return job
 
     def _steps(self, vm: VM, machine: Machine, info: bundle.BundleInfo, out: ResultFiles, job: JobResult) -> None:

@@ -7,40 +7,40 @@ Two ways to give each job a clean guest (the machine's ``revert``):
   agent answered and its page cache was warm). Each job loads it into the running QEMU
   with the monitor's ``loadvm`` (0.1 s under TCG; libvirt 9's ``revertToSnapshot``
   restarts QEMU and takes 2 s, so it is only the fallback for a domain that is not
-  running). One job at a time per domain (a lock file); the domain is paused between
-  jobs, so what a job leaves running burns no CPU. The guest clock is set per job.
+  running). One job at a time per domain (a lock file, taken before the job's
+  kernel_messages commands start, so they see its console only); the domain is paused
+  between jobs, so what a job leaves running burns no CPU. The guest clock is set per job.
 - ``overlay``: each job boots a transient copy of ``machine.vm``'s definition on a fresh
   qcow2 overlay of the read-only ``base_image``: stateless, as many at once as slots.
   With ``keep_failed`` the overlay of a job that ended in ``error`` is kept.
 
-Commands and files go through the guest agent (``guest-exec``, ``guest-file-*``); the
-guest needs no network. Each step runs under a small Perl wrapper (perl-base is in every
-Debian guest; POSIX.pm is avoided: it costs 0.4 s to load under TCG) that puts the step
-in a cgroup v2 of its own with the machine's memory, pids and CPU limits, keeps the first
-bytes of its output and counts the rest, kills the whole cgroup (``cgroup.kill``) at the
-timeout and when the step's main process ends (leftover background processes), and
-reports exit code or signal, CPU time and peak memory. The host keeps its own deadline
-too: if the wrapper does not report in time, the host kills the cgroup through the agent.
+Commands and files go through the guest agent (``guest-exec``, ``guest-file-*``, see
+:mod:`vmchecker.executor.kvm_agent`); the guest needs no network. Each step runs under a
+small Perl wrapper (perl-base is in every Debian guest; POSIX.pm is avoided: it costs
+0.4 s to load under TCG) that puts the step in a cgroup v2 of its own with the machine's
+memory, pids and CPU limits, keeps the first bytes of its output and counts the rest,
+kills the whole cgroup (``cgroup.kill``) at the timeout and when the step's main process
+ends (leftover background processes), and reports exit code or signal, CPU time and
+peak memory. The host keeps its own deadline too: if the wrapper does not report in
+time, the host kills the cgroup through the agent.
 """
 
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import fcntl
+import functools
 import io
-import json
 import logging
 import os
 import re
 import secrets
 import subprocess
-import tarfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import libvirt
 import libvirt_qemu
@@ -48,6 +48,7 @@ import libvirt_qemu
 from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor import base
+from vmchecker.executor.kvm_agent import Agent, describe, output
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,9 @@ libvirt.registerErrorHandler(lambda *_args: None, None)   # errors arrive as exc
 PREFIX = base.GUEST_PREFIX
 URI = os.environ.get("VMCHECKER_LIBVIRT_URI", "qemu:///system")
 DEFAULT_STATE = os.environ.get("VMCHECKER_KVM_STATE", "/var/lib/vmchecker/kvm")
-AGENT_TIMEOUT = 10          # seconds for one agent command
 HOST_GRACE = 15.0           # seconds past a step's timeout before the host kills the step itself
 KILL_GRACE = 15.0           # seconds for the wrapper to report once the host killed the step
 MAX_STREAM = 6 * 1024 * 1024   # bytes of a step's stdout or stderr brought back (agent limit 16 MiB)
-FILE_CHUNK = 4 * 1024 * 1024
-CPU_PERIOD_US = 100_000
-GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IN_TAR, OUT_TAR = "/run/vmck-in.tar", "/run/vmck-out.tar"
 TAIL_BYTES = 4096
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -126,32 +123,20 @@ binmode STDOUT;
 printf "vmck %s %s %d %s %s %d %d %d %d\n", ($status & 127) ? "-" : $status >> 8, ($status & 127) || "-",
     $timed_out, $usec // "-", $peak // "-", length $streams[0][1], $streams[0][2], length $streams[1][1], $streams[1][2];
 print $streams[0][1], $streams[1][1];
-'''.replace("@PATH@", GUEST_PATH)
+'''.replace("@PATH@", base.GUEST_PATH)
 
 # Root, before the first step: set the stale clock (a snapshot's), unpack the job's files.
 COPY_IN = 'date -u -s "@$2" >/dev/null; mkdir -p -- "$1" && tar --numeric-owner -xpf "$3" -C "$1"; rc=$?; rm -f "$3"; exit $rc'
-# Root, once the steps' processes are dead: the first $3 regular *.vmr files at the top
-# of $1, each cut to $2 bytes, as a tar file $4.
-COPY_OUT = r'''
-rm -f "$4"; out=$(mktemp -d) || exit 1
-if cd -- "$1" 2>/dev/null; then
-  n=0
-  for f in *.vmr; do
-    [ -f "$f" ] && [ ! -L "$f" ] || continue
-    n=$((n + 1)); [ "$n" -le "$3" ] || break
-    head -c "$2" -- "$f" > "$out/$f"
-  done
-fi
-tar -cf "$4" -C "$out" . && rm -rf "$out"
-'''
 
 
 # --------------------------------------------------------------------------- helpers
 
 
+@functools.cache
 def kvm_usable() -> bool:
     """Hardware virtualization that can run a guest: vmx/svm in /proc/cpuinfo AND a
-    /dev/kvm that opens (nested setups have /dev/kvm without the flags, and hang)."""
+    /dev/kvm that opens (nested setups have /dev/kvm without the flags, and hang).
+    Checked once per process: the hardware does not change under a running tester."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
@@ -192,84 +177,20 @@ def tail(path: Path | None) -> str:
     return text.strip() or "(the serial console log is empty)"
 
 
-class Agent:
-    """The QEMU guest agent of one domain, through libvirt-qemu."""
-
-    def __init__(self, dom: libvirt.virDomain, name: str):
-        self.dom = dom
-        self.name = name
-
-    def call(self, command: str, timeout: int = AGENT_TIMEOUT, **arguments: Any) -> Any:
-        message = {"execute": command, **({"arguments": arguments} if arguments else {})}
-        try:
-            reply = libvirt_qemu.qemuAgentCommand(self.dom, json.dumps(message), timeout, 0)
-        except libvirt.libvirtError as exc:
-            raise ExecutorError(f"guest agent of {self.name}: {command} failed: {exc.get_error_message()}") from None
-        return json.loads(reply).get("return")
-
-    def exec(self, argv: list[str], capture: bool = True) -> int:
-        return self.call("guest-exec", path=argv[0], arg=argv[1:], **{"capture-output": capture})["pid"]
-
-    def wait(self, pid: int, deadline: float) -> dict | None:
-        """guest-exec-status until the process exited (its status) or ``deadline`` (None)."""
-        pause = 0.01
-        while True:
-            status = self.call("guest-exec-status", pid=pid)
-            if status.get("exited"):
-                return status
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-            pause = min(pause * 1.5, 0.1)
-
-    def shell(self, script: str, *args: str, timeout: float = base.COPY_TIMEOUT) -> bytes:
-        """Run ``sh -c script`` as root; its stdout; ExecutorError on failure."""
-        pid = self.exec(["/bin/sh", "-c", script, "sh", *args])
-        status = self.wait(pid, time.monotonic() + timeout)
-        if status is None:
-            raise ExecutorError(f"a command in {self.name} did not finish within {timeout} s")
-        if status.get("exitcode") != 0:
-            err = base64.b64decode(status.get("err-data", "")).decode("utf-8", "replace").strip()
-            raise ExecutorError(f"a command in {self.name} failed ({_describe(status)}): {err or 'no message'}")
-        return base64.b64decode(status.get("out-data", ""))
-
-    def write_file(self, path: str, data: bytes) -> None:
-        handle = self.call("guest-file-open", path=path, mode="w")
-        try:
-            for i in range(0, len(data), FILE_CHUNK):
-                chunk = base64.b64encode(data[i:i + FILE_CHUNK]).decode()
-                self.call("guest-file-write", handle=handle, **{"buf-b64": chunk})
-        finally:
-            self.call("guest-file-close", handle=handle)
-
-    def read_file(self, path: str, limit: int) -> bytes:
-        handle = self.call("guest-file-open", path=path, mode="r")
-        data = bytearray()
-        try:
-            while len(data) < limit:
-                got = self.call("guest-file-read", handle=handle, count=min(FILE_CHUNK, limit - len(data)))
-                data += base64.b64decode(got.get("buf-b64", ""))
-                if got.get("eof") or not got.get("count"):
-                    break
-        finally:
-            self.call("guest-file-close", handle=handle)
-        return bytes(data)
-
-
-def _describe(status: dict) -> str:
-    if status.get("signal") is not None:
-        return f"killed by signal {status['signal']}"
-    return f"exit {status.get('exitcode')}"
+def _serial_path(domain_xml: ET.Element) -> Path | None:
+    """The file a domain's serial console is logged to, if any."""
+    source = domain_xml.find("devices/serial[@type='file']/source")
+    return Path(source.get("path")) if source is not None else None
 
 
 def _parse_report(status: dict) -> tuple[list[str], bytes, bytes]:
     """Split the step wrapper's output into its report fields, kept stdout, kept stderr."""
-    data = base64.b64decode(status.get("out-data", ""))
+    data = output(status)
     line, _, rest = data.partition(b"\n")
     fields = line.decode("ascii", "replace").split()
     if status.get("exitcode") != 0 or len(fields) != 10 or fields[0] != "vmck":
-        err = base64.b64decode(status.get("err-data", "")).decode("utf-8", "replace").strip()
-        raise ExecutorError(f"the step wrapper failed in the guest ({_describe(status)}): {err or line!r}")
+        err = output(status, "err").decode("utf-8", "replace").strip()
+        raise ExecutorError(f"the step wrapper failed in the guest ({describe(status)}): {err or line!r}")
     out_kept, err_kept = int(fields[6]), int(fields[8])
     return fields, rest[:out_kept], rest[out_kept:out_kept + err_kept]
 
@@ -292,6 +213,7 @@ class KvmVM(base.VM):
         self.overlay = self.jobs / f"{name}.qcow2"
         self.kept: Path | None = None
         self._dom: libvirt.virDomain | None = None
+        self._base: libvirt.virDomain | None = None   # the snapshot domain, once locked
         self._agent: Agent | None = None
         self._lock: int | None = None
         self._console_source: Path | None = None
@@ -350,20 +272,14 @@ class KvmVM(base.VM):
         if self.machine.guest_user not in ("", "root"):
             self._user = self._guest_user(agent, self.machine.guest_user)
         uid, gid, _home = self._user
-
-        def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-            info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
-            return info
-
         buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-            tf.add(src, arcname=".", filter=owned)
+        base.write_payload(src, buf, uid, gid)
         agent.write_file(IN_TAR, buf.getvalue())
         agent.shell(COPY_IN, guest_dir, f"{time.time():.6f}", IN_TAR)
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         agent = self._require_agent()
-        agent.shell(COPY_OUT, guest_dir, str(cap + 1), str(base.MAX_GUEST_VMRS), OUT_TAR)
+        agent.shell(base.COPY_OUT, guest_dir, str(cap + 1), str(base.MAX_GUEST_VMRS), OUT_TAR)
         data = agent.read_file(OUT_TAR, base.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
         base.extract_vmrs(data, dest, cap, self.name)
 
@@ -373,7 +289,7 @@ class KvmVM(base.VM):
         self._steps += 1
         cgroup = f"step{self._steps}-{secrets.token_hex(3)}"
         limits = self.machine.limits
-        cpu = "max" if limits.cpus >= 1 else f"{max(int(limits.cpus * CPU_PERIOD_US), 1000)} {CPU_PERIOD_US}"
+        cpu = "max" if limits.cpus >= 1 else f"{base.cpu_quota_us(limits.cpus)} {base.CPU_PERIOD_US}"
         uid, gid, home = self._user
         keep = min(stdout.cap + 1, MAX_STREAM)
         wrapper = ["/usr/bin/perl", "-e", STEP_PL, cgroup, str(keep), str(timeout), str(limits.memory_mb << 20),
@@ -446,10 +362,11 @@ class KvmVM(base.VM):
 
     def prepare_console(self) -> None:
         """Make ``jobs/NAME.console`` before the kernel_messages commands start: the job's
-        own serial log (overlay), or a link to the snapshot domain's log."""
+        own serial log (overlay), or a link to the snapshot domain's log, made only once
+        this job holds the domain: the shared log must show no other job's messages."""
         self.console.unlink(missing_ok=True)
         if self.snapshot_mode:
-            self._console_source = self._serial_path(self._lookup(self.machine.vm))
+            self._take_domain()
             if self._console_source is not None:
                 self.console.symlink_to(self._console_source)
         else:
@@ -461,14 +378,12 @@ class KvmVM(base.VM):
     def _revert_snapshot(self) -> None:
         if not _NAME_RE.match(self.machine.snapshot):
             raise ExecutorError(f"bad snapshot name {self.machine.snapshot!r}")
-        dom = self._lookup(self.machine.vm)
-        self._check_type(dom)
+        dom = self._take_domain()
         try:
             snap = dom.snapshotLookupByName(self.machine.snapshot)
         except libvirt.libvirtError:
             raise ExecutorError(f"domain {self.machine.vm!r} has no snapshot {self.machine.snapshot!r}:"
                                 f" build it with kvm-resources/build-image.sh {self.machine.vm}") from None
-        self._lock_domain()
         self._dom, self._agent = dom, Agent(dom, self.machine.vm)
         if self._console_source is not None:   # this job's messages only (tail -F follows)
             with contextlib.suppress(OSError):
@@ -484,6 +399,18 @@ class KvmVM(base.VM):
         except libvirt.libvirtError as exc:
             raise ExecutorError(f"reverting {self.machine.vm!r} to snapshot {self.machine.snapshot!r} failed:"
                                 f" {exc.get_error_message()}") from None
+
+    def _take_domain(self) -> libvirt.virDomain:
+        """Lock the snapshot domain for this job (once; held until cleanup), check its
+        type and find its serial log, from one reading of its definition."""
+        if self._base is None:
+            dom = self._lookup(self.machine.vm)
+            self._lock_domain()
+            root = ET.fromstring(dom.XMLDesc(0))
+            self._check_type(root.get("type"))
+            self._console_source = _serial_path(root)
+            self._base = dom
+        return self._base
 
     def _lock_domain(self) -> None:
         self.jobs.mkdir(parents=True, exist_ok=True)
@@ -501,8 +428,7 @@ class KvmVM(base.VM):
                 and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
             dom.suspend()
 
-    def _check_type(self, dom: libvirt.virDomain) -> None:
-        actual = ET.fromstring(dom.XMLDesc(0)).get("type")
+    def _check_type(self, actual: str | None) -> None:
         wanted = domain_type(self.machine.domain_type)
         if actual != wanted and (self.machine.domain_type != "auto" or actual == "kvm"):
             raise ExecutorError(f"domain {self.machine.vm!r} is of type {actual!r} but this machine needs"
@@ -567,19 +493,16 @@ class KvmVM(base.VM):
         return self._agent
 
     @staticmethod
-    def _serial_path(dom: libvirt.virDomain) -> Path | None:
-        source = ET.fromstring(dom.XMLDesc(0)).find("devices/serial[@type='file']/source")
-        return Path(source.get("path")) if source is not None else None
-
-    @staticmethod
     def _guest_user(agent: Agent, user: str) -> tuple[int, int, str]:
         if not _NAME_RE.match(user):
             raise ExecutorError(f"bad guest_user {user!r}")
         try:
-            entry = agent.shell('getent passwd "$1"', user).decode().strip().split(":")
+            entry = base.passwd_entry(agent.shell('getent passwd "$1"', user).decode("utf-8", "replace"), user)
         except ExecutorError:
-            raise ExecutorError(f"guest_user {user!r} does not exist in the guest") from None
-        return int(entry[2]), int(entry[3]), entry[5] or "/"
+            entry = None
+        if entry is None:
+            raise ExecutorError(f"guest_user {user!r} does not exist in the guest")
+        return entry
 
 
 # --------------------------------------------------------------------------- Host
@@ -624,32 +547,38 @@ class KvmHost(base.Host):
         self.state_dirs.add(state_dir(machine))
         (state_dir(machine) / "jobs").mkdir(parents=True, exist_ok=True)
         vm = KvmVM(machine, base.guest_name(job_id), self.connection())
-        vm.prepare_console()
+        try:
+            vm.prepare_console()
+        except BaseException:
+            vm.cleanup()   # releases the domain lock it may hold
+            raise
         return vm
 
-    def cleanup_leftovers(self) -> list[str]:
-        removed = []
+    def cleanup_leftovers(self, machines: Iterable[Machine] = ()) -> list[str]:
+        """Destroy the transient guests of dead executors and remove the overlays and
+        consoles they left in the state folder of every machine known here: the default
+        one, those this process ran, and ``machines`` (the caller's: a queue manager's)."""
         try:
-            conn = self.connection()
-            domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
+            domains = [d.name() for d in self.connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)]
         except (ExecutorError, libvirt.libvirtError) as exc:
             log.warning("cannot list libvirt domains to clean leftovers: %s", exc)
             domains = []
-        for dom in domains:
-            name = dom.name()
-            if name.startswith(PREFIX) and not base.owner_alive(name):
-                log.warning("destroying KVM guest %s left by a dead executor", name)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                removed.append(name)
-        for jobs in (d / "jobs" for d in self.state_dirs):
-            for path in jobs.glob(f"{PREFIX}*"):
-                if path.suffix in (".qcow2", ".console") and not base.owner_alive(path.stem):
-                    log.warning("removing %s left by a dead executor", path)
-                    path.unlink(missing_ok=True)
-                    if path.stem not in removed:
-                        removed.append(path.stem)
+        removed = base.remove_leftovers(domains, self._destroy_domain, "KVM guest")
+        dirs = self.state_dirs | {state_dir(m) for m in machines if m.type == "kvm"}
+        for jobs in sorted(d / "jobs" for d in dirs):
+            stems = sorted({p.stem for p in jobs.glob(f"{PREFIX}*") if p.suffix in (".qcow2", ".console")})
+
+            def remove(stem: str, jobs: Path = jobs) -> None:
+                for suffix in (".qcow2", ".console"):
+                    (jobs / f"{stem}{suffix}").unlink(missing_ok=True)
+
+            removed += [s for s in base.remove_leftovers(stems, remove, f"files in {jobs} of guest")
+                        if s not in removed]
         return removed
+
+    def _destroy_domain(self, name: str) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            self.connection().lookupByName(name).destroy()
 
 
 def create_host() -> KvmHost:

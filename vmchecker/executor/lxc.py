@@ -23,7 +23,7 @@ import signal
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import lxc  # the LXC binding (absolute: this module is vmchecker.executor.lxc)
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 PREFIX = base.GUEST_PREFIX
 DRAIN_TIMEOUT = 5.0         # seconds to read what is left in the pipes after a step ended
 KILL_TIMEOUT = 5.0          # seconds for a killed guest process to disappear
-CPU_PERIOD_US = 100_000
-GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The clone is a privileged container and the student may be its root: drop every
 # capability that reaches past the container (mounts and cgroup release agents,
 # open_by_handle_at, ptrace, raw devices, kernel tunables...). CHOWN, DAC_OVERRIDE,
@@ -47,22 +45,12 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DROP_CAPS = ("sys_admin dac_read_search sys_ptrace sys_boot sys_resource sys_pacct sys_tty_config syslog"
              " linux_immutable mknod setfcap ipc_lock lease wake_alarm block_suspend audit_control"
              " audit_read bpf perfmon checkpoint_restore sys_module sys_rawio sys_time mac_admin mac_override").split()
+# common.conf mounts the clone's own cgroups read-write (cgroup:mixed): its root could
+# raise its own memory, pids and CPU limits. Read-only, the limits stay the host's.
+MOUNT_AUTO = "proc:mixed sys:mixed cgroup:ro"
 
 # Runs in the guest as root: unpack the tar stream on stdin into $1.
 COPY_IN = 'mkdir -p -- "$1" && cd -- "$1" && exec tar --numeric-owner -xpf -'
-# Runs in the guest as root once the steps' processes are dead: the first $3 regular
-# *.vmr files at the top of $1, each cut to $2 bytes, as a tar stream on stdout.
-COPY_OUT = r'''
-cd -- "$1" 2>/dev/null || exit 0
-out=$(mktemp -d) || exit 1
-n=0
-for f in *.vmr; do
-  [ -f "$f" ] || continue
-  n=$((n + 1)); [ "$n" -le "$3" ] || break
-  head -c "$2" -- "$f" > "$out/$f"
-done
-cd "$out" && exec tar -cf - .
-'''
 
 
 # --------------------------------------------------------------------------- cgroups
@@ -88,7 +76,7 @@ def limit_items(limits: Limits) -> list[tuple[str, str]]:
     mounted as cgroup v1 (hybrid hosts), cgroup2 keys otherwise."""
     mounts = _cgroup_mounts()
     memory = str(limits.memory_mb * 1024 * 1024)
-    quota = max(int(limits.cpus * CPU_PERIOD_US), 1000)
+    quota, period = base.cpu_quota_us(limits.cpus), base.CPU_PERIOD_US
     items = []
     if "memory" in mounts:
         items.append(("lxc.cgroup.memory.limit_in_bytes", memory))
@@ -101,9 +89,9 @@ def limit_items(limits: Limits) -> list[tuple[str, str]]:
     else:
         items.append(("lxc.cgroup2.pids.max", str(limits.pids)))
     if "cpu" in mounts:
-        items += [("lxc.cgroup.cpu.cfs_period_us", str(CPU_PERIOD_US)), ("lxc.cgroup.cpu.cfs_quota_us", str(quota))]
+        items += [("lxc.cgroup.cpu.cfs_period_us", str(period)), ("lxc.cgroup.cpu.cfs_quota_us", str(quota))]
     else:
-        items.append(("lxc.cgroup2.cpu.max", f"{quota} {CPU_PERIOD_US}"))
+        items.append(("lxc.cgroup2.cpu.max", f"{quota} {period}"))
     return items
 
 
@@ -287,6 +275,7 @@ class LxcVM(base.VM):
             raise ExecutorError(f"cloning LXC container {self.machine.vm!r} into {self.name!r} failed")
         self._c = clone
         items = [("lxc.uts.name", "vmchecker"), ("lxc.net", ""), ("lxc.net.0.type", "empty"),
+                 ("lxc.mount.auto", ""), ("lxc.mount.auto", MOUNT_AUTO),
                  ("lxc.cap.drop", sorted(set(clone.get_config_item("lxc.cap.drop") or []) | set(DROP_CAPS))),
                  *limit_items(self.machine.limits)]
         for key, value in items:
@@ -307,14 +296,10 @@ class LxcVM(base.VM):
     def copy_to(self, src: Path, guest_dir: str) -> None:
         uid, gid, _home = self._user
 
-        def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-            info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
-            return info
-
         def write(stream: int, failure: list[BaseException]) -> None:
             try:
-                with os.fdopen(stream, "wb") as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT) as tf:
-                    tf.add(src, arcname=".", filter=owned)
+                with os.fdopen(stream, "wb") as f:
+                    base.write_payload(src, f, uid, gid)
             except (OSError, tarfile.TarError) as exc:
                 failure.append(exc)
 
@@ -334,7 +319,7 @@ class LxcVM(base.VM):
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         stream = _Buffer(base.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
-        argv = ["/bin/sh", "-c", COPY_OUT, "sh", guest_dir, str(cap + 1), str(base.MAX_GUEST_VMRS)]
+        argv = ["/bin/sh", "-c", base.COPY_OUT, "sh", guest_dir, str(cap + 1), str(base.MAX_GUEST_VMRS), "-"]
         status, timed_out, errors = self._root_command(argv, None, stream)
         if timed_out or status != 0 or stream.overflow:
             raise ExecutorError(f"copying results out of {guest_dir} in {self.name} failed:"
@@ -395,7 +380,7 @@ class LxcVM(base.VM):
                 pid = self._container().attach(
                     lxc.attach_run_command, argv, initial_cwd=cwd, uid=uid, gid=gid,
                     env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
-                    extra_env_vars=[f"PATH={GUEST_PATH}", f"HOME={home}", "LANG=C.UTF-8", "TERM=dumb"],
+                    extra_env_vars=[f"PATH={base.GUEST_PATH}", f"HOME={home}", "LANG=C.UTF-8", "TERM=dumb"],
                     stdin=stdin if stdin is not None else null, stdout=stdout, stderr=stderr)
                 if isinstance(pid, int) and pid > 0:
                     self._children.add(pid)
@@ -449,10 +434,9 @@ def _guest_user(parent: lxc.Container, user: str) -> tuple[int, int, str]:
         return 0, 0, "/root"
     rootfs = parent.get_config_item("lxc.rootfs.path").split(":", 1)[-1]
     with contextlib.suppress(OSError):
-        for line in Path(rootfs, "etc/passwd").read_text(encoding="utf-8").splitlines():
-            fields = line.split(":")
-            if len(fields) >= 6 and fields[0] == user:
-                return int(fields[2]), int(fields[3]), fields[5] or "/"
+        entry = base.passwd_entry(Path(rootfs, "etc/passwd").read_text(encoding="utf-8"), user)
+        if entry is not None:
+            return entry
     raise ExecutorError(f"guest_user {user!r} does not exist in LXC base container {parent.name!r}")
 
 
@@ -491,18 +475,8 @@ class LxcHost(base.Host):
             raise ExecutorError(f"refusing to destroy {name!r}: not a job clone ({PREFIX}*)")
         _destroy(lxc.Container(name, self.lxcpath))
 
-    def cleanup_leftovers(self) -> list[str]:
-        removed = []
-        for name in self.clones():
-            if base.owner_alive(name):
-                continue
-            log.warning("destroying LXC clone %s left by a dead executor", name)
-            try:
-                self.destroy_clone(name)
-                removed.append(name)
-            except ExecutorError as exc:
-                log.error("%s", exc.message)
-        return removed
+    def cleanup_leftovers(self, machines: Iterable[Machine] = ()) -> list[str]:
+        return base.remove_leftovers(self.clones(), self.destroy_clone, "LXC clone")
 
 
 def create_host() -> LxcHost:

@@ -23,13 +23,17 @@ from typing import Any
 import yaml
 
 from vmchecker import bundle, rpc
-from vmchecker.config import TesterConfig
+from vmchecker.config import Machine, TesterConfig
 from vmchecker.errors import BundleError, VmcheckerError
+from vmchecker.executor import base
 from vmchecker.tester import processes, results
 
 log = logging.getLogger(__name__)
 
 LOG_TAIL_CHARS = 4000
+# Seconds an executor needs beyond boot and the two steps: copying in and out (each
+# capped at COPY_TIMEOUT), revert, stop and clean-up.
+EXECUTOR_MARGIN = 2 * base.COPY_TIMEOUT + 60
 
 
 @dataclass
@@ -69,7 +73,17 @@ def _peek_identity(bundle_zip: Path) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: data[k] for k in ("job_id", "key", "notify_url") if isinstance(data.get(k), str)}
+    identity = {k: data[k] for k in ("job_id", "key", "notify_url") if isinstance(data.get(k), str)}
+    if not bundle.JOB_ID_RE.match(identity.get("job_id", "")):
+        identity.pop("job_id", None)   # it names a folder in done/: keep the one from the file name
+    return identity
+
+
+def executor_timeout(configured: int, machine: Machine, step_timeout: int) -> float:
+    """How long the executor may run: the tester's ``executor_timeout``, or longer when
+    the job itself may legitimately take longer (boot, build and run each up to the
+    bundle's timeout, copies)."""
+    return max(configured, machine.boot_timeout + 2 * step_timeout + EXECUTOR_MARGIN)
 
 
 class Job:
@@ -86,7 +100,7 @@ class Job:
         self.log_path = config.work_dir / f"{self.name}.log"
         self.aborted = threading.Event()
         self.killed = False  # the executor had to be killed: its guest may be left over
-        self.machine_type = ""
+        self.machine: Machine | None = None   # with the tester's overrides, once the bundle is read
         self._proc: subprocess.Popen | None = None
         self._proc_lock = threading.Lock()
 
@@ -116,14 +130,14 @@ class Job:
             shutil.rmtree(self.work, ignore_errors=True)
             try:
                 info = bundle.unpack_bundle(self.bundle, self.work)
-                self.config.machine(info.machine)  # the tester's overrides must apply too
+                machine = self.config.machine(info.machine)  # the tester's overrides must apply too
             except VmcheckerError as exc:
                 identity.update(_peek_identity(self.bundle))
                 reason = exc.message.replace(f"{self.work}/", "")  # no tester paths in results
                 raise BundleError(reason if self.bundle.name in reason else f"{self.bundle.name}: {reason}") from None
             identity = {"job_id": info.job_id, "key": info.key, "notify_url": info.notify_url}
-            self.machine_type = info.machine.type
-            status = self._execute(stats)
+            self.machine = machine
+            status = self._execute(stats, executor_timeout(self.config.tester.executor_timeout, machine, info.timeout))
         except VmcheckerError as exc:
             log.error("job %s: %s", identity["job_id"], exc.message)
             status = self._fail(exc.message)
@@ -143,9 +157,8 @@ class Job:
         results.write_error(self.results_dir, reason)
         return rpc.STATUS_ERROR
 
-    def _execute(self, stats: dict[str, Any]) -> str:
-        """Run the executor under ``executor_timeout``; read the status it wrote."""
-        timeout = self.config.tester.executor_timeout
+    def _execute(self, stats: dict[str, Any], timeout: float) -> str:
+        """Run the executor for at most ``timeout`` seconds; read the status it wrote."""
         command = [*self.executor_command, str(self.work)]
         log.info("job %s: running %s", self.name, " ".join(command))
         started = time.monotonic()
@@ -163,6 +176,7 @@ class Job:
                 processes.kill_child(proc, self.kill_grace)
                 self.killed = True
             processes.reap_group(proc)
+            base.kill_recorded(self.work)   # host commands of an executor that could not stop them
         stats.update(executor_seconds=round(time.monotonic() - started, 3), executor_exit=proc.returncode,
                      timed_out=timed_out)
         if self.aborted.is_set():
@@ -170,7 +184,7 @@ class Job:
         status, data = results.read_status(self.results_dir)
         stats.update({k: v for k, v in data.items() if k not in stats and not isinstance(v, (dict, list))})
         if timed_out:
-            return self._fail(f"the executor did not finish within executor_timeout ({timeout} s) and was killed"
+            return self._fail(f"the executor did not finish within executor_timeout ({timeout:g} s) and was killed"
                               + self._log_tail())
         if status is None:
             return self._fail(f"the executor exited with code {proc.returncode} without writing"

@@ -11,10 +11,13 @@ makes it crash-safe:
 3. only then the bundle leaves ``queue/`` and the work folder is removed.
 
 At start-up, before taking the bundles already queued (oldest first), it stops executors
-a killed queue manager left running, asks each backend to clean its leftovers (e.g. LXC
-clones), clears ``work/``, and finishes every job that was committed but whose bundle is
-still queued. Stopping (SIGTERM) kills the running executors and leaves their bundles
-queued for the next start.
+a killed queue manager left running (and the host commands they recorded), asks each
+backend to clean its leftovers (e.g. LXC clones, KVM overlays), clears ``work/``, and
+finishes every job that was committed but whose bundle is still queued (unless that
+bundle arrived after the commit: a resend of the job, run again). Stopping (SIGTERM)
+kills the running executors and leaves their bundles queued for the next start. An
+unexpected error in the main loop is logged and the loop goes on: running jobs never
+pay for a hiccup of inotify or of the disk.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from vmchecker import bundle, fsutil, rpc
-from vmchecker.config import TesterConfig
+from vmchecker import bundle, config, fsutil, rpc
+from vmchecker.config import Machine, TesterConfig
 from vmchecker.errors import RpcError, VmcheckerError
+from vmchecker.executor import base
 from vmchecker.service import Service
 from vmchecker.tester import processes, results
 from vmchecker.tester.jobs import Job, Outcome
@@ -46,6 +50,7 @@ with warnings.catch_warnings():  # pyinotify imports asyncore, deprecated in 3.1
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 60.0  # a rescan of queue/ catches anything inotify missed (overflow)
+ERROR_PAUSE = 1.0     # seconds the main loop waits after an unexpected error
 
 
 def is_bundle_name(name: str) -> bool:
@@ -115,6 +120,7 @@ class QueueManager(Service):
         self._running: dict[str, tuple[Job, threading.Thread]] = {}
         self._commit_lock = threading.Lock()
         self._wake = threading.Event()
+        self._last_sweep = 0.0
 
     # ------------------------------------------------------------------ main loop
 
@@ -143,22 +149,32 @@ class QueueManager(Service):
         return 0
 
     def _loop(self, watcher: QueueWatcher | None) -> None:
-        last_sweep = time.monotonic()
+        self._last_sweep = time.monotonic()
         while not self.stop.is_set():
-            self._reap()
-            self._start_jobs()
-            if self.once and not self._waiting and not self._running:
-                return
-            if watcher is None:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            self._enqueue(watcher.poll(0.5))
-            if watcher.overflowed or time.monotonic() - last_sweep > SWEEP_SECONDS:
-                watcher.overflowed = False
-                last_sweep = time.monotonic()
-                self._enqueue(self.backlog())
-                self.cleanup_done()
+            try:
+                if not self._iteration(watcher):
+                    return
+            except Exception:  # a full disk, an inotify hiccup: running jobs must not pay for it
+                log.exception("queue manager: unexpected error; going on")
+                self.stop.wait(ERROR_PAUSE)
+
+    def _iteration(self, watcher: QueueWatcher | None) -> bool:
+        """One turn of the main loop; False when a drain (``--once``) is over."""
+        self._reap()
+        self._start_jobs()
+        if self.once and not self._waiting and not self._running:
+            return False
+        if watcher is None:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return True
+        self._enqueue(watcher.poll(0.5))
+        if watcher.overflowed or time.monotonic() - self._last_sweep > SWEEP_SECONDS:
+            watcher.overflowed = False
+            self._last_sweep = time.monotonic()
+            self._enqueue(self.backlog())
+            self.cleanup_done()
+        return True
 
     def cleanup_done(self) -> list[str]:
         """The clean-up policy hook for ``done/`` (keeps everything unless keep_done_days)."""
@@ -212,8 +228,8 @@ class QueueManager(Service):
     def _run_job(self, job: Job) -> None:
         try:
             outcome = job.run()
-            if job.killed and job.machine_type:
-                cleanup_backend(job.machine_type)  # only guests whose executor is gone
+            if job.killed and job.machine is not None:
+                cleanup_backend(job.machine.type, [job.machine])  # only guests whose executor is gone
             if outcome is None:
                 log.info("job %s: interrupted; the bundle stays queued", job.name)
             else:
@@ -228,12 +244,15 @@ class QueueManager(Service):
         """Commit a job's results, journal its notification, then release its bundle."""
         marker = {"bundle": outcome.bundle.name, "job_id": outcome.job_id, "key": outcome.key,
                   "notify_url": outcome.notify_url, "status": outcome.status, "stats": outcome.stats}
-        with self._commit_lock:
-            files = results.commit(outcome.results_dir, self.config.done_dir, outcome.job_id, marker)
-            held = self._journal_notification({**marker, "files": files}, hold=True)
-            self._remove_bundle(outcome.bundle)
-        if held:
-            self.notifier.release(outcome.job_id)
+        held = False
+        try:
+            with self._commit_lock:
+                files = results.commit(outcome.results_dir, self.config.done_dir, outcome.job_id, marker)
+                held = self._journal_notification({**marker, "files": files}, hold=True)
+                self._remove_bundle(outcome.bundle)
+        finally:
+            if held:   # journaled: never leave it held for the life of this process
+                self.notifier.release(outcome.job_id)
         log.info("job %s: %s; results in %s", outcome.job_id, outcome.status,
                  self.config.done_dir / outcome.job_id)
 
@@ -263,11 +282,14 @@ class QueueManager(Service):
     def recover(self) -> None:
         """Undo what a killed run left: executors, guests, work folders, half-finished jobs."""
         cfg = self.config
-        types = self._machine_types()
+        machines = self._known_machines()
         for pid in processes.find_orphans(cfg.work_dir):
             processes.kill_orphan(pid, self.kill_grace)
-        for machine_type in sorted(types):
-            cleanup_backend(machine_type)
+        for job_dir in cfg.work_dir.iterdir():
+            if job_dir.is_dir() and not job_dir.is_symlink():
+                base.kill_recorded(job_dir)   # host commands of the executors just killed
+        for machine_type in sorted(self._machine_types(machines)):
+            cleanup_backend(machine_type, [m for m in machines if m.type == machine_type])
         for entry in cfg.work_dir.iterdir():
             log.info("removing %s left by an earlier run", entry)
             if entry.is_dir() and not entry.is_symlink():
@@ -279,23 +301,51 @@ class QueueManager(Service):
             bundle_path = cfg.queue_dir / bundle_name
             if not is_bundle_name(bundle_name) or not bundle_path.is_file():
                 continue
+            if not _older_than(bundle_path, marker.get("committed")):
+                log.info("job %s: %s arrived again after its results were committed; running it again",
+                         marker.get("job_id"), bundle_name)
+                continue
             log.info("job %s: results were committed before a crash; finishing it", marker.get("job_id"))
             if marker.get("job_id") not in pending:
                 self._journal_notification(marker)
             self._remove_bundle(bundle_path)
         self.cleanup_done()
 
-    def _machine_types(self) -> set[str]:
-        """Machine types named in the tester config, and of any job a killed run left."""
-        types = {str(body["type"]) for body in self.config.machines.values() if body.get("type")}
+    def _known_machines(self) -> list[Machine]:
+        """The machines (tester overrides applied) of the jobs a killed run left in
+        ``work/``, and those the tester config defines whole enough to locate a guest's
+        files (a type and a base image): where a backend looks for leftovers."""
+        machines = []
         for sub_config in self.config.work_dir.glob(f"*/{bundle.SUBMISSION_CONFIG}"):
             with contextlib.suppress(VmcheckerError, OSError):
-                types.add(bundle.read_bundle_dir(sub_config.parent).machine.type)
-        return types
+                machines.append(self.config.machine(bundle.read_bundle_dir(sub_config.parent).machine))
+        for name, body in self.config.machines.items():
+            if body.get("type") in config.MACHINE_TYPES and isinstance(body.get("base_image"), str):
+                machines.append(Machine(name=name, type=body["type"], vm=str(body.get("vm", "")),
+                                        base_image=body["base_image"]))
+        return machines
+
+    def _machine_types(self, machines: Iterable[Machine]) -> set[str]:
+        """Machine types named in the tester config, and of ``machines``."""
+        types = {str(body["type"]) for body in self.config.machines.values() if body.get("type")}
+        return types | {m.type for m in machines}
 
 
-def cleanup_backend(machine_type: str) -> None:
-    """Ask an executor backend to remove guests a killed job left (LXC clones...)."""
+def _older_than(path: Path, committed: object) -> bool:
+    """Whether ``path`` was last written or moved in before the time ``committed``: a
+    bundle queued when its job was committed, not a resend of the same job since."""
+    if not isinstance(committed, (int, float)):
+        return True   # a marker without the time (older format): trust it, as before
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return max(st.st_mtime, st.st_ctime) < committed
+
+
+def cleanup_backend(machine_type: str, machines: Sequence[Machine] = ()) -> None:
+    """Ask an executor backend to remove guests a killed job left (LXC clones...);
+    ``machines`` of that type tell it where else to look (e.g. KVM state folders)."""
     try:
         executor = importlib.import_module("vmchecker.executor")
         get_host = getattr(executor, "get_host", None)
@@ -307,7 +357,7 @@ def cleanup_backend(machine_type: str) -> None:
         if cleanup is None:
             log.warning("the %s backend has no cleanup_leftovers(); skipping", machine_type)
             return
-        removed = cleanup()
+        removed = cleanup(machines)
         log.info("cleaned %s leftovers: %s", machine_type, ", ".join(removed or []) or "none")
     except Exception:  # a broken backend must not stop the tester from serving others
         log.exception("cleaning %s leftovers failed", machine_type)

@@ -20,12 +20,11 @@ from typing import Any
 
 from vmchecker import fsutil, rpc
 from vmchecker.errors import RpcError
+from vmchecker.executor.base import RESULT_JSON, VMCHECKER_STDERR
 
 log = logging.getLogger(__name__)
 
 MARKER = ".complete"
-RESULT_JSON = "result.json"
-VMCHECKER_STDERR = "vmchecker-stderr.vmr"
 MAX_RESULT_JSON = 1024 * 1024
 
 
@@ -45,18 +44,16 @@ def read_status(results_dir: Path) -> tuple[str | None, dict[str, Any]]:
 
 def write_error(results_dir: Path, reason: str, details: dict[str, Any] | None = None) -> None:
     """Record that the job failed on the tester: the reason in vmchecker-stderr.vmr and
-    an ``error`` result.json. Whatever the executor wrote before failing is kept."""
+    an ``error`` result.json in the executor's format (the reason under ``message``),
+    replaced atomically. Whatever else the executor wrote before failing is kept."""
     results_dir.mkdir(parents=True, exist_ok=True)
     stderr = results_dir / VMCHECKER_STDERR
     if stderr.is_symlink():
         stderr.unlink()
     with open(stderr, "a", encoding="utf-8") as f:
         f.write(f"vmchecker tester: {reason}\n")
-    result = {"status": rpc.STATUS_ERROR, "error": reason, **(details or {})}
-    result_path = results_dir / RESULT_JSON
-    if result_path.is_symlink():
-        result_path.unlink()
-    result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    result = {"status": rpc.STATUS_ERROR, "message": reason, **(details or {})}
+    fsutil.write_atomic(results_dir / RESULT_JSON, json.dumps(result, indent=2) + "\n")
 
 
 def _result_files(results_dir: Path) -> list[Path]:
@@ -87,8 +84,9 @@ def commit(results_dir: Path, done_root: Path, job_id: str, marker: dict[str, An
     """Make ``results_dir``'s files durable in ``done_root/<job_id>/`` and mark it complete.
 
     Returns the names committed. ``marker`` is stored (with ``files`` added) in the
-    completion marker, written last."""
-    final = done_root / job_id
+    completion marker, written last. ``job_id`` must be a valid job id: it names the
+    folder replaced here (RpcError otherwise)."""
+    final = done_root / rpc.check_job_id(job_id)
     if final.exists():
         log.warning("%s: replacing earlier results of job %s", final, job_id)
         shutil.rmtree(final)

@@ -1,0 +1,101 @@
+"""The QEMU guest agent of one libvirt domain: commands and files, no guest network.
+
+A thin wrapper over ``libvirt_qemu.qemuAgentCommand`` (``guest-exec``,
+``guest-exec-status``, ``guest-file-*``) so the KVM backend (:mod:`vmchecker.executor.kvm`)
+speaks in Python calls and every agent failure becomes an ExecutorError naming the guest.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+import libvirt
+import libvirt_qemu
+
+from vmchecker.errors import ExecutorError
+from vmchecker.executor import base
+
+log = logging.getLogger(__name__)
+
+AGENT_TIMEOUT = 10          # seconds for one agent command
+FILE_CHUNK = 4 * 1024 * 1024
+
+
+def describe(status: dict) -> str:
+    """How a guest-exec process ended, for messages."""
+    if status.get("signal") is not None:
+        return f"killed by signal {status['signal']}"
+    return f"exit {status.get('exitcode')}"
+
+
+def output(status: dict, stream: str = "out") -> bytes:
+    """The captured stdout (``out``) or stderr (``err``) of a guest-exec status."""
+    return base64.b64decode(status.get(f"{stream}-data", ""))
+
+
+class Agent:
+    """The QEMU guest agent of one domain, through libvirt-qemu."""
+
+    def __init__(self, dom: libvirt.virDomain, name: str):
+        self.dom = dom
+        self.name = name
+
+    def call(self, command: str, timeout: int = AGENT_TIMEOUT, **arguments: Any) -> Any:
+        message = {"execute": command, **({"arguments": arguments} if arguments else {})}
+        try:
+            reply = libvirt_qemu.qemuAgentCommand(self.dom, json.dumps(message), timeout, 0)
+        except libvirt.libvirtError as exc:
+            raise ExecutorError(f"guest agent of {self.name}: {command} failed: {exc.get_error_message()}") from None
+        return json.loads(reply).get("return")
+
+    def exec(self, argv: list[str], capture: bool = True) -> int:
+        return self.call("guest-exec", path=argv[0], arg=argv[1:], **{"capture-output": capture})["pid"]
+
+    def wait(self, pid: int, deadline: float) -> dict | None:
+        """guest-exec-status until the process exited (its status) or ``deadline`` (None)."""
+        pause = 0.01
+        while True:
+            status = self.call("guest-exec-status", pid=pid)
+            if status.get("exited"):
+                return status
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+            pause = min(pause * 1.5, 0.1)
+
+    def shell(self, script: str, *args: str, timeout: float = base.COPY_TIMEOUT) -> bytes:
+        """Run ``sh -c script`` as root; its stdout; ExecutorError on failure."""
+        pid = self.exec(["/bin/sh", "-c", script, "sh", *args])
+        status = self.wait(pid, time.monotonic() + timeout)
+        if status is None:
+            raise ExecutorError(f"a command in {self.name} did not finish within {timeout} s")
+        if status.get("exitcode") != 0:
+            err = output(status, "err").decode("utf-8", "replace").strip()
+            raise ExecutorError(f"a command in {self.name} failed ({describe(status)}): {err or 'no message'}")
+        return output(status)
+
+    def write_file(self, path: str, data: bytes) -> None:
+        handle = self.call("guest-file-open", path=path, mode="w")
+        try:
+            for i in range(0, len(data), FILE_CHUNK):
+                chunk = base64.b64encode(data[i:i + FILE_CHUNK]).decode()
+                self.call("guest-file-write", handle=handle, **{"buf-b64": chunk})
+        finally:
+            self.call("guest-file-close", handle=handle)
+
+    def read_file(self, path: str, limit: int) -> bytes:
+        handle = self.call("guest-file-open", path=path, mode="r")
+        data = bytearray()
+        try:
+            while len(data) < limit:
+                got = self.call("guest-file-read", handle=handle, count=min(FILE_CHUNK, limit - len(data)))
+                data += base64.b64decode(got.get("buf-b64", ""))
+                if got.get("eof") or not got.get("count"):
+                    break
+        finally:
+            self.call("guest-file-close", handle=handle)
+        return bytes(data)
