@@ -256,6 +256,7 @@ class StorerDaemon(Service):
                     "course": course.id, "tester": state.name, "slots": state.slots, "healthy": state.healthy,
                     "in_flight": len(state.in_flight), "failures": state.failures,
                     "last_failure": state.last_failure_reason, "sent": state.sent_total, "done": state.done_total,
+                    "failed": state.failed_total,
                     "reachable": None if link is None else link.health()["ok"],
                 })
         counts = {s.value: n for s, n in self.journal.counts().items()}
