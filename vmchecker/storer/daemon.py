@@ -14,13 +14,14 @@ import ipaddress
 import logging
 import posixpath
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from vmchecker import config, rpc
-from vmchecker.errors import NotFound, RpcError, VmcheckerError
+from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.repo import Repository, Status, check_account
 from vmchecker.service import Service
 from vmchecker.storer import outcomes
@@ -188,9 +189,15 @@ class StorerDaemon(Service):
         course = self._check_caller(job, caller)
         tester = course.config.testers[job.tester]
         remote = posixpath.join(tester_done_dir(tester), job.id)
+        link = course.link(job.tester)
         try:
-            outcomes.land_results(course, job, lambda dest: course.link(job.tester).fetch_results(
-                remote, request.files, dest))
+            if request.status == rpc.STATUS_ERROR:
+                # The guest or the tester failed, not the student: resend elsewhere (or
+                # give up with every reason); the tester's partial output is not kept.
+                reason = _tester_reason(link, remote, request.files)
+                self.dispatcher.fail(job, f"the tester reported an error: {reason}", job.tester)
+                return True
+            outcomes.land_results(course, job, lambda dest: link.fetch_results(remote, request.files, dest))
         except ResultRefused as exc:  # the tester misbehaved: a failure of it, not of the network
             self.dispatcher.fail(job, exc.message, job.tester)
             raise Refused(exc.message) from None
@@ -198,9 +205,6 @@ class StorerDaemon(Service):
             log.warning("job %s: could not pull results from %s: %s", job.id, job.tester, exc.message)
             raise TryLater(f"could not pull the results yet: {exc.message}") from None
         seconds = _evaluation_seconds(request.stats)
-        if request.status == rpc.STATUS_ERROR:
-            self.dispatcher.fail(job, f"the tester reported an error: {_first_line(course, job)}", job.tester)
-            return True
         try:
             self.journal.mark_done(job.id, tester=job.tester)
         except JobStateError:
@@ -271,11 +275,11 @@ def _evaluation_seconds(stats: dict[str, Any]) -> float:
     return 0.0
 
 
-def _first_line(course, job: Job) -> str:
-    try:
-        sub = outcomes.submission_of(course, job)
-        text = (sub.results_dir / outcomes.VMCHECKER_STDERR).read_text(errors="replace").strip()
-        return text.splitlines()[0][:300] if text else "no reason given"
-    except (OSError, NotFound):
+def _tester_reason(link, remote: str, files: tuple[str, ...]) -> str:
+    """The first line of the tester's own vmchecker-stderr.vmr for a job it failed."""
+    if outcomes.VMCHECKER_STDERR not in files:
         return "no reason given"
-
+    with tempfile.TemporaryDirectory(prefix="vmchecker-reason-") as tmp:
+        link.fetch_results(remote, [outcomes.VMCHECKER_STDERR], tmp)
+        text = (Path(tmp) / outcomes.VMCHECKER_STDERR).read_text(errors="replace").strip()
+    return text.splitlines()[0][:300] if text else "no reason given"
