@@ -46,7 +46,6 @@ demo-stop:
 
 bench: venv base kvm-base
 	$(VENV)/bin/python bench/executor.py
-	$(VENV)/bin/python bench/executor_kvm.py
 	$(VENV)/bin/python bench/dispatch.py
 	$(VENV)/bin/python bench/scheduler.py
 

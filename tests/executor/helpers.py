@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -57,3 +58,14 @@ def make_bundle(folder: Path, files: dict[str, str | bytes] | None = None, *, bu
 
 def vmr(bundle_dir: Path, name: str) -> str:
     return (bundle_dir / "results" / name).read_text(encoding="utf-8", errors="replace")
+
+
+def result_json(bundle_dir: Path) -> dict:
+    return json.loads(vmr(bundle_dir, "result.json"))
+
+
+def run_job(host, folder: Path, machine: dict | None = None, **kwargs):
+    """Build a bundle in ``folder`` (``machine``: make_bundle's machine overrides, e.g. a
+    backend's base guest) and run it through ``host``; (the job, the bundle folder)."""
+    bundle_dir, info = make_bundle(folder, **kwargs, **(machine or {}))
+    return host.test_submission(bundle_dir, info.machine, info), bundle_dir

@@ -2,8 +2,8 @@
 
 ``kvm_host`` builds the guest once per session with kvm-resources/build-image.sh (a
 no-op when its stamps match) and skips, with the reason, only where QEMU or libvirt
-cannot run at all. Test modules import the fixtures they use from here (the package's
-conftest.py belongs to the LXC tests).
+cannot run at all. The package's conftest.py makes ``kvm_host`` visible to every test
+module; the helpers are imported from here.
 """
 
 from __future__ import annotations

@@ -1,0 +1,242 @@
+"""What every backend must do, each test run once per backend on a real guest.
+
+The ``backend`` fixture gives an LXC container (an overlay clone of the base per job) or
+a libvirt/QEMU guest (TCG here: the base domain's RAM snapshot loaded per job, a
+transient guest on a fresh overlay where jobs run side by side). A backend that cannot
+run here skips with its own reason. What only one backend does is tested in
+test_lxc.py and test_kvm.py.
+
+Timeouts are a few seconds and the same on both backends; nothing here asserts on how
+long something took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.executor.conftest import owned_clones
+from tests.executor.helpers import BASE, HELLO_FILES, c_program, result_json, run_job, vmr
+from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine, owned_domains
+from vmchecker.executor import base
+
+# Written by the job of test_files_outside_the_job_folder_do_not_survive.
+EVIL_PATHS = ("etc/evil", "root/x", "usr/local/evil")
+
+
+@dataclass
+class Backend:
+    """What a behaviour test needs from one backend."""
+
+    name: str                       # the "backend" of result.json
+    host: base.Host
+    machine: dict                   # make_bundle overrides: the backend's base guest
+    parallel: dict                  # overrides for jobs that run side by side
+    flood: tuple[int, int, int]     # bytes the output-flood job writes to stdout, stderr, grade.vmr
+    hog_peak_kb: int                # the most memory a step may report using under a 64 MiB limit
+    guests: Callable[[], list[str]]          # this test's job guests, now
+    leftovers: Callable[[], list[str]]       # guests (and their disks, consoles) this test left
+    remove: Callable[[str], None]            # removes one leftover
+    base_untouched: Callable[[], contextlib.AbstractContextManager]   # fails if its block changed the base
+
+    def run(self, folder: Path, machine: dict | None = None, **kwargs):
+        """Run one job on this backend's base guest; (the job, its bundle folder)."""
+        return run_job(self.host, folder, {**self.machine, **(machine or {})}, **kwargs)
+
+
+def _lxc(host) -> Backend:
+    import lxc  # the binding
+
+    rootfs = Path(lxc.Container(BASE).get_config_item("lxc.rootfs.path").removeprefix("dir:"))
+    mine = {os.getpid()}
+
+    @contextlib.contextmanager
+    def base_untouched() -> Iterator[None]:
+        yield
+        written = [p for p in EVIL_PATHS if (rootfs / p).exists()]
+        assert not written, f"a job wrote into the base container {rootfs}: {written}"
+
+    def clones() -> list[str]:
+        return owned_clones(host, mine)
+
+    # Gigabytes: an LXC guest streams them within the step's timeout. Peak memory is the
+    # process's max RSS (getrusage), which passes the cgroup's limit a little before the
+    # OOM kill (65580 KiB measured): below 96 MiB is far from the 4 GiB the hog asks for.
+    return Backend("lxc", host, {}, {}, (2 * 2**30, 2**30, 50 * 2**20), 96 * 1024 - 1, clones, clones,
+                   host.destroy_clone, base_untouched)
+
+
+def _kvm(host) -> Backend:
+    import libvirt
+
+    pid = os.getpid()
+    disk = KVM_STATE / "base.qcow2"
+
+    @contextlib.contextmanager
+    def base_untouched() -> Iterator[None]:
+        before = disk.stat().st_mtime_ns
+        yield
+        assert disk.stat().st_mtime_ns == before, f"a job wrote into the base image {disk}"
+
+    def guests() -> list[str]:
+        return owned_domains(host, {pid})
+
+    def leftovers() -> list[str]:   # transient guests, and overlays and consoles in jobs/
+        return guests() + sorted(str(p) for p in (KVM_STATE / "jobs").glob(f"{base.GUEST_PREFIX}*-{pid}-*"))
+
+    def remove(item: str) -> None:
+        if item.startswith("/"):
+            Path(item).unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(libvirt.libvirtError):
+                host.connection().lookupByName(item).destroy()
+
+    # Megabytes: TCG is slow, and the step's timeout is the same as on LXC. Peak memory
+    # is the step cgroup's memory.peak, which the limit bounds.
+    return Backend("kvm", host, kvm_machine(), {"revert": "overlay"}, (64 * 2**20, 8 * 2**20, 4 * 2**20),
+                   64 * 1024, guests, leftovers, remove, base_untouched)
+
+
+@pytest.fixture(params=[pytest.param("lxc", marks=pytest.mark.lxc), pytest.param("kvm", marks=pytest.mark.kvm)])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """One backend on a real guest (skips with the reason where it cannot run); after
+    the test, no guest of the test may be left."""
+    make = _lxc if request.param == "lxc" else _kvm
+    backend = make(request.getfixturevalue(f"{request.param}_host"))
+    yield backend
+    left = backend.leftovers()
+    for item in left:   # do not let one failure cascade into the next tests
+        backend.remove(item)
+    assert not left, f"{backend.name}: left behind: {left}"
+
+
+def test_hello_builds_and_passes(backend, tmp_path):
+    job, out = backend.run(tmp_path / "b")
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    assert vmr(out, "run-stdout.vmr") == "Hello, world!\n"
+    assert "gcc" in vmr(out, "build-stdout.vmr")
+    assert vmr(out, "grade.vmr") == "10 hello ok\n"
+    data = result_json(out)
+    assert data["status"] == "done" and data["backend"] == backend.name
+    assert data["steps"]["build"]["exit_code"] == 0 and data["steps"]["run"]["exit_code"] == 0
+    assert data["steps"]["run"]["timed_out"] is False
+    assert data["steps"]["build"]["cpu_s"] > 0 and data["steps"]["build"]["max_rss_kb"] > 0
+    assert data["guest_start_s"] is not None and data["total_s"] >= data["steps"]["run"]["wall_s"]
+    assert vmr(out, "vmchecker-stderr.vmr") == ""
+
+
+def test_compile_error_skips_run(backend, tmp_path):
+    job, out = backend.run(tmp_path / "b", files={"hello.c": "int main(void) { return x; }\n",
+                                                  "Makefile": HELLO_FILES["Makefile"]})
+    assert job.status == "done"
+    assert "error" in vmr(out, "build-stderr.vmr") and "hello.c" in vmr(out, "build-stderr.vmr")
+    assert job.steps["build"].exit_code != 0
+    assert not job.steps["run"].attempted
+    assert vmr(out, "run-stdout.vmr") == "" and vmr(out, "run-stderr.vmr") == ""
+    assert vmr(out, "grade.vmr") == "done\n"
+
+
+def test_course_scripts_cannot_be_shadowed(backend, tmp_path):
+    files = {**HELLO_FILES, "build.sh": "echo student build; exit 1\n", "expected.txt": "forged\n"}
+    job, out = backend.run(tmp_path / "b", files=files)
+    assert job.steps["build"].exit_code == 0
+    assert "student build" not in vmr(out, "build-stdout.vmr")
+    assert vmr(out, "grade.vmr") == "10 hello ok\n"   # tests.zip's expected.txt won
+
+
+def test_infinite_loop_is_killed_and_next_job_runs(backend, tmp_path):
+    loop = c_program("fork(); for (;;) ;")   # two spinning processes
+    job, out = backend.run(tmp_path / "loop", files=loop, timeout=2)
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    assert job.steps["run"].timed_out
+    assert job.steps["run"].signal == signal.SIGKILL
+    assert "did not finish within 2 s" in vmr(out, "vmchecker-stderr.vmr")
+    job, out = backend.run(tmp_path / "next")
+    assert job.status == "done" and vmr(out, "run-stdout.vmr") == "Hello, world!\n"
+
+
+def test_leftover_background_process_is_killed(backend, tmp_path):
+    # The run script returns while a child keeps the output pipe open and runs on.
+    run = "(sleep 100; echo late) &\necho started > grade.vmr\n"
+    job, out = backend.run(tmp_path / "b", run=run, timeout=30)
+    assert job.status == "done"
+    assert not job.steps["run"].timed_out and job.steps["run"].exit_code == 0
+    assert "late" not in vmr(out, "run-stdout.vmr")
+
+
+def test_fork_bomb_is_contained(backend, tmp_path):
+    bomb = c_program("for (;;) fork();")
+    job, out = backend.run(tmp_path / "bomb", files=bomb, timeout=3, limits={"pids": 64})
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    assert job.steps["run"].timed_out
+    # the host still forks, and the next job runs
+    assert subprocess.run(["true"]).returncode == 0
+    job, out = backend.run(tmp_path / "next")
+    assert vmr(out, "run-stdout.vmr") == "Hello, world!\n"
+
+
+def test_memory_hog_is_contained(backend, tmp_path):
+    hog = c_program("for (size_t i = 0; i < 4096; i++) { char *p = malloc(1 << 20); if (!p) return 3;"
+                    " memset(p, 1, 1 << 20); } puts(\"survived\"); return 0;")
+    job, out = backend.run(tmp_path / "hog", files=hog, run="exec ./hello\n", limits={"memory_mb": 64})
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    assert "survived" not in vmr(out, "run-stdout.vmr")
+    assert job.steps["run"].signal == signal.SIGKILL   # the OOM killer, inside the step's cgroup
+    assert not job.steps["run"].timed_out
+    assert job.steps["run"].max_rss_kb <= backend.hog_peak_kb   # far from the 4 GiB it asked for
+
+
+def test_output_flood_is_capped(backend, tmp_path):
+    stdout, stderr, grade = backend.flood
+    run = (f"head -c {stdout} /dev/zero | tr '\\0' x\nhead -c {stderr} /dev/zero >&2\n"
+           f"echo big > grade.vmr\nhead -c {grade} /dev/zero >> grade.vmr\n")
+    job, out = backend.run(tmp_path / "b", run=run, timeout=60, limits={"output_kb": 16})
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    for name in ("run-stdout.vmr", "run-stderr.vmr", "grade.vmr"):
+        assert (out / "results" / name).stat().st_size < 16 * 1024 + 200, name
+        assert "[vmchecker: output truncated at 16 KiB" in vmr(out, name), name
+    assert vmr(out, "run-stdout.vmr").startswith("x" * 1000)
+    assert f"{stdout - 16 * 1024} more bytes were dropped" in vmr(out, "run-stdout.vmr")
+
+
+def test_files_outside_the_job_folder_do_not_survive(backend, tmp_path):
+    evil = "echo owned > /etc/evil; echo owned > /root/x; mkdir -p /usr/local/evil; sync; echo ok\n"
+    with backend.base_untouched():
+        job, out = backend.run(tmp_path / "evil", run=evil)
+        assert vmr(out, "run-stdout.vmr") == "ok\n"
+        check = "for f in /etc/evil /root/x /usr/local/evil; do test -e $f && echo dirty $f; done; echo checked\n"
+        job, out = backend.run(tmp_path / "check", run=check)
+        assert vmr(out, "run-stdout.vmr") == "checked\n"
+
+
+def test_two_jobs_at_once(backend, tmp_path):
+    # both run steps last long enough for the test to see the two guests side by side
+    results = {}
+
+    def one(name: str) -> None:
+        results[name] = backend.run(tmp_path / name, backend.parallel, run="./hello; sleep 3\n", job_id=name,
+                                    timeout=30)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    seen = 0
+    while seen < 2 and any(t.is_alive() for t in threads):
+        seen = max(seen, len(backend.guests()))
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    for name in ("a", "b"):
+        job, out = results[name]
+        assert job.status == "done" and vmr(out, "run-stdout.vmr") == "Hello, world!\n", name
+    assert seen == 2
+    assert backend.leftovers() == []
