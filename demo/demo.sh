@@ -123,6 +123,7 @@ assignments:
     penalty_limit: 4
     min_interval: 10
     max_submission_size: 1M
+    show_grades_before_deadline: true   # the demo's deadline is far away
   1-hello:
     title: Hello, world
     deadline: 2030-06-30 23:55:00
