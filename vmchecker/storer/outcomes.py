@@ -9,11 +9,12 @@ so a recheck moving ``results/`` aside never races a result landing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vmchecker import fsutil, grades
@@ -31,19 +32,32 @@ def submission_of(course: Course, job: Job) -> Submission:
     return Repository(course.config).submission(job.assignment, job.account, job.submission)
 
 
+@contextlib.contextmanager
+def _waiting(course: Course, job: Job, claim: bool = False) -> Iterator[Submission | None]:
+    """The job's submission under the assignment's lock, or None when it no longer waits
+    for this job (a recheck since has cleared or replaced its job id). ``claim``: the
+    job is about to become the one it waits for, so no check."""
+    repo = Repository(course.config)
+    with repo.lock(job.assignment):
+        sub = repo.submission(job.assignment, job.account, job.submission)
+        if not claim and sub.info.job_id != job.id:
+            log.info("job %s: %s waits for job %r now; left alone", job.id, sub.path.name, sub.info.job_id)
+            yield None
+        else:
+            yield sub
+
+
 def set_status(course: Course, job: Job, status: Status, expect: tuple[Status, ...], *,
                claim: bool = False, **info: str) -> bool:
     """Move the submission to ``status`` (recording job facts such as the tester), only
     from one of the ``expect`` states and only while it waits for this job, so a late
     writer never undoes a newer state (a fast tester's grade, a recheck). ``claim``
     makes this job the one the submission waits for. Returns whether it moved."""
-    repo = Repository(course.config)
-    with repo.lock(job.assignment):
-        sub = repo.submission(job.assignment, job.account, job.submission)
-        current = sub.status()
-        if current not in expect or (not claim and sub.info.job_id != job.id):
-            log.info("job %s: %s stays %s (not moved to %s; it waits for job %r)",
-                     job.id, sub.path.name, current, status, sub.info.job_id)
+    with _waiting(course, job, claim) as sub:
+        if sub is None:
+            return False
+        if sub.status() not in expect:
+            log.info("job %s: %s stays %s (not moved to %s)", job.id, sub.path.name, sub.status(), status)
             return False
         if claim:
             info["job_id"] = job.id
@@ -60,15 +74,11 @@ def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> S
     repository lock (it may take a while); the files move into ``results/`` under the
     lock, and only if the submission still waits for this job (a recheck since the
     job was sent has cleared its job id: then the results are dropped and None returned)."""
-    repo = Repository(course.config)
-    sub = repo.submission(job.assignment, job.account, job.submission)
-    incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{job.id}-", dir=sub.path))
+    incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{job.id}-", dir=submission_of(course, job).path))
     try:
         fetch(incoming)
-        with repo.lock(job.assignment):
-            sub = repo.submission(job.assignment, job.account, job.submission)
-            if sub.info.job_id != job.id:
-                log.info("job %s: %s was rechecked since; its results are dropped", job.id, sub.path.name)
+        with _waiting(course, job) as sub:
+            if sub is None:
                 return None
             sub.results_dir.mkdir(exist_ok=True)
             for path in incoming.iterdir():
@@ -82,14 +92,11 @@ def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> S
     return sub
 
 
-def record_error(course: Course, job: Job, reasons: list[str] | tuple[str, ...]) -> Submission:
+def record_error(course: Course, job: Job, reasons: list[str] | tuple[str, ...]) -> Submission | None:
     """The job was given up: status error, every reason in vmchecker-stderr.vmr."""
-    repo = Repository(course.config)
-    with repo.lock(job.assignment):
-        sub = repo.submission(job.assignment, job.account, job.submission)
-        if sub.info.job_id != job.id:
-            log.info("job %s: %s was rechecked since; its error is not recorded there", job.id, sub.path.name)
-            return sub
+    with _waiting(course, job) as sub:
+        if sub is None:
+            return None
         sub.results_dir.mkdir(exist_ok=True)
         stderr = sub.results_dir / VMCHECKER_STDERR
         previous = stderr.read_text(errors="replace") if stderr.exists() else ""
