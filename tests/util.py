@@ -107,3 +107,33 @@ def make_targz(path: Path, members: dict[str, bytes | str]) -> Path:
 
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("Hello, world!"); return 0; }\n'
 HELLO_MAKEFILE = "hello: hello.c\n\tgcc -Wall -o hello hello.c\n"
+
+
+def wait_for_port(proc, port: int, timeout: float, what: str, host: str = "127.0.0.1") -> None:
+    """Wait until ``proc`` listens on ``host:port``; RuntimeError if it exits or is late."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout} s")
+
+
+def stop_process(proc, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaped."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -10,10 +10,9 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from tests.util import HELLO_C, HELLO_MAKEFILE, write_course
+from tests.util import HELLO_C, HELLO_MAKEFILE, stop_process, wait_for_port, write_course
 from vmchecker import config
 from vmchecker.repo import Submission
 from vmchecker.storer.daemon import StorerDaemon
@@ -119,25 +118,12 @@ class WebServer:
             [sys.executable, "-m", "vmchecker.cli.web", "--config", str(global_config),
              "--listen", f"127.0.0.1:{self.port}", "--users", str(users), "--secret-file", str(secret), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + SERVER_WAIT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"vmchecker-web exited: {(global_config.parent / 'web.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("vmchecker-web did not start listening")
+        try:
+            wait_for_port(self.proc, self.port, SERVER_WAIT, "vmchecker-web")
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}: {(global_config.parent / 'web.log').read_text()}") from None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()

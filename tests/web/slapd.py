@@ -19,8 +19,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.util import stop_process, wait_for_port
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
@@ -113,29 +114,19 @@ class Slapd:
         self.log = open(self.dir / "slapd.log", "wb")
         self.proc = subprocess.Popen([SLAPD, "-f", str(self.conf), "-h", f"{self.url}/", "-d", "0"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + READY_WAIT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"slapd exited with {self.proc.returncode}: {self.read_log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"slapd did not listen on {self.url} within {READY_WAIT} s: {self.read_log()}")
+        try:
+            wait_for_port(self.proc, self.port, READY_WAIT, "slapd")
+        except RuntimeError as exc:
+            log = self.read_log()
+            self.stop()
+            raise RuntimeError(f"{exc}: {log}") from None
 
     def read_log(self) -> str:
         return (self.dir / "slapd.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
         if self.log is not None:
             self.log.close()

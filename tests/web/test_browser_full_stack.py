@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.lab import lxc_unusable, skip_unless_lab, sshd
-from tests.util import make_zip
+from tests.util import make_zip, stop_process
 from tests.web.helpers import HELLO, PASSWORDS, WebServer, free_port, open_course, write_users
 from tests.web.test_browser import log_in, page, shot  # noqa: F401  (page is a fixture)
 
@@ -38,13 +38,7 @@ class Process:
         self.proc = subprocess.Popen([sys.executable, "-m", *args], stdout=self.log, stderr=self.log, env=env)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=30)
         self.log.close()
 
 
