@@ -9,7 +9,7 @@
 #                         loads virtio + ext4 and switch_roots to /dev/vda
 #   base.qcow2            read-only: an ext4 image (mkfs.ext4 -d) of an mmdebstrap rootfs
 #                         with gcc, make, libc6-dev and qemu-guest-agent; its init is
-#                         guest-init.sh + reaper.c (no systemd, no udev in the guest)
+#                         guest-init.sh + lxc-resources/init.c (no systemd, no udev in the guest)
 #   NAME.qcow2            the overlay disk of the persistent domain NAME, holding the
 #                         internal snapshot "clean" (RAM included), taken once the agent
 #                         answers: machines with revert: snapshot revert to it per job;
@@ -93,7 +93,7 @@ KERNEL_PKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: li
 [[ -n $KERNEL_PKG ]] || die "cannot tell which kernel linux-image-amd64 depends on (run apt-get update)"
 KERNEL_VERSION=$(apt-cache policy "$KERNEL_PKG" | awk '/Candidate:/ { print $2 }')
 
-IMAGE_RECIPE=$( { cat "$HERE/build-image.sh" "$HERE/initramfs-init.sh" "$HERE/guest-init.sh" "$HERE/reaper.c"
+IMAGE_RECIPE=$( { cat "$HERE/build-image.sh" "$HERE/initramfs-init.sh" "$HERE/guest-init.sh" "$HERE/../lxc-resources/init.c"
                   echo "$SUITE $MIRROR $PACKAGES $KERNEL_PKG $KERNEL_VERSION $MODULES"; } | sha256sum | cut -d' ' -f1)
 DTYPE=$(domain_type)
 DOMAIN_RECIPE=$(echo "$IMAGE_RECIPE $NAME $SNAPSHOT $MEMORY_MB $DTYPE" | sha256sum | cut -d' ' -f1)
@@ -153,10 +153,10 @@ build_image() {
 
   mmdebstrap --mode=root --variant=apt --include="$PACKAGES" --aptopt='Acquire::Retries "3"' \
     "$SUITE" "$rootfs" "$MIRROR"
-  cp "$HERE/reaper.c" "$rootfs/tmp/reaper.c"
-  chroot "$rootfs" gcc -O2 -Wall -o /sbin/vmchecker-reaper /tmp/reaper.c
+  cp "$HERE/../lxc-resources/init.c" "$rootfs/tmp/init.c"  # the same PID 1 as LXC guests, powering off
+  chroot "$rootfs" gcc -O2 -Wall -DPOWER_OFF -o /sbin/vmchecker-reaper /tmp/init.c
   install -m 755 "$HERE/guest-init.sh" "$rootfs/sbin/vmchecker-init"
-  rm -rf "$rootfs/tmp/reaper.c" "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  rm -rf "$rootfs/tmp/init.c" "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   echo vmchecker > "$rootfs/etc/hostname"
   : > "$rootfs/etc/fstab"
   mkfs.ext4 -q -F -L vmchecker -d "$rootfs" "$TMP/base.raw" 2G
