@@ -1,0 +1,70 @@
+"""The words the storer, the tester and the executor share, each defined once.
+
+A job crosses three processes and two machines; these names are how they agree. A
+second definition anywhere else in the package is a bug (``tests/test_contract.py``
+greps for them): import from here.
+
+- **File names** of a submission folder, a bundle and a job's results.
+- **Identifiers**: the job id and account name patterns.
+- **Statuses**: where a *submission* is (:class:`SubmissionStatus`, written to its
+  ``grade.vmr`` until graded), where a *job* is in the storer's journal
+  (:class:`JobState`), and how a job *ended* on the tester (:class:`ResultStatus`, the
+  ``status`` of ``result.json`` and of ``notify()``). They are three views of one job,
+  kept apart because each has its own moves, but their words are the same where they mean
+  the same thing (``done``, ``error``).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+# --------------------------------------------------------------------------- file names
+
+ARCHIVE = "archive.zip"                    # the upload, exactly as sent (submission folder, bundle)
+SUBMISSION_CONFIG = "submission-config.yaml"  # who, when, which machine (submission folder, bundle)
+TESTS = "tests.zip"                        # the assignment's tests (bundle)
+BUILD_SCRIPT = "build.sh"                  # the course's build step (bundle)
+RUN_SCRIPT = "run.sh"                      # the course's run step (bundle)
+BUNDLE_MEMBERS = (ARCHIVE, TESTS, BUILD_SCRIPT, RUN_SCRIPT, SUBMISSION_CONFIG)
+
+GRADE_VMR = "grade.vmr"                    # the grade lines, or a status word until graded
+RESULT_JSON = "result.json"                # the executor's account of the job, written last
+VMCHECKER_STDERR = "vmchecker-stderr.vmr"  # the executor's (or the storer's) own errors
+RUN_KM = "run-km.vmr"                      # kernel messages of the run, where configured
+STEP_FILES = {"build": ("build-stdout.vmr", "build-stderr.vmr"),
+              "run": ("run-stdout.vmr", "run-stderr.vmr")}
+RESULT_SUFFIX = ".vmr"
+
+# --------------------------------------------------------------------------- identifiers
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ACCOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+# --------------------------------------------------------------------------- statuses
+
+
+class SubmissionStatus(enum.StrEnum):
+    """Where a submission is on its way to a grade; stored as-is in ``grade.vmr``."""
+
+    SAVED = "saved"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    ERROR = "error"
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in the storer's journal; the value is what the journal stores."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DONE = "done"
+    ERROR = "error"
+
+
+class ResultStatus(enum.StrEnum):
+    """How a job ended on the tester: ``result.json``'s status and ``notify()``'s."""
+
+    DONE = "done"
+    ERROR = "error"
