@@ -37,7 +37,12 @@ class NotFound(VmcheckerError):
     exit_code = 4
 
 
-class SubmissionRefused(VmcheckerError):
+class Refused(VmcheckerError):
+    """The other side understood the request and refused it: asking again with the
+    same request cannot help. Each subclass says what was refused."""
+
+
+class SubmissionRefused(Refused):
     """An upload was refused (time window, deadline, interval, size, hidden...).
 
     Nothing was written when this is raised.
@@ -56,6 +61,10 @@ class BundleError(VmcheckerError):
     exit_code = 5
 
 
+class JobStateError(VmcheckerError):
+    """A journal transition was asked of a job that is not in a state that allows it."""
+
+
 class ExecutorError(VmcheckerError):
     """A guest could not be prepared, started or driven."""
 
@@ -68,7 +77,36 @@ class TransportError(VmcheckerError):
     exit_code = 7
 
 
+class ResultRefused(Refused, TransportError):
+    """A result file the tester named was refused: a bad name, a link, not a
+    regular file, missing, or too big. Nothing of the fetch was kept."""
+
+
 class RpcError(VmcheckerError):
     """An XML-RPC call failed, or was refused by the daemon."""
 
     exit_code = 8
+
+
+class CallRefused(Refused, RpcError):
+    """An XML-RPC call the daemon refuses: raised by a method on the server (logged,
+    answered with a refusal fault, nothing written) and by the client when the daemon
+    answered with one. Retrying the same call cannot help."""
+
+
+class TryLater(RpcError):
+    """The call cannot be completed now (e.g. the results could not be pulled yet):
+    the caller keeps it and retries, exactly as if the daemon had not answered."""
+
+
+class LdapUnavailable(VmcheckerError):
+    """LDAP could not be reached or did not answer: the login cache may decide."""
+
+    exit_code = 9
+
+
+class Interrupted(BaseException):
+    """The executor was told to stop (SIGTERM): clean the guest up and leave.
+
+    A ``BaseException`` on purpose, like ``KeyboardInterrupt``: a job's failure boundary
+    (``except Exception``) must not swallow it."""
