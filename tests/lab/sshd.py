@@ -74,6 +74,15 @@ def free_port(address: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def foreign_host_key_line(folder: Path, entry: str) -> str:
+    """A known_hosts line for ``entry`` with a fresh key that is not the server's (made in
+    ``folder``): what a host key mismatch looks like."""
+    key = folder / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    kind, b64 = key.with_suffix(".pub").read_text().split()[:2]
+    return f"{entry} {kind} {b64}"
+
+
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.lab import netns, skip_unless_lab, sshd
-from tests.util import write_course
-from vmchecker import config
-from vmchecker.errors import ConfigError, TransportError
+from vmchecker.errors import ResultRefused, TransportError
 from vmchecker.storer import testers_admin, transport  # TesterLink not by name: pytest collects "Test*"
-from vmchecker.storer.transport import ResultRefused, fetch_host_key
+from vmchecker.storer.transport import fetch_host_key
 
 pytest_plugins = ["tests.lab.fixtures"]  # lab_network, ssh_server, no_lab_leftovers
 pytestmark = pytest.mark.usefixtures("no_lab_leftovers")
@@ -51,13 +47,6 @@ def link_to(server: sshd.SshServer, tmp_path: Path, course_key: tuple[Path, str]
     if not kh.exists():
         known_hosts(tmp_path, server.host_key_line())
     return transport.TesterLink("t1", server.address, server.port, server.user, course_key[0], kh, **options)
-
-
-def other_host_key_line(tmp_path: Path, entry: str) -> str:
-    key = tmp_path / "other_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    kind, b64 = key.with_suffix(".pub").read_text().split()[:2]
-    return f"{entry} {kind} {b64}"
 
 
 # --------------------------------------------------------------------------- bundles
@@ -198,7 +187,7 @@ def test_unknown_host_is_refused(server, tmp_path, course_key):
 
 
 def test_mismatching_host_key_is_refused(server, tmp_path, course_key):
-    kh = known_hosts(tmp_path, other_host_key_line(tmp_path, server.known_hosts_entry))
+    kh = known_hosts(tmp_path, sshd.foreign_host_key_line(tmp_path, server.known_hosts_entry))
     with link_to(server, tmp_path, course_key) as link, pytest.raises(TransportError) as err:
         link.ping()
     assert "mismatch" in err.value.message and str(kh) in err.value.message
@@ -315,144 +304,3 @@ def test_a_silent_tester_times_out(tmp_path, course_key):
             link.ping()
         with pytest.raises(TransportError, match="cannot read the SSH host key"):
             fetch_host_key("127.0.0.1", port, timeout=0.5)
-
-
-# --------------------------------------------------------------------------- add_tester
-
-
-COMMENTED = """\
-# The course config, with comments an admin wrote.
-course:
-  id: so
-  repository: repo
-storer:
-  ssh_key: keys/id_ed25519   # the key testers trust
-  known_hosts: keys/known_hosts
-testers:
-  # the first tester
-  t1: {host: 127.0.0.1, port: 22, user: vmchecker, queue: /srv/q, slots: 2}
-
-# machines follow
-machines:
-  linux: {type: lxc, vm: base, testers: [t1]}
-"""
-
-
-def test_add_tester_records_key_edits_config_and_works(ssh_server, tmp_path):
-    root = tmp_path / "so"
-    root.mkdir()
-    (root / "config.yaml").write_text(COMMENTED)
-    queue = ssh_server.make_dir("queue")
-
-    text = testers_admin.add_tester(root, "t2", ssh_server.address, ssh_server.port, ssh_server.user, str(queue))
-
-    new_text = (root / "config.yaml").read_text()
-    assert new_text.startswith(COMMENTED.split("\n\n")[0])  # comments and layout kept
-    assert "# machines follow" in new_text and "# the key testers trust" in new_text
-    assert not list(root.glob("config.yaml.bak*"))
-    course = config.load_course(root / "config.yaml")
-    t2 = course.testers["t2"]
-    assert (t2.host, t2.port, t2.user, t2.queue) == (ssh_server.address, ssh_server.port, ssh_server.user, str(queue))
-    assert ssh_server.host_key_line() in (root / "keys" / "known_hosts").read_text().splitlines()
-
-    line = next(x for x in text.splitlines() if x.startswith(testers_admin.AUTHORIZED_KEY_OPTIONS))
-    assert line.split()[2] == (root / "keys" / "id_ed25519.pub").read_text().split()[1]
-    ssh_server.authorize(line)  # exactly what the admin is told to install
-    bundle = tmp_path / "b.zip"
-    bundle.write_bytes(b"zip")
-    with transport.TesterLink.from_config(course, "t2") as link:
-        link.send_bundle(bundle, t2.queue, BUNDLE)
-    assert (queue / BUNDLE).read_bytes() == b"zip"
-
-    # the same host under another name: its key is already there, nothing duplicated
-    testers_admin.add_tester(root, "t3", ssh_server.address, ssh_server.port, ssh_server.user, str(queue))
-    assert (root / "keys" / "known_hosts").read_text().count(ssh_server.known_hosts_entry + " ") == 1
-    assert set(config.load_course(root / "config.yaml").testers) == {"t1", "t2", "t3"}
-
-    with pytest.raises(ConfigError, match="already exists"):
-        testers_admin.add_tester(root, "t2", ssh_server.address, ssh_server.port, ssh_server.user, str(queue))
-
-
-def test_add_tester_refuses_to_replace_a_different_key(ssh_server, tmp_path):
-    path = write_course(tmp_path)
-    kh = path.parent / "keys" / "known_hosts"
-    kh.parent.mkdir()
-    kh.write_text(other_host_key_line(tmp_path, ssh_server.known_hosts_entry) + "\n")
-    before = (path.read_text(), kh.read_text())
-    with pytest.raises(TransportError) as err:
-        testers_admin.add_tester(path.parent, "t2", ssh_server.address, ssh_server.port, "u", "/q")
-    assert "refusing to replace" in err.value.message and str(kh) in err.value.message
-    assert (path.read_text(), kh.read_text()) == before
-
-
-def test_add_tester_rewrites_a_flow_style_block_with_a_backup(ssh_server, tmp_path):
-    root = tmp_path / "so"
-    root.mkdir()
-    original = COMMENTED.replace(
-        "testers:\n  # the first tester\n  t1: {host: 127.0.0.1, port: 22, user: vmchecker, queue: /srv/q, slots: 2}\n",
-        "testers: {t1: {host: 127.0.0.1, port: 22, user: vmchecker, queue: /srv/q}}\n")
-    (root / "config.yaml").write_text(original)
-    text = testers_admin.add_tester(root, "t2", ssh_server.address, ssh_server.port, ssh_server.user, "/q")
-    assert "rewritten" in text
-    assert (root / "config.yaml.bak").read_text() == original
-    assert set(config.load_course(root / "config.yaml").testers) == {"t1", "t2"}
-
-
-@pytest.mark.parametrize("before", [
-    "course: {id: so}\n",
-    "course: {id: so}\ntesters: {}  # none yet\nmachines: {}\n",
-    "course: {id: so}\ntesters:\nmachines: {}\n",
-    "course: {id: so}\ntesters:\n    t1: {host: h, user: u, queue: /q}\n    # t9: retired\n\n# next\nmachines: {}\n",
-    "course: {id: so}\ntesters:\n  t1:\n    host: h\n    user: u  # nested\n    queue: /q\nmachines: {}",
-])
-def test_insert_tester_text_keeps_the_rest(before):
-    body = {"host": "10.231.1.2", "port": 22, "user": "vmchecker", "queue": "/srv/q", "slots": 1}
-    after = testers_admin.insert_tester_text(before, "t2", body)
-    data, new = yaml.safe_load(before), yaml.safe_load(after)
-    assert new["testers"]["t2"] == body
-    assert {k: v for k, v in new.items() if k != "testers"} == {k: v for k, v in data.items() if k != "testers"}
-    assert {k: v for k, v in new["testers"].items() if k != "t2"} == (data.get("testers") or {})
-    for line in before.splitlines():
-        if "#" in line:
-            assert line.split("#", 1)[1] in after
-
-
-# --------------------------------------------------------------------------- the lab itself
-
-
-def test_lab_cleans_up_after_a_failed_test():
-    skip_unless_lab()
-    with pytest.raises(RuntimeError, match="boom"):
-        with netns.LabNetwork() as network:
-            server = sshd.SshServer(network.add_host("t1")).start()
-            pids = server.processes()
-            with server:
-                assert netns.leftovers() and sshd.leftovers()
-                raise RuntimeError("boom")
-    assert netns.leftovers() == [] and sshd.leftovers() == []
-    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
-
-
-def test_leftovers_of_a_dead_run_are_removed():
-    skip_unless_lab()
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    ns, link = f"vmck-{dead.pid}-1-old", f"vmck{dead.pid}h1"
-    netns.ip("netns", "add", ns)
-    netns.ip("link", "add", link, "type", "veth", "peer", "name", f"vmck{dead.pid}g1")
-    folder = Path(f"/tmp/{sshd.TMP_PREFIX}{dead.pid}-old")
-    folder.mkdir()
-    assert netns.leftovers(dead.pid) and sshd.leftovers(dead.pid)
-    netns.cleanup_leftovers()
-    sshd.cleanup_leftovers()
-    assert netns.leftovers(dead.pid) == [] and sshd.leftovers(dead.pid) == []
-    assert not folder.exists()
-
-
-def test_routes_out_of_the_machine_are_refused(lab_network):
-    lab_network.check_route(lab_network.add_host("t1").address)
-    outside = "192.0.2.77" if netns.default_device() else None
-    if outside is None:
-        pytest.skip("this machine has no default route to guard against")
-    with pytest.raises(AssertionError, match="default-route device"):
-        lab_network.check_route(outside)
