@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.util import write_course
-from vmchecker import config
+from vmchecker import config, confparse
 from vmchecker.errors import ConfigError, NotFound
 
 
@@ -21,7 +21,7 @@ def test_design_example_loads(course):
     assert a.deadline == dt.datetime(2026, 3, 1, 23, 55)
     assert a.max_submission_size == 10 * 1024 * 1024
     assert a.penalty_weights == [0.5, 0.5, 1.0]
-    assert course.machine_for("1-hello").type == "lxc"
+    assert course.machines[a.machine].type == "lxc"
     assert course.course.holidays[0].end == dt.datetime(2026, 4, 20)
     assert course.repository == course.root / "repo"
 
@@ -93,8 +93,8 @@ def test_tester_config_and_machine_overrides(course, tmp_path):
 
 
 def test_parse_size_and_datetime():
-    assert config.parse_size("512K") == 512 * 1024
-    assert config.parse_size(100) == 100
-    assert config.parse_datetime("2026-03-01 23:55:00") == dt.datetime(2026, 3, 1, 23, 55)
+    assert confparse.parse_size("512K") == 512 * 1024
+    assert confparse.parse_size(100) == 100
+    assert confparse.parse_datetime("2026-03-01 23:55:00") == dt.datetime(2026, 3, 1, 23, 55)
     with pytest.raises(ValueError):
-        config.parse_datetime("2026-03-01")
+        confparse.parse_datetime("2026-03-01")

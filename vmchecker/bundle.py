@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from vmchecker import archive
-from vmchecker.config import Machine, machine_to_dict, parse_machine, safe_load
+from vmchecker.config import Machine, machine_to_dict, parse_machine
+from vmchecker.confparse import safe_load
 from vmchecker.errors import ArchiveError, BundleError, ConfigError
 
 log = logging.getLogger(__name__)

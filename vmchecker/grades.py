@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmchecker import penalty, repo
-from vmchecker.config import CourseConfig, format_datetime, parse_datetime
+from vmchecker.config import CourseConfig
+from vmchecker.confparse import format_datetime, parse_datetime
 from vmchecker.errors import VmcheckerError
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from vmchecker.config import DATE_FORMAT, ID_RE
+from vmchecker.config import ID_RE
+from vmchecker.confparse import DATE_FORMAT
 from vmchecker.errors import ConfigError
 
 log = logging.getLogger(__name__)

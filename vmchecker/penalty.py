@@ -35,7 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vmchecker.config import Assignment, format_datetime
+from vmchecker.config import Assignment
+from vmchecker.confparse import format_datetime
 from vmchecker.repo import Status
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from vmchecker import fsutil
-from vmchecker.config import CourseConfig, format_datetime, parse_datetime, safe_dump, safe_load
+from vmchecker.config import CourseConfig
+from vmchecker.confparse import format_datetime, parse_datetime, safe_dump, safe_load
 from vmchecker.errors import NotFound, VmcheckerError
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from vmchecker import fsutil
 from vmchecker.archive import safe_extract
-from vmchecker.config import Assignment, CourseConfig, format_datetime
+from vmchecker.config import Assignment, CourseConfig
+from vmchecker.confparse import format_datetime
 from vmchecker.errors import NotFound, SubmissionRefused, VmcheckerError
 from vmchecker.repo import (
     CURRENT,

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from tests.util import zip_bytes
 from tests.web.conftest import login, page_token
 from tests.web.helpers import HELLO, DaemonInThread, open_course, write_results
-from vmchecker import config
+from vmchecker import config, confparse
 from vmchecker.repo import SUBMISSION_CONFIG, Repository, Status
 from vmchecker.storer.journal import JobState
 from vmchecker.storer.web import create_app
@@ -93,7 +93,7 @@ def test_upload_saves_through_submit_and_says_daemon_is_down(student: FlaskClien
 
 def _shown_finish(body: str) -> dt.datetime:
     start = body.index("Results expected around <strong>") + len("Results expected around <strong>")
-    return config.parse_datetime(body[start:body.index("</strong>", start)])
+    return confparse.parse_datetime(body[start:body.index("</strong>", start)])
 
 
 def test_upload_is_queued_and_shows_position_and_estimate(tmp_path: Path, users: Path,
@@ -295,7 +295,7 @@ def test_admin_recheck_moves_results_aside(admin: FlaskClient, student: FlaskCli
 
 
 def test_penalty_rules_text() -> None:
-    base = config.Assignment(id="a", deadline=config.parse_datetime("2026-01-01 00:00:00"), machine="m")
+    base = config.Assignment(id="a", deadline=confparse.parse_datetime("2026-01-01 00:00:00"), machine="m")
     assert penalty_rules(base).startswith("day 1: 0.5, day 2: 0.5, day 3 and after: 1 per day; at most 4 points")
     one = dataclasses.replace(base, penalty_weights=[2.0], penalty_limit=6.0)
     assert penalty_rules(one).startswith("2 per day late; at most 6 points")

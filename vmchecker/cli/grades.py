@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import TextIO
 
-from vmchecker import config, grades
+from vmchecker import config, confparse, grades
 from vmchecker.cli import common
 from vmchecker.penalty import format_points
 
@@ -27,7 +27,7 @@ _HEADERS = ("account", "assignment", "status", "grade", "late_days", "penalty", 
 def _cells(row: grades.GradeRow) -> list[str]:
     return [row.account, row.assignment, row.status,
             "" if row.grade is None else format_points(row.grade),
-            str(row.late_days), format_points(row.penalty), config.format_datetime(row.upload_time)]
+            str(row.late_days), format_points(row.penalty), confparse.format_datetime(row.upload_time)]
 
 
 def render(found: list[grades.GradeRow], fmt: str, out: TextIO) -> None:

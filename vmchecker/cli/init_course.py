@@ -23,7 +23,7 @@ from string import Template
 
 import yaml
 
-from vmchecker import config, fsutil
+from vmchecker import config, confparse, fsutil
 from vmchecker.cli import common
 from vmchecker.errors import ConfigError, VmcheckerError
 from vmchecker.storer import testers_admin
@@ -72,16 +72,16 @@ def course_config_text(course_id: str, today: dt.date | None = None) -> str:
     start = dt.datetime.combine(today or dt.date.today(), dt.time())
     return Template(template("course-config.yaml")).substitute(
         course_id=course_id,
-        opens=config.format_datetime(start),
-        closes=config.format_datetime(start + dt.timedelta(days=182, hours=23, minutes=59)),
-        deadline=config.format_datetime(start + dt.timedelta(days=14, hours=23, minutes=55)),
+        opens=confparse.format_datetime(start),
+        closes=confparse.format_datetime(start + dt.timedelta(days=182, hours=23, minutes=59)),
+        deadline=confparse.format_datetime(start + dt.timedelta(days=14, hours=23, minutes=55)),
     )
 
 
 def _existing_course_id(path: Path) -> str | None:
     """The course id an existing config declares, if it can be read."""
     try:
-        data = config.read_yaml(path)
+        data = confparse.read_yaml(path)
     except ConfigError:
         return None
     course = data.get("course") if isinstance(data, dict) else None
@@ -117,7 +117,7 @@ def _ssh_keygen(args: list[str]) -> str:
 def _read_global(path: Path) -> dict:
     if not path.exists():
         return {}
-    data = config.read_yaml(path) or {}
+    data = confparse.read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(path, "", "expected a mapping with 'courses'")
     courses = data.get("courses")
@@ -210,7 +210,7 @@ def work(args: argparse.Namespace) -> int:
         if args.add_tester:
             name, address, user, queue = args.add_tester
             try:
-                host, port = config.parse_host_port(address, default_port=22)
+                host, port = confparse.parse_host_port(address, default_port=22)
             except ValueError as exc:
                 raise VmcheckerError(f"--add-tester: {exc}") from None
             print(testers_admin.add_tester(path.parent, name, host, port, user, queue))

@@ -12,7 +12,7 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from vmchecker import config
+from vmchecker import config, confparse
 from vmchecker.cli import common
 from vmchecker.queueing import queue_submission
 from vmchecker.submit import submit
@@ -23,7 +23,7 @@ PROG = "vmchecker-submit"
 def upload_time(value: str) -> dt.datetime:
     """argparse type for ``--upload-time``."""
     try:
-        return config.parse_datetime(value)
+        return confparse.parse_datetime(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -49,7 +49,7 @@ def work(args: argparse.Namespace) -> int:
     sub = submit(course, args.assignment, args.account, args.archive,
                  upload_time=args.upload_time, skip_time_checks=args.skip_time_checks)
     print(f"saved {course.id}/{sub.assignment}/{sub.account} upload of"
-          f" {config.format_datetime(sub.upload_time)} in {sub.path}")
+          f" {confparse.format_datetime(sub.upload_time)} in {sub.path}")
     if args.no_queue:
         print(f"status: {sub.status().value} (not queued: --no-queue)")
         return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import waitress
 
-from vmchecker import config
+from vmchecker import config, confparse
 from vmchecker.cli import common
 from vmchecker.errors import VmcheckerError
 from vmchecker.storer.web import create_app
@@ -47,7 +47,7 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 def listen_address(value: str) -> tuple[str, int]:
     """argparse type for ``--listen HOST:PORT``."""
     try:
-        return config.parse_host_port(value)
+        return confparse.parse_host_port(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

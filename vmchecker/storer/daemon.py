@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmchecker import config, rpc
+from vmchecker import config, confparse, rpc
 from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.repo import Repository, Status, check_account
 from vmchecker.service import Service
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` -> (host, port), with a clear error."""
     try:
-        return config.parse_host_port(value)
+        return confparse.parse_host_port(value)
     except ValueError as exc:
         raise VmcheckerError(f"bad listen address: {exc}") from None
 

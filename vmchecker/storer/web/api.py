@@ -27,7 +27,7 @@ from typing import Any
 
 from flask import Blueprint, abort, g, jsonify, request
 
-from vmchecker.config import format_datetime
+from vmchecker.confparse import format_datetime
 from vmchecker.errors import NotFound
 from vmchecker.storer.web import auth, context, csrf, model, uploads
 from vmchecker.storer.web.auth import login_required

@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from vmchecker import grades, penalty
-from vmchecker.config import Assignment, CourseConfig, format_datetime
+from vmchecker.config import Assignment, CourseConfig
+from vmchecker.confparse import format_datetime
 from vmchecker.repo import GRADE_VMR, Repository, Status, Submission
 from vmchecker.storer.web.jobs import JobKey, QueueInfo
 
