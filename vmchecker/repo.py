@@ -248,13 +248,6 @@ class Repository:
                 if sub is not None:
                     yield sub
 
-    def iter_all(self, assignment: str | None = None) -> Iterator[Submission]:
-        """Every stored submission, current or not."""
-        names = [assignment] if assignment else sorted(self.course.assignments)
-        for a in names:
-            for account in self.accounts(a):
-                yield from self.history(a, account)
-
 
 def _folder_order(name: str) -> int:
     parts = name.split(".")
