@@ -17,12 +17,16 @@ from vmchecker.errors import VmcheckerError
 log = logging.getLogger(__name__)
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every command has."""
+def parser(prog: str, description: str, *, global_config: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with ``-v`` and, for the commands that read the global config
+    (``global_config``), ``--config``. A command that reads no global config (the tester's
+    commands, which take their own file, and the INI migration) must not offer a
+    ``--config`` it would ignore."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("-v", "--verbose", action="store_true", help="log debugging detail to stderr")
-    p.add_argument("--config", metavar="FILE",
-                   help="global config (default: $VMCHECKER_CONFIG or /etc/vmchecker/config.yaml)")
+    if global_config:
+        p.add_argument("--config", metavar="FILE",
+                       help="global config (default: $VMCHECKER_CONFIG or /etc/vmchecker/config.yaml)")
     return p
 
 

@@ -53,7 +53,8 @@ def migrate_config(old_config: str, course_id: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(PROG, "Print the YAML equivalent of an original vmchecker INI course config.")
+    p = common.parser(PROG, "Print the YAML equivalent of an original vmchecker INI course config.",
+                      global_config=False)
     p.add_argument("old_config", metavar="OLD_CONFIG", help="the original course config (INI)")
     p.add_argument("--course-id", metavar="ID",
                    help="course id for the YAML (default: from the file name, e.g. so.config -> so)")

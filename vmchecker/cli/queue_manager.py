@@ -27,7 +27,8 @@ def queue_manager(tester: str, once: bool = False, pid_file: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(PROG, "Run the bundles that arrive in a tester's queue/ and notify the storer.")
+    p = common.parser(PROG, "Run the bundles that arrive in a tester's queue/ and notify the storer.",
+                      global_config=False)
     p.add_argument("--once", action="store_true", help="run what is queued now, notify, and exit")
     p.add_argument("--pid-file", metavar="FILE", help="pid file (default: STATE/queue-manager.pid)")
     p.add_argument("--keep-done-days", type=float, metavar="DAYS",

@@ -80,7 +80,8 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.parser(PROG, "Run one unpacked bundle in a fresh guest; results go to BUNDLE_DIR/results/.")
+    p = common.parser(PROG, "Run one unpacked bundle in a fresh guest; results go to BUNDLE_DIR/results/.",
+                      global_config=False)
     p.add_argument("--tester-config", metavar="FILE", type=Path,
                    help="tester config whose machine overrides apply")
     p.add_argument("bundle_dir", metavar="BUNDLE_DIR", type=Path)
