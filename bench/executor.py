@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: the executor's own overhead per job, per backend (issue 3 item 7, issue 5 item 4).
+"""Benchmark: the executor's own overhead per job, per backend.
 
 Runs N jobs of a small C assignment (build with make, run, compare output, write
 grade.vmr) one after the other through the executor directly, on the LXC base

@@ -1,7 +1,7 @@
 """Pending notifications: journaled on disk, retried until the storer daemon answers.
 
 A job's ``notify`` must reach the storer even if the daemon is down when the job ends
-and the queue manager restarts in between (issue 3 item 6). Each pending notification
+and the queue manager restarts in between. Each pending notification
 is one small JSON file under ``state/notify/`` written atomically; a background thread
 sends the due ones and reschedules failures with capped exponential backoff. An entry is
 removed only when the daemon answered: accepted, or refused for good (a fault other than
