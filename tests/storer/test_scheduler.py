@@ -236,6 +236,25 @@ def test_notify_deadline_counts_the_jobs_ahead() -> None:
     assert s.assign("d", A, "vmware", now=0.0) is None
 
 
+def test_a_reservation_gives_its_slot_back_unless_committed() -> None:
+    s = make(("t1", 2))
+
+    def in_flight() -> dict[str, str]:
+        return dict(s.testers()[0].in_flight)
+
+    with s.reserve("kept", A, M, now=0.0) as kept:
+        assert (kept.tester, kept.deadline) == ("t1", 2 * 100.0 + 60.0)  # build + run + margin
+        kept.commit()
+    with s.reserve("left", A, M, now=0.0):
+        assert in_flight() == {"kept": A, "left": A}
+    with pytest.raises(RuntimeError), s.reserve("crashed", A, M, now=0.0):
+        raise RuntimeError("a bug between the pick and the sending")
+    assert in_flight() == {"kept": A}
+    with pytest.raises(NotFound, match="no tester serves machine 'vmware'"):
+        s.reserve("nowhere", A, "vmware")
+    assert in_flight() == {"kept": A}
+
+
 def test_assign_from_threads_counts_every_job_once() -> None:
     s = make(("t1", 2), ("t2", 3))
     out: list[str] = []

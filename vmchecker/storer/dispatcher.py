@@ -4,9 +4,11 @@ Notification plus sweeper (STYLE.md habit 5): ``queue_task`` wakes the dispatche
 once, and every pass also re-reads the journal, so a job left behind by a lost wake-up
 or a daemon restart is sent anyway. One pass:
 
-1. each ``queued`` job (oldest first): pick a tester with the scheduler, build the
-   bundle, journal ``sent`` *before* uploading, upload ``NAME.zip.part`` and rename;
-   a failed upload is a failure of that tester (penalty sample, retry elsewhere);
+1. each ``queued`` job (oldest first): pick a tester with the scheduler (a
+   reservation of one of its slots), build the bundle, journal ``sent`` *before*
+   uploading, upload ``NAME.zip.part`` and rename; a failed upload is a failure of
+   that tester (penalty sample, retry elsewhere). The reservation gives the slot back
+   on every way out before ``sent`` without a line of clean-up per failure;
 2. each ``sent`` job past its notify deadline: a failure of its tester, same path.
 
 A job that fails ``max_attempts`` times ends in ``error`` with every reason written
@@ -27,6 +29,7 @@ from vmchecker.repo import Status
 from vmchecker.storer import outcomes
 from vmchecker.storer.courses import Course, Courses
 from vmchecker.storer.journal import Job, JobState, JobStateError, Journal
+from vmchecker.storer.scheduler import Reservation
 
 log = logging.getLogger(__name__)
 
@@ -77,49 +80,62 @@ class Dispatcher:
     # ------------------------------------------------------------------ one job
 
     def _dispatch(self, job: Job) -> int:
+        """Pick a tester, build the bundle, send it; 1 if the job went out.
+
+        The tester's slot is reserved for the job from the pick on; any way out before
+        the journal says ``sent`` (a refusal, an exception) gives it back."""
         try:
-            course = self.courses.get(job.course)
-            assignment = course.config.assignment(job.assignment)
-            outcomes.submission_of(course, job)
+            course, reservation = self._pick(job)
         except VmcheckerError as exc:
             self._give_up(job, exc.message)
             return 0
-        chosen = course.scheduler.assign(job.id, assignment.id, job.machine, exclude=job.failed_on)
-        if chosen is None:
-            self._give_up(job, f"no tester serves machine {job.machine!r}")
-            return 0
-        tester, deadline = chosen
-        try:
-            path = self._build(course, job)
-        except VmcheckerError as exc:
-            course.scheduler.forget(tester, job.id)
-            self._give_up(job, f"cannot build the bundle: {exc.message}")
-            return 0
-        except OSError as exc:
-            course.scheduler.forget(tester, job.id)
-            self._give_up(job, f"cannot build the bundle: {exc}")
-            return 0
+        with reservation:
+            try:
+                path = self._build(course, job)
+            except VmcheckerError as exc:
+                self._give_up(job, f"cannot build the bundle: {exc.message}")
+                return 0
+            except OSError as exc:
+                self._give_up(job, f"cannot build the bundle: {exc}")
+                return 0
+            try:
+                return self._send(course, job, reservation, path)
+            finally:
+                path.unlink(missing_ok=True)
+
+    def _pick(self, job: Job) -> tuple[Course, Reservation]:
+        """The job's course and a slot on the tester expected to finish it soonest.
+        NotFound/ConfigError if the course, assignment or submission is gone or no
+        tester serves the machine: no other tester can mend that."""
+        course = self.courses.get(job.course)
+        course.config.assignment(job.assignment)
+        outcomes.submission_of(course, job)
+        return course, course.scheduler.reserve(job.id, job.assignment, job.machine, exclude=job.failed_on)
+
+    def _send(self, course: Course, job: Job, reservation: Reservation, path: Path) -> int:
+        """Journal the job ``sent``, then upload the bundle; 1 if it went out.
+
+        The reservation is committed as soon as the journal holds the job as sent: from
+        then on the job's notify, its failure or the sweep of overdue jobs frees the slot."""
+        tester = reservation.tester
         try:
             # Running before the upload: a fast tester's results must land after it.
-            if not outcomes.set_status(course, job, Status.RUNNING, (Status.QUEUED, Status.RUNNING), tester=tester):
-                course.scheduler.forget(tester, job.id)
+            if not outcomes.set_status(course, job, Status.RUNNING,
+                                       (Status.QUEUED, Status.RUNNING), tester=tester):
                 self._give_up(job, "the submission no longer waits for this job (rechecked or graded since)")
                 return 0
-            self.journal.mark_sent(job.id, tester, deadline)
-            course.link(tester).send_bundle(path, course.config.testers[tester].queue, path.name)
+            job = self.journal.mark_sent(job.id, tester, reservation.deadline)
         except JobStateError:
-            course.scheduler.forget(tester, job.id)  # someone else moved it meanwhile
+            return 0  # someone else moved it meanwhile
+        except VmcheckerError as exc:  # the submission vanished before the upload
+            self._give_up(job, exc.message)
             return 0
+        reservation.commit()
+        try:
+            course.link(tester).send_bundle(path, course.config.testers[tester].queue, path.name)
         except VmcheckerError as exc:
-            job = self.journal.get(job.id)
-            if job.state is JobState.SENT:
-                self.fail(job, f"could not send the bundle: {exc.message}", tester)
-            else:  # the submission vanished before the upload
-                course.scheduler.forget(tester, job.id)
-                self._give_up(job, exc.message)
+            self.fail(job, f"could not send the bundle: {exc.message}", tester)
             return 0
-        finally:
-            path.unlink(missing_ok=True)
         return 1
 
     def _build(self, course: Course, job: Job) -> Path:

@@ -32,7 +32,8 @@ Estimates come in as a mapping and go out through a ``persist`` callback (the da
 passes ``functools.partial(journal.save_estimate, course_id)``). Every public method
 takes one lock, so dispatcher and RPC threads may share a :class:`Scheduler`;
 :meth:`Scheduler.assign` selects and records in one step so two dispatcher threads
-cannot both count on the same free slot.
+cannot both count on the same free slot, and :meth:`Scheduler.reserve` wraps that
+step in a :class:`Reservation` that gives the slot back unless the job went out.
 """
 
 from __future__ import annotations
@@ -255,6 +256,17 @@ class Scheduler:
                 return None
             return tester.name, self.on_sent(tester.name, job_id, assignment, now=now)
 
+    def reserve(
+        self, job_id: str, assignment: str, machine: str, exclude: Iterable[str] = (), now: float | None = None
+    ) -> Reservation:
+        """:meth:`assign` as a :class:`Reservation`: the slot is counted at once and
+        released again when the ``with`` block ends, unless the caller committed it
+        (the job really went out). NotFound if no tester serves ``machine``."""
+        chosen = self.assign(job_id, assignment, machine, exclude, now)
+        if chosen is None:
+            raise NotFound(f"no tester serves machine {machine!r}")
+        return Reservation(self, chosen[0], job_id, chosen[1])
+
     def on_sent(self, tester: str, job_id: str, assignment: str, now: float | None = None) -> float:
         """Count a job as in flight on ``tester`` (also to rebuild the state from the
         journal after a restart). Returns its notify deadline."""
@@ -338,6 +350,44 @@ class Scheduler:
         if self._persist is not None:
             self._persist(state.name, assignment, estimate)
         return estimate
+
+
+class Reservation:
+    """A job counted in flight on a tester between the choice and the sending.
+
+    Every way out of the sending that is not a success must give the slot back, or the
+    tester looks busier than it is and every later estimate is skewed. So the slot is
+    given back by leaving the ``with`` block, whatever ends it (a refusal, an exception),
+    unless :meth:`commit` was called: from then on the job's own end (its notify, or
+    its failure) takes it off the tester."""
+
+    def __init__(self, scheduler: Scheduler, tester: str, job_id: str, deadline: float):
+        self.scheduler = scheduler
+        self.tester = tester
+        self.job_id = job_id
+        self.deadline = deadline  # when to give up waiting for the job's notify
+        self.committed = False
+        self.released = False
+
+    def commit(self) -> None:
+        """The job went out: keep the slot counted after the ``with`` block."""
+        self.committed = True
+
+    def release(self) -> None:
+        """Give the slot back now (nothing if committed or released already)."""
+        if not self.committed and not self.released:
+            self.released = True
+            self.scheduler.forget(self.tester, self.job_id)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "committed" if self.committed else "released" if self.released else "held"
+        return f"Reservation({self.job_id} on {self.tester}, {state})"
 
 
 def _now(now: float | None) -> float:
