@@ -22,11 +22,15 @@ def server():
         calls.append((address, value))
         return value
 
+    def buggy(address, value):
+        return len(value) + value  # a bug: TypeError inside the method
+
     def refuse(address):
         raise rpcserver.Refused("not you")
 
     srv.register("echo", echo, rpcserver.loopback_or([]))
     srv.register("refuse", refuse, rpcserver.anyone)
+    srv.register("buggy", buggy, rpcserver.anyone)
     srv.register("remote_only", echo, lambda addr: addr == "10.9.9.9")
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -65,6 +69,27 @@ def test_unknown_method_and_address_rule_refused(server):
     with pytest.raises(xmlrpc.client.Fault, match="not you"):
         _proxy(server).refuse()
     assert server.calls == []
+
+
+def test_a_call_that_does_not_fit_the_method_is_a_bad_request(server, caplog):
+    for params in ((), ("a", "b")):
+        with pytest.raises(xmlrpc.client.Fault) as info:
+            _proxy(server).echo(*params)
+        assert info.value.faultCode == rpcserver.FAULT_BAD_REQUEST
+        assert "bad arguments for echo" in info.value.faultString
+    assert server.calls == []
+    assert "bad call to echo" in caplog.text
+
+
+def test_a_type_error_inside_the_method_is_ours_and_retried(server, caplog):
+    """A bug in a method must not be blamed on the caller: it is logged with its
+    traceback and answered with the fault that makes a caller keep the call."""
+    with pytest.raises(xmlrpc.client.Fault) as info:
+        _proxy(server).buggy("abc")
+    assert info.value.faultCode == rpcserver.FAULT_TRY_LATER
+    assert "internal error in buggy" in info.value.faultString
+    crash = [r for r in caplog.records if "buggy from 127.0.0.1 crashed" in r.getMessage()]
+    assert crash and crash[0].exc_info and crash[0].exc_info[0] is TypeError
 
 
 def test_entity_expansion_refused(server):

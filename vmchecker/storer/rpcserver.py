@@ -8,6 +8,7 @@ defusedxml, so entity expansion and external entities are refused.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import socketserver
@@ -72,6 +73,7 @@ class TryLater(RpcError):
 class _Method:
     func: Callable[..., Any]
     rule: AddressRule
+    signature: inspect.Signature  # what a call must match: (caller_address, *params)
 
 
 class _Handler(SimpleXMLRPCRequestHandler):
@@ -138,7 +140,7 @@ class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
 
     def register(self, name: str, func: Callable[..., Any], rule: AddressRule) -> None:
         """Expose ``func(caller_address, *params)`` as ``name`` to callers ``rule`` admits."""
-        self._methods[name] = _Method(func, rule)
+        self._methods[name] = _Method(func, rule, inspect.signature(func))
 
     def _dispatch(self, method: str, params: tuple) -> Any:
         address = getattr(self.local, "address", "")
@@ -149,6 +151,13 @@ class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
             log.warning("refused %s from %s: address not allowed", method, address)
             raise Fault(FAULT_REFUSED, f"{method} is not allowed from {address}")
         try:
+            # A call that does not fit the method is the caller's fault; a TypeError
+            # raised inside the method is a bug of ours, answered like any crash below.
+            entry.signature.bind(address, *params)
+        except TypeError as exc:
+            log.warning("bad call to %s from %s: %s", method, address, exc)
+            raise Fault(FAULT_BAD_REQUEST, f"bad arguments for {method}: {exc}") from None
+        try:
             return entry.func(address, *params)
         except Refused as exc:
             log.warning("refused %s from %s: %s", method, address, exc.message)
@@ -158,9 +167,6 @@ class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         except VmcheckerError as exc:
             log.warning("%s from %s failed: %s", method, address, exc.message)
             raise Fault(FAULT_BAD_REQUEST, exc.message) from None
-        except TypeError as exc:
-            log.warning("bad call to %s from %s: %s", method, address, exc)
-            raise Fault(FAULT_BAD_REQUEST, f"bad arguments for {method}") from None
         except Exception:
             log.exception("%s from %s crashed", method, address)
             raise Fault(FAULT_TRY_LATER, f"internal error in {method}; see the daemon's log") from None
