@@ -38,6 +38,7 @@ def fetch(args: argparse.Namespace) -> dict:
     if args.course:
         status["jobs"] = [j for j in status["jobs"] if j["course"] == args.course]
         status["testers"] = [t for t in status["testers"] if t["course"] == args.course]
+        status["errors"] = [e for e in status.get("errors", []) if e["course"] in (args.course, "")]
     return status
 
 
@@ -55,6 +56,9 @@ def render(status: dict) -> str:
         health = "healthy" if t["healthy"] else f"failing ({t['failures']}): {t['last_failure']}"
         lines.append(f"tester {t['course']}/{t['tester']}: {t['in_flight']}/{t['slots']} slots busy,"
                      f" {t['done']} done, {health}")
+    for e in status.get("errors", []):  # courses the daemon cannot use now
+        where = f"course {e['course']}" if e["course"] else "the global config"
+        lines.append(f"{where} is unusable: {e['error']}")
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.repo import Repository, Status, check_account
 from vmchecker.service import Service
 from vmchecker.storer import outcomes
-from vmchecker.storer.courses import Courses, tester_done_dir
+from vmchecker.storer.courses import Course, Courses, tester_done_dir
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, JobState, JobStateError, Journal, check_key
 from vmchecker.storer.rpcserver import Refused, RestrictedServer, TryLater, anyone
@@ -227,33 +227,27 @@ class StorerDaemon(Service):
     # ------------------------------------------------------------------ status
 
     def status(self, caller: str) -> dict[str, Any]:
-        """Every waiting and running job with its tester and estimated finish; tester health."""
+        """Every waiting and running job with its tester and estimated finish; tester
+        health; and, under ``errors``, each course the daemon cannot use now with the
+        reason (its jobs are listed without an estimate, its testers not at all), so a
+        broken config shows where the sysadmin looks, not only in the log."""
         now = time.time()
+        active = self.journal.active()
+        usable, errors = self._usable_courses([job.course for job in active])
         jobs = []
         position: dict[str, int] = {}
-        for job in self.journal.active():
+        for job in active:
             entry: dict[str, Any] = {
                 "job_id": job.id, "course": job.course, "assignment": job.assignment, "account": job.account,
                 "submission": job.submission, "state": job.state.value, "tester": job.tester or "",
                 "attempts": job.attempts, "queued_at": job.created, "estimated_finish": None, "position": 0,
             }
-            try:
-                course = self.courses.get(job.course)
-                if job.state is JobState.SENT and job.tester:
-                    entry["estimated_finish"] = (job.sent or now) + course.scheduler.estimate(
-                        job.tester, job.assignment, now)
-                else:
-                    position[job.machine] = position.get(job.machine, 0) + 1
-                    entry["position"] = position[job.machine]
-                    best = course.scheduler.select(job.assignment, job.machine, now=now)
-                    if best:
-                        entry["estimated_finish"] = now + course.scheduler.expected_finish(
-                            best, job.assignment, now) * position[job.machine]
-            except VmcheckerError:
-                pass
+            course = usable.get(job.course)
+            if course is not None:  # else the course is in ``errors``
+                _estimate(entry, job, course, position, now)
             jobs.append(entry)
         testers = []
-        for course in self.courses.loaded():
+        for course in usable.values():
             for state in course.scheduler.testers():
                 link = course.links.get(state.name)
                 testers.append({
@@ -264,7 +258,43 @@ class StorerDaemon(Service):
                     "reachable": None if link is None else link.health()["ok"],
                 })
         counts = {s.value: n for s, n in self.journal.counts().items()}
-        return {"now": now, "jobs": jobs, "testers": testers, "counts": counts}
+        return {"now": now, "jobs": jobs, "testers": testers, "counts": counts, "errors": errors}
+
+    def _usable_courses(self, also: list[str]) -> tuple[dict[str, Course], list[dict[str, str]]]:
+        """Every registered course (and each of ``also``, the courses of active jobs)
+        that loads, by id; and one ``{"course", "error"}`` for each that does not (course
+        "" for the global file itself), each also logged."""
+        usable: dict[str, Course] = {}
+        errors: list[dict[str, str]] = []
+        try:
+            ids = self.courses.ids()
+        except VmcheckerError as exc:
+            log.error("status: cannot read the global config: %s", exc.message)
+            return usable, [{"course": "", "error": exc.message}]
+        for course_id in sorted(set(ids) | set(also)):
+            try:
+                usable[course_id] = self.courses.get(course_id)
+            except VmcheckerError as exc:
+                log.error("status: course %s is unusable: %s", course_id, exc.message)
+                errors.append({"course": course_id, "error": exc.message})
+        return usable, errors
+
+
+def _estimate(entry: dict[str, Any], job: Job, course: Course, position: dict[str, int], now: float) -> None:
+    """Fill in a status entry's ``estimated_finish`` (and a queued job's ``position``
+    among those waiting for its machine)."""
+    try:
+        if job.state is JobState.SENT and job.tester:
+            entry["estimated_finish"] = (job.sent or now) + course.scheduler.estimate(job.tester, job.assignment, now)
+        else:
+            position[job.machine] = position.get(job.machine, 0) + 1
+            entry["position"] = position[job.machine]
+            best = course.scheduler.select(job.assignment, job.machine, now=now)
+            if best:
+                entry["estimated_finish"] = now + course.scheduler.expected_finish(
+                    best, job.assignment, now) * position[job.machine]
+    except VmcheckerError:
+        pass  # a tester or assignment the course's config no longer has: no estimate
 
 
 def _evaluation_seconds(stats: dict[str, Any]) -> float:
