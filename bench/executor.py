@@ -168,8 +168,8 @@ def queue_manager_throughput(args: argparse.Namespace) -> dict[str, float]:
     processes, real LXC guests) with 1, 2 and 4 slots: ``--throughput-jobs`` trivial
     bundles queued, then the wall time until every result is durable in done/."""
     from vmchecker import bundle
-    from vmchecker.config import load_tester
     from vmchecker.tester.queue_manager import QueueManager
+    from vmchecker.tester_config import load_tester
 
     figures: dict[str, float] = {}
     if args.throughput_jobs <= 0:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.util import HELLO_C, make_targz, make_zip
-from vmchecker import config
+from vmchecker import config, tester_config
 from vmchecker.config import CourseConfig
 from vmchecker.repo import Repository
 
@@ -214,7 +214,7 @@ def test_init_course_commands(tmp_path: Path) -> None:
 
     tester = run("init_course", "tester", tmp_path / "t", env_config=glob)
     assert tester.returncode == 0, tester.stderr
-    assert config.load_tester(tmp_path / "t/config.yaml").queue_dir == tmp_path / "t/queue"
+    assert tester_config.load_tester(tmp_path / "t/config.yaml").queue_dir == tmp_path / "t/queue"
 
     archive = make_zip(tmp_path / "hello.zip", {"hello.c": HELLO_C})
     saved = run("submit", "--skip-time-checks", "so", "1-hello", "bob", archive, env_config=glob)

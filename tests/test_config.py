@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.util import write_course
-from vmchecker import config, confparse
+from vmchecker import config, confparse, tester_config
 from vmchecker.errors import ConfigError, NotFound
 
 
@@ -83,13 +83,13 @@ def test_tester_config_and_machine_overrides(course, tmp_path):
         "tester": {"slots": 3, "storer_daemon": "http://127.0.0.1:19999/"},
         "machines": {"linux": {"vm": "base-t1", "limits": {"memory_mb": 256}}},
     }))
-    tc = config.load_tester(path)
+    tc = tester_config.load_tester(path)
     assert tc.queue_dir == tmp_path / "queue"
     m = tc.machine(course.machines["linux"])
     assert m.vm == "base-t1" and m.limits.memory_mb == 256 and m.limits.pids == 256
     path.write_text(yaml.safe_dump({"machines": {"linux": {"vmm": "x"}}}))
     with pytest.raises(ConfigError, match=r"machines\.linux\.vmm"):
-        config.load_tester(path)
+        tester_config.load_tester(path)
 
 
 def test_parse_size_and_datetime():

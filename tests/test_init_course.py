@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmchecker import config
+from vmchecker import config, tester_config
 from vmchecker.cli.init_course import course_config_text, init_storer, init_tester
 from vmchecker.errors import ConfigError, VmcheckerError
 
@@ -126,7 +126,7 @@ def test_course_template_dates_follow_today(tmp_path: Path) -> None:
 
 def test_tester_creates_folders_and_config(tmp_path: Path) -> None:
     path = init_tester(tmp_path / "t")
-    tester = config.load_tester(path)
+    tester = tester_config.load_tester(path)
     for folder in (tester.queue_dir, tester.work_dir, tester.done_dir, tester.state_dir):
         assert folder.is_dir() and folder.parent == tmp_path / "t"
     assert tester.tester.slots >= 1 and tester.machines == {}
@@ -138,7 +138,7 @@ def test_tester_twice_keeps_config(tmp_path: Path, capsys: pytest.CaptureFixture
     path.write_text(path.read_text().replace("slots: 2", "slots: 5"))
     (tmp_path / "t/queue/job.zip").write_text("bundle")
     init_tester(tmp_path / "t", name="t1")
-    assert config.load_tester(path).tester.slots == 5
-    assert config.load_tester(path).tester.name == "t1"
+    assert tester_config.load_tester(path).tester.slots == 5
+    assert tester_config.load_tester(path).tester.name == "t1"
     assert (tmp_path / "t/queue/job.zip").read_text() == "bundle"
     assert f"kept existing {path}" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.util import make_zip
-from vmchecker import config
+from vmchecker import config, tester_config
 from vmchecker.bundle import BundleInfo, build_bundle, bundle_name
 
 FAKE_EXECUTOR = Path(__file__).with_name("fake_executor.py")
@@ -23,14 +23,14 @@ KEY = "0123456789abcdef0123456789abcdef"
 
 
 def make_tester(root: Path, slots: int = 2, executor_timeout: int = 60, storer_daemon: str = "",
-                machines: dict | None = None) -> config.TesterConfig:
+                machines: dict | None = None) -> tester_config.TesterConfig:
     root.mkdir(parents=True, exist_ok=True)
     data = {"tester": {"name": "t1", "slots": slots, "executor_timeout": executor_timeout,
                        "storer_daemon": storer_daemon}}
     if machines:
         data["machines"] = machines
     (root / "config.yaml").write_text(yaml.safe_dump(data))
-    return config.load_tester(root)
+    return tester_config.load_tester(root)
 
 
 def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machine_type: str = "lxc",

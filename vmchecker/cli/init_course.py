@@ -23,7 +23,7 @@ from string import Template
 
 import yaml
 
-from vmchecker import config, confparse, fsutil
+from vmchecker import config, confparse, fsutil, tester_config
 from vmchecker.cli import common
 from vmchecker.errors import ConfigError, VmcheckerError
 from vmchecker.storer import testers_admin
@@ -216,7 +216,7 @@ def work(args: argparse.Namespace) -> int:
             print(testers_admin.add_tester(path.parent, name, host, port, user, queue))
     else:
         path = init_tester(args.dir, args.name)
-        config.load_tester(path)
+        tester_config.load_tester(path)
         print(f"tester is ready: edit {path}")
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from vmchecker import config, service
+from vmchecker import service, tester_config
 from vmchecker.cli import common
 from vmchecker.tester.queue_manager import QueueManager
 
@@ -22,7 +22,7 @@ PROG = "vmchecker-queue-manager"
 def queue_manager(tester: str, once: bool = False, pid_file: str | None = None,
                   keep_done_days: float | None = None) -> int:
     """Load the tester config and serve until stopped (or, with ``once``, drained)."""
-    cfg = config.load_tester(tester)
+    cfg = tester_config.load_tester(tester)
     return QueueManager(cfg, once=once, pid_file=pid_file, keep_done_days=keep_done_days).run()
 
 

@@ -14,10 +14,11 @@ import signal
 import sys
 from pathlib import Path
 
-from vmchecker import bundle, config, executor
+from vmchecker import bundle, executor
 from vmchecker.cli import common
 from vmchecker.errors import VmcheckerError
 from vmchecker.executor import base
+from vmchecker.tester_config import load_tester
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def execute(bundle_dir: Path, tester_config: Path | None = None) -> base.JobResu
         info = bundle.read_bundle_dir(bundle_dir)
         machine = info.machine
         if tester_config is not None:
-            machine = config.load_tester(tester_config).machine(machine)
+            machine = load_tester(tester_config).machine(machine)
         host = executor.get_host(machine.type)
     except VmcheckerError as exc:
         log.error("%s", exc.message)

@@ -23,10 +23,11 @@ from typing import Any
 import yaml
 
 from vmchecker import bundle, rpc
-from vmchecker.config import Machine, TesterConfig
+from vmchecker.config import Machine
 from vmchecker.errors import BundleError, VmcheckerError
 from vmchecker.executor import base
 from vmchecker.tester import processes, results
+from vmchecker.tester_config import TesterConfig
 
 log = logging.getLogger(__name__)
 

@@ -35,13 +35,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from vmchecker import bundle, config, fsutil, rpc
-from vmchecker.config import Machine, TesterConfig
+from vmchecker.config import Machine
 from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.executor import base
 from vmchecker.service import Service
 from vmchecker.tester import processes, results
 from vmchecker.tester.jobs import Job, Outcome
 from vmchecker.tester.notifier import Journal, Notifier, Pending
+from vmchecker.tester_config import TesterConfig
 
 with warnings.catch_warnings():  # pyinotify imports asyncore, deprecated in 3.11
     warnings.simplefilter("ignore", DeprecationWarning)
