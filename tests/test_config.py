@@ -26,6 +26,25 @@ def test_design_example_loads(course):
     assert course.repository == course.root / "repo"
 
 
+def test_grading_keys_default_to_no_points_without_evidence(course):
+    a = course.assignment("1-hello")
+    assert (a.points_on_failure, a.max_points, a.ceiling) == (0.0, None, a.total_points)
+    m = course.machines["linux"]
+    assert (m.student_user, m.check_script, m.limits.disk_mb) == ("student", "", 1024)
+
+
+def test_grading_keys_are_read(tmp_path):
+    course = _load_with(tmp_path, {
+        "assignments": {"defaults": {"max_points": 12}, "1-hello": {"points_on_failure": 1.5}},
+        "machines": {"linux": {"student_user": "pupil", "check_script": "check.sh", "limits": {"disk_mb": 64}}},
+    })
+    a = course.assignment("1-hello")
+    assert (a.points_on_failure, a.max_points, a.ceiling) == (1.5, 12.0, 12.0)
+    m = course.machines["linux"]
+    assert (m.student_user, m.check_script, m.limits.disk_mb) == ("pupil", "check.sh", 64)
+    assert m.limits.memory_mb == 512  # the other limits keep their defaults
+
+
 def test_find_course_through_global_file(course):
     assert config.find_course("so").path == course.path
     with pytest.raises(NotFound, match="no course 'nope'"):
@@ -49,6 +68,16 @@ def test_find_course_through_global_file(course):
          "bad size"),
         ({"testers": {"t1": {"slots": 0}}}, "testers.t1.slots", "at least 1"),
         ({"storer": {"ssh_keys": "x"}}, "storer.ssh_keys", "unknown key"),
+        ({"assignments": {"1-hello": {"points_on_failure": -1}}}, "assignments.1-hello.points_on_failure",
+         "must not be negative"),
+        ({"assignments": {"1-hello": {"points_on_failure": 11}}}, "assignments.1-hello.points_on_failure",
+         "more than total_points"),
+        ({"assignments": {"1-hello": {"points_on_failure": 3, "max_points": 2}}}, "assignments.1-hello.max_points",
+         "must be at least points_on_failure"),
+        ({"assignments": {"defaults": {"max_points": "lots"}}}, "assignments.1-hello.max_points",
+         "expected a number"),
+        ({"machines": {"linux": {"student_user": "Bad User"}}}, "machines.linux.student_user", "bad user name"),
+        ({"machines": {"linux": {"limits": {"disk_mb": 0}}}}, "machines.linux.limits.disk_mb", "at least 1"),
     ],
 )
 def test_errors_name_file_key_and_reason(tmp_path, extra, key, reason):

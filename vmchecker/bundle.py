@@ -2,7 +2,9 @@
 
 A bundle is named ``<course>_<assignment>_<account>_<jobid>.zip`` and holds exactly
 ``archive.zip`` (the upload), ``tests.zip`` (the assignment's tests, possibly empty),
-``build.sh``, ``run.sh`` and ``submission-config.yaml`` (see :class:`BundleInfo`).
+``build.sh``, ``run.sh`` and ``submission-config.yaml`` (see :class:`BundleInfo`), and
+``check.sh`` exactly when the machine has a ``check_script`` (the check step the tester
+runs after the guest is gone).
 The member names are fixed, so a student archive can never shadow them: the upload
 travels as one opaque member. The storer builds it from a saved submission; the tester
 unpacks it with the same safe unpacking as uploads and validates it before anything runs.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -25,18 +26,20 @@ import yaml
 from vmchecker import archive
 from vmchecker.config import Machine, machine_to_dict, parse_machine
 from vmchecker.confparse import safe_load
+from vmchecker.contract import (
+    ARCHIVE,
+    BUILD_SCRIPT,
+    BUNDLE_MEMBERS,
+    CHECK_SCRIPT,
+    JOB_ID_RE,
+    RUN_SCRIPT,
+    SUBMISSION_CONFIG,
+    TESTS,
+)
 from vmchecker.errors import ArchiveError, BundleError, ConfigError
 
 log = logging.getLogger(__name__)
 
-SUBMISSION_CONFIG = "submission-config.yaml"
-ARCHIVE = "archive.zip"
-TESTS = "tests.zip"
-BUILD_SCRIPT = "build.sh"
-RUN_SCRIPT = "run.sh"
-MEMBERS = (ARCHIVE, TESTS, BUILD_SCRIPT, RUN_SCRIPT, SUBMISSION_CONFIG)
-
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Caps for the tester's unpacking of a whole bundle (the upload inside is capped by
 # the course's max_submission_size on the storer already).
 BUNDLE_LIMITS = archive.ArchiveLimits(max_members=16, max_total_size=2 * 1024**3, max_ratio=1000)
@@ -100,8 +103,13 @@ def bundle_name(course: str, assignment: str, account: str, job_id: str) -> str:
 
 
 def build_bundle(dest: Path, info: BundleInfo, *, archive_path: Path, tests_path: Path | None,
-                 build_script: Path, run_script: Path) -> Path:
-    """Write the bundle zip to ``dest`` atomically (temp name, fsync, rename)."""
+                 build_script: Path, run_script: Path, check_script: Path | None = None) -> Path:
+    """Write the bundle zip to ``dest`` atomically (temp name, fsync, rename).
+
+    ``check_script`` is required exactly when ``info.machine`` names one."""
+    if bool(info.machine.check_script) != (check_script is not None):
+        raise BundleError(f"machine {info.machine.name!r}: check_script {info.machine.check_script!r}"
+                          f" but {'a' if check_script is not None else 'no'} check script given")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".bundle-", suffix=".part", dir=dest.parent)
@@ -115,6 +123,8 @@ def build_bundle(dest: Path, info: BundleInfo, *, archive_path: Path, tests_path
                     zf.writestr(TESTS, _empty_zip())
                 zf.write(build_script, BUILD_SCRIPT)
                 zf.write(run_script, RUN_SCRIPT)
+                if check_script is not None:
+                    zf.write(check_script, CHECK_SCRIPT)
                 zf.writestr(SUBMISSION_CONFIG, yaml.safe_dump(info.to_dict(), sort_keys=False))
             raw.flush()
             os.fsync(raw.fileno())
@@ -146,15 +156,27 @@ def unpack_bundle(bundle_zip: Path, dest: Path) -> BundleInfo:
 def read_bundle_dir(bundle_dir: Path) -> BundleInfo:
     """Validate an unpacked bundle folder (as ``vmchecker-vm-executor`` takes it)."""
     bundle_dir = Path(bundle_dir)
-    for name in MEMBERS:
-        member = bundle_dir / name
-        if not member.is_file() or member.is_symlink():
+    for name in BUNDLE_MEMBERS:
+        if not _is_member(bundle_dir / name):
             raise BundleError(f"{bundle_dir}: bundle has no {name}")
-    extra = sorted(p.name for p in bundle_dir.iterdir() if p.name not in MEMBERS and p.name != "results")
+    known = (*BUNDLE_MEMBERS, CHECK_SCRIPT, "results")
+    extra = sorted(p.name for p in bundle_dir.iterdir() if p.name not in known)
     if extra:
         raise BundleError(f"{bundle_dir}: unexpected member {extra[0]!r} in bundle")
     try:
         data = safe_load((bundle_dir / SUBMISSION_CONFIG).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BundleError(f"{bundle_dir / SUBMISSION_CONFIG}: not valid YAML: {exc}") from None
-    return BundleInfo.from_dict(data, str(bundle_dir / SUBMISSION_CONFIG))
+    info = BundleInfo.from_dict(data, str(bundle_dir / SUBMISSION_CONFIG))
+    # A check step runs exactly when the course configured one: a bundle cannot add
+    # one the machine does not name, nor drop the one it does.
+    has_check = (bundle_dir / CHECK_SCRIPT).exists() or (bundle_dir / CHECK_SCRIPT).is_symlink()
+    if info.machine.check_script and not _is_member(bundle_dir / CHECK_SCRIPT):
+        raise BundleError(f"{bundle_dir}: bundle has no {CHECK_SCRIPT} (the machine's check_script)")
+    if has_check and not info.machine.check_script:
+        raise BundleError(f"{bundle_dir}: unexpected member {CHECK_SCRIPT!r}: the machine has no check_script")
+    return info
+
+
+def _is_member(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()

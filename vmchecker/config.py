@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GLOBAL_CONFIG = "/etc/vmchecker/config.yaml"
 MACHINE_TYPES = ("lxc", "kvm", "vmware")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # course, assignment, machine, tester ids
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a guest user name, as useradd takes it
 
 
 # --------------------------------------------------------------------------- schema
@@ -86,6 +87,7 @@ class Limits:
     pids: int = 256
     cpus: float = 1.0
     output_kb: int = 1024
+    disk_mb: int = 1024          # what one job may write in its guest (clone, overlay)
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,15 @@ class Machine:
     guest_user: str = "root"
     guest_base_path: str = "/root/vmchecker"
     guest_shell: str = "/bin/bash"
+    # The unprivileged guest user that runs the build and every program the tests
+    # start: student code never runs as the identity that owns the course's files.
+    student_user: str = "student"
     build_script: str = "build.sh"
     run_script: str = "run.sh"
+    # Optional: a script run on the tester after the guest is gone, sandboxed, that
+    # reads the run's outputs and writes the grade lines (courses whose tests need
+    # root in the guest). Empty: no check step.
+    check_script: str = ""
     limits: Limits = field(default_factory=Limits)
     network: bool = False
     kernel_messages: list[str] = field(default_factory=list)
@@ -130,6 +139,11 @@ class Assignment:
     order: int = 0
     timeout: int = 90
     total_points: float = 10.0
+    # A build that fails or a run that does not complete scores this (before the late
+    # penalty): no points without evidence.
+    points_on_failure: float = 0.0
+    # No grade exceeds this, whatever the grade lines add; None means total_points.
+    max_points: float | None = None
     penalty_weights: list[float] = field(default_factory=lambda: [0.5, 0.5, 1.0])
     penalty_limit: float = 4.0
     min_interval: int = 120
@@ -139,6 +153,11 @@ class Assignment:
     hidden: bool = False
     show_grades_before_deadline: bool = False
     ignored_vmrs: list[str] = field(default_factory=list)
+
+    @property
+    def ceiling(self) -> float:
+        """The highest grade this assignment gives (``max_points``, a float)."""
+        return self.total_points if self.max_points is None else self.max_points
 
 
 @dataclass(frozen=True)
@@ -224,6 +243,11 @@ def parse_machine(data: Any, file: Path | str, key: str = "machine") -> Machine:
     if machine.type not in MACHINE_TYPES:
         raise ConfigError(file, f"{key}.type",
                           f"unknown machine type {machine.type!r} (known: {', '.join(MACHINE_TYPES)})")
+    if not USER_RE.match(machine.student_user):
+        raise ConfigError(file, f"{key}.student_user",
+                          f"bad user name {machine.student_user!r}: lower-case letters, digits, '_' and '-'")
+    if machine.limits.disk_mb < 1:
+        raise ConfigError(file, f"{key}.limits.disk_mb", "must be at least 1")
     return machine
 
 
@@ -328,10 +352,27 @@ def _load_assignments(section: Any, path: Path, machines: dict[str, Machine]) ->
             raise ConfigError(path, f"{key}.penalty_weights", "needs at least one weight")
         if assignment.timeout <= 0:
             raise ConfigError(path, f"{key}.timeout", "must be positive")
+        _check_points(assignment, path, key)
         if not assignment.title:
             assignment = dataclasses.replace(assignment, title=name)
         out[name] = assignment
     return out
+
+
+def _check_points(a: Assignment, path: Path, key: str) -> None:
+    """The three point values must order: 0 <= points_on_failure <= total_points, and
+    the ceiling at least points_on_failure (else a failed job would be cut below what
+    a failure scores, and the failure line could not say what it takes)."""
+    if a.points_on_failure < 0:
+        raise ConfigError(path, f"{key}.points_on_failure", f"must not be negative (is {a.points_on_failure:g})")
+    if a.points_on_failure > a.total_points:
+        raise ConfigError(path, f"{key}.points_on_failure",
+                          f"is {a.points_on_failure:g}, more than total_points ({a.total_points:g}):"
+                          " a failed build or run cannot score more than a complete one")
+    if a.ceiling < a.points_on_failure:
+        raise ConfigError(path, f"{key}.max_points",
+                          f"is {a.ceiling:g}, below points_on_failure ({a.points_on_failure:g}):"
+                          " max_points must be at least points_on_failure")
 
 
 def global_config_path(path: Path | str | None = None) -> Path:

@@ -27,6 +27,8 @@ TESTS = "tests.zip"                        # the assignment's tests (bundle)
 BUILD_SCRIPT = "build.sh"                  # the course's build step (bundle)
 RUN_SCRIPT = "run.sh"                      # the course's run step (bundle)
 BUNDLE_MEMBERS = (ARCHIVE, TESTS, BUILD_SCRIPT, RUN_SCRIPT, SUBMISSION_CONFIG)
+CHECK_SCRIPT = "check.sh"                  # the course's check step, run on the tester (bundle,
+                                           #   present exactly when the machine has a check_script)
 
 GRADE_VMR = "grade.vmr"                    # the grade lines, or a status word until graded
 RESULT_JSON = "result.json"                # the executor's account of the job, written last

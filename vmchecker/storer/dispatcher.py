@@ -49,8 +49,11 @@ class Dispatcher:
         self._sweep = sweep
         self._sweep_every = sweep_every
 
-    def loop(self, stop: threading.Event) -> None:
-        """Dispatch and sweep until ``stop`` is set; each pass survives any one job's failure."""
+    def loop(self, stop: threading.Event, drain: bool = False) -> None:
+        """Dispatch and sweep until ``stop`` is set; each pass survives any one job's failure.
+
+        ``drain`` (the daemon's ``--once``): return as soon as a pass ends with no job
+        queued or sent in the journal (a job waiting out a retry delay is queued)."""
         next_sweep = time.monotonic() + self._sweep_every
         while not stop.is_set():
             self.wake.clear()
@@ -61,6 +64,8 @@ class Dispatcher:
                 self.run_once()
             except Exception:
                 log.exception("dispatcher pass failed; trying again")
+            if drain and not self.journal.active():
+                return
             self.wake.wait(self._wait())
 
     def _wait(self) -> float:
@@ -147,13 +152,14 @@ class Dispatcher:
             submission=job.submission, upload_time=sub.info.upload_time.strftime("%Y-%m-%d %H:%M:%S"),
             timeout=cfg.assignment(job.assignment).timeout, machine=machine, notify_url=cfg.storer.daemon,
         )
-        for script in (machine.build_script, machine.run_script):
-            if not cfg.resolve(script).is_file():
+        for script in (machine.build_script, machine.run_script, machine.check_script):
+            if script and not cfg.resolve(script).is_file():
                 raise NotFound(f"{cfg.resolve(script)}: the machine's script is missing")
         return bundle.build_bundle(
             self.bundles_dir / info.file_name, info, archive_path=sub.archive_path,
             tests_path=cfg.tests_archive(job.assignment), build_script=cfg.resolve(machine.build_script),
             run_script=cfg.resolve(machine.run_script),
+            check_script=cfg.resolve(machine.check_script) if machine.check_script else None,
         )
 
     # ------------------------------------------------------------------ failures
