@@ -92,6 +92,17 @@ def test_a_type_error_inside_the_method_is_ours_and_retried(server, caplog):
     assert crash and crash[0].exc_info and crash[0].exc_info[0] is TypeError
 
 
+def test_loopback_or_admits_loopback_and_the_listed_networks() -> None:
+    fixed = rpcserver.loopback_or(["10.1.0.0/16", "192.0.2.7"])
+    assert all(fixed(a) for a in ("127.0.0.1", "::1", "10.1.2.3", "192.0.2.7"))
+    assert not fixed("10.2.0.1") and not fixed("192.0.2.8")
+    allowed: list[str] = []
+    live = rpcserver.loopback_or(lambda: allowed)  # asked at each call: follows config edits
+    assert live("127.0.0.1") and not live("192.0.2.7")
+    allowed.append("192.0.2.0/24")
+    assert live("192.0.2.7")
+
+
 def test_entity_expansion_refused(server):
     bomb = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">'
             b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'

@@ -28,7 +28,7 @@ from vmchecker.storer import outcomes
 from vmchecker.storer.courses import Course, Courses, tester_done_dir
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, JobState, JobStateError, Journal, check_key
-from vmchecker.storer.rpcserver import Refused, RestrictedServer, TryLater, anyone
+from vmchecker.storer.rpcserver import Refused, RestrictedServer, TryLater, anyone, loopback_or
 from vmchecker.storer.transport import ResultRefused
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class StorerDaemon(Service):
         self.courses = Courses(self.global_path, self.journal)
         self.dispatcher = Dispatcher(self.journal, self.courses, self.state_dir / "bundles", poll=poll,
                                      sweep=self.queue_saved_submissions, sweep_every=saved_sweep)
+        self._local_rule = loopback_or(self._storer_addresses)
         self.server = RestrictedServer(self.listen)
         self.server.register(rpc.QUEUE_TASK, self.queue_task, self.is_local_caller)
         self.server.register(rpc.STATUS, self.status, self.is_local_caller)
@@ -79,18 +80,18 @@ class StorerDaemon(Service):
     def is_local_caller(self, address: str) -> bool:
         """Callers on the storer: loopback, the daemon's own listen address (a local
         process that connects to it comes from it), and each course's queue_task_from."""
-        ip = ipaddress.ip_address(address)
-        if ip.is_loopback or address in resolve_addresses(self.listen[0]):
-            return True
+        return self._local_rule(address)
+
+    def _storer_addresses(self) -> list[str]:
+        """Every address of the listen host, and each usable course's queue_task_from
+        (read at each call: an edit of a course's config needs no restart)."""
+        allowed = sorted(resolve_addresses(self.listen[0]))
         for course_id in self.courses.ids():
             try:
-                allowed = self.courses.get(course_id).config.storer.queue_task_from
+                allowed += self.courses.get(course_id).config.storer.queue_task_from
             except VmcheckerError as exc:
                 log.error("course %s is unusable: %s", course_id, exc.message)
-                continue
-            if any(ip in ipaddress.ip_network(a, strict=False) for a in allowed):
-                return True
-        return False
+        return allowed
 
     @property
     def port(self) -> int:

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from xmlrpc.client import Fault
@@ -44,15 +44,26 @@ FAULT_NOT_FOUND = 404
 AddressRule = Callable[[str], bool]
 
 
-def loopback_or(allowed: list[str]) -> AddressRule:
-    """A rule admitting loopback addresses and the listed addresses or networks."""
-    networks = [ipaddress.ip_network(a, strict=False) for a in allowed]
+def loopback_or(allowed: Iterable[str] | Callable[[], Iterable[str]]) -> AddressRule:
+    """A rule admitting loopback addresses and the listed addresses or networks.
+
+    ``allowed`` may be a function: it is then asked afresh at each call from an address
+    that is not loopback, so the list can follow config edits without a restart (the
+    daemon's own addresses and each course's ``queue_task_from``)."""
+    fixed = None if callable(allowed) else _networks(allowed)
 
     def rule(address: str) -> bool:
         ip = ipaddress.ip_address(address)
-        return ip.is_loopback or any(ip in n for n in networks)
+        if ip.is_loopback:
+            return True
+        networks = _networks(allowed()) if callable(allowed) else fixed
+        return any(ip in n for n in networks or ())
 
     return rule
+
+
+def _networks(allowed: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(a, strict=False) for a in allowed]
 
 
 def anyone(address: str) -> bool:
