@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pid-file", metavar="FILE", help="write the pid here; refuse to start if it is held")
     p.add_argument("--poll", type=float, default=2.0, metavar="SECONDS",
                    help="how often the dispatcher re-reads the journal without a wake-up (default 2)")
+    p.add_argument("--once", action="store_true",
+                   help="drain, then exit 0: queue the submissions left saved, send every queued job,"
+                        " answer notify, queue_task and status meanwhile, and exit as soon as the journal"
+                        " holds no job queued (one waiting to be retried counts) or sent, i.e. every job"
+                        " has ended in done or error; for tests and scripts")
     return p
 
 
@@ -31,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     service.setup_logging(args.verbose)
     return common.run(PROG, lambda: StorerDaemon(args.config, listen=args.listen, state_dir=args.state,
-                                                 poll=args.poll, pid_file=args.pid_file).run())
+                                                 poll=args.poll, pid_file=args.pid_file,
+                                                 once=args.once).run())
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ class StorerDaemon(Service):
 
     def __init__(self, global_config: Path | str | None = None, *, listen: str | None = None,
                  state_dir: Path | str | None = None, poll: float = 2.0, pid_file: Path | str | None = None,
-                 saved_sweep: float = 300.0):
-        super().__init__(pid_file=pid_file)
+                 saved_sweep: float = 300.0, once: bool = False):
+        """``once``: drain and return (``--once``); see :meth:`serve`."""
+        super().__init__(pid_file=pid_file, once=once)
         glob = config.load_global(global_config)
         self.global_path = glob.path
         self.listen = parse_listen(listen or glob.daemon.listen)
@@ -100,14 +101,20 @@ class StorerDaemon(Service):
     # ------------------------------------------------------------------ lifecycle
 
     def serve(self) -> int:
+        """Queue what was left saved, then serve XML-RPC and dispatch until stopped.
+
+        With ``once`` (a drain, for tests and scripts), the daemon stops by itself as
+        soon as the journal holds no job queued or sent: every job present at the start,
+        or queued meanwhile, has then ended in done or error. It answers notify,
+        queue_task and status meanwhile; a job queued as it stops waits for the next start."""
         self.queue_saved_submissions()
-        dispatcher = threading.Thread(target=self.dispatcher.loop, args=(self.stop,), name="dispatcher",
-                                      daemon=True)
+        dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         server = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                   name="xmlrpc", daemon=True)
         dispatcher.start()
         server.start()
-        log.info("storer daemon listening on %s:%d, state in %s", *self.listen, self.state_dir)
+        log.info("storer daemon listening on %s:%d, state in %s%s", *self.listen, self.state_dir,
+                 ", until no job is queued or sent" if self.once else "")
         self.stop.wait()
         self.server.shutdown()
         self.dispatcher.wake.set()
@@ -116,6 +123,13 @@ class StorerDaemon(Service):
         self.courses.close()
         self.journal.close()
         return 0
+
+    def _dispatch_loop(self) -> None:
+        try:
+            self.dispatcher.loop(self.stop, drain=self.once)
+        finally:
+            if self.once:
+                self.request_stop("no job queued or sent")
 
     def queue_saved_submissions(self) -> int:
         """Queue every course's current submissions still in status ``saved``."""
