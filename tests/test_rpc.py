@@ -7,9 +7,10 @@ import xmlrpc.client
 
 import pytest
 
-from tests.tester.helpers import KEY, RecordingStorer, free_port
+from tests.tester.helpers import KEY, RecordingStorer
+from tests.util import free_port
 from vmchecker import rpc
-from vmchecker.errors import RpcError
+from vmchecker.errors import CallRefused, RpcError, TryLater
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "../x", "..", ".", "a\0b", "x" * 129, "a..b", "tab\there", 7])
@@ -59,7 +60,7 @@ def test_client_calls_a_real_server_and_maps_faults():
         req = rpc.NotifyRequest.validate("j1", KEY, "error", ["result.json"], {"t": 1})
         assert client.notify(req) is True
         assert storer.calls == [("j1", KEY, "error", ["result.json"], {"t": 1})]
-        with pytest.raises(rpc.RpcRefused, match="refused status"):
+        with pytest.raises(CallRefused, match="refused status"):
             client.status()  # not registered on this server: a fault
 
 
@@ -68,9 +69,9 @@ def test_try_later_fault_is_not_a_refusal():
         raise xmlrpc.client.Fault(rpc.FAULT_TRY_LATER, "busy")
 
     with RecordingStorer(answer=answer) as storer:
-        with pytest.raises(RpcError, match="retry notify later") as info:
+        with pytest.raises(TryLater, match="retry notify later") as info:
             rpc.Client(storer.url).notify(rpc.NotifyRequest.validate("j1", KEY, "done", [], {}))
-        assert not isinstance(info.value, rpc.RpcRefused)
+        assert not isinstance(info.value, CallRefused)
 
 
 def test_absent_and_silent_daemons_are_reported_clearly():

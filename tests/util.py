@@ -1,12 +1,18 @@
-"""Small helpers shared by the tests: course folders and archives built on the spot."""
+"""Small helpers shared by the tests: course folders and archives built on the spot,
+waiting for a condition, a free port, whether a process runs, servers started and stopped."""
 
 from __future__ import annotations
 
 import io
+import socket
+import subprocess
 import tarfile
 import textwrap
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -109,27 +115,63 @@ HELLO_C = '#include <stdio.h>\nint main(void) { puts("Hello, world!"); return 0;
 HELLO_MAKEFILE = "hello: hello.c\n\tgcc -Wall -o hello hello.c\n"
 
 
-def wait_for_port(proc, port: int, timeout: float, what: str, host: str = "127.0.0.1") -> None:
-    """Wait until ``proc`` listens on ``host:port``; RuntimeError if it exits or is late."""
-    import socket
-    import time
+T = TypeVar("T")
 
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.05) -> T:
+    """Poll until ``predicate()`` returns something true, and return it.
+
+    A guard against a hang, never a measure: the timeout is generous, no test asserts on
+    how soon the condition came, and a test that needs an order makes it happen (a file,
+    a barrier) instead of sleeping. The failure names ``what`` and the last value seen."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what} (last seen: {value!r})")
+        time.sleep(interval)
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at ``address`` (bound, then closed), for a server
+    that must be told its port before it starts."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs. A zombie does not: it has exited and only
+    waits for its parent to reap it, so it holds no guest, port or file any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"   # the state follows the (command)
+
+
+def wait_for_port(proc: subprocess.Popen, port: int, timeout: float, what: str, host: str = "127.0.0.1") -> None:
+    """Wait until ``proc`` listens on ``host:port``; RuntimeError if it exits or is late."""
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
             socket.create_connection((host, port), timeout=0.5).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout} s")
+            return False
+        return True
+
+    try:
+        wait_for(listening, f"{what} to listen on {host}:{port}", timeout)
+    except AssertionError:
+        raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout} s") from None
 
 
-def stop_process(proc, grace: float = 10) -> None:
+def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds; always reaped."""
-    import subprocess
-
     if proc.poll() is None:
         proc.terminate()
         try:

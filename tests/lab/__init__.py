@@ -4,7 +4,21 @@
 Everything these helpers create carries the prefix ``vmck`` and the pid of the
 test process that made it, so a leftover from a crashed run is recognisable and
 removed at the next start (only when its owner is dead: parallel runs coexist).
+
+A helper that starts a real component first calls :func:`require_marker`: a test that
+uses the component must carry its pytest marker, so ``-m "not netns"`` and the like
+leave it out (tests/conftest.py also checks the fixtures each test uses, at collection).
 """
+
+# The markers of the test running now (set by tests/conftest.py), None outside a test.
+current_markers: set[str] | None = None
+
+
+def require_marker(marker: str, what: str) -> None:
+    """Fail the running test if it starts ``what`` without carrying ``marker``."""
+    if current_markers is not None and marker not in current_markers:
+        raise AssertionError(f"this test uses {what} but is not marked {marker!r}: add pytest.mark.{marker}"
+                             f" (to the test or the module's pytestmark) so that -m 'not {marker}' leaves it out")
 
 
 def skip_unless_lab() -> None:
@@ -30,4 +44,5 @@ def lxc_unusable(base: str = "vmchecker-base") -> str | None:
         return f"the LXC Python binding is not installed ({exc}); pip install -e '.[lxc]'"
     if not lxc.Container(base).defined:
         return f"the LXC base container {base!r} does not exist: run 'make base'"
+    require_marker("lxc", "LXC guests")
     return None

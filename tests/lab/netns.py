@@ -32,6 +32,9 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tests.lab import require_marker
+from tests.util import pid_alive
+
 log = logging.getLogger(__name__)
 
 PREFIX = "vmck"
@@ -67,16 +70,6 @@ def available() -> str | None:
     if shutil.which("ip") is None:
         return "iproute2 (ip) is not installed"
     return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _namespaces() -> list[str]:
@@ -138,12 +131,12 @@ def cleanup_leftovers() -> list[str]:
     removed = []
     for name in _namespaces():
         m = _NS_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             _delete_namespace(name)
             removed.append(f"netns {name}")
     for name in _links():
         m = _LINK_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             ip("link", "del", name, check=False)
             removed.append(f"link {name}")
     if removed:
@@ -202,6 +195,7 @@ class LabNetwork:
         reason = available()
         if reason:
             raise RuntimeError(reason)
+        require_marker("netns", "network namespaces")
         _cleanup_once()
         self.bridge = f"{PREFIX}{os.getpid()}b{next(_counter)}"
         self.hosts: list[TesterHost] = []

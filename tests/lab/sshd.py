@@ -22,14 +22,15 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.lab.netns import LOCK_FILE, TesterHost, _pid_alive, check_route
+from tests.lab import require_marker
+from tests.lab.netns import LOCK_FILE, TesterHost, check_route
+from tests.util import free_port, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,6 @@ def ensure_user(name: str = TEST_USER) -> pwd.struct_passwd:
         return entry
     finally:
         os.close(fd)
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 def foreign_host_key_line(folder: Path, entry: str) -> str:
@@ -144,7 +139,7 @@ def cleanup_leftovers() -> list[str]:
     removed = []
     for folder in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*-*"):
         owner = folder.name[len(TMP_PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and not _pid_alive(int(owner)):
+        if owner.isdigit() and not pid_alive(int(owner)):
             _kill_all(processes_using(folder))
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(str(folder))
@@ -171,6 +166,7 @@ class SshServer:
         reason = available()
         if reason:
             raise RuntimeError(reason)
+        require_marker("sshd", "a real sshd")
         global _cleaned
         if not _cleaned:
             _cleaned = True

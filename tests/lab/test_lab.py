@@ -11,8 +11,10 @@ import pytest
 
 from tests.lab import netns, skip_unless_lab, sshd
 
-pytest_plugins = ["tests.lab.fixtures"]  # lab_network
+pytestmark = pytest.mark.netns
 
+
+@pytest.mark.sshd
 def test_lab_cleans_up_after_a_failed_test():
     skip_unless_lab()
     with pytest.raises(RuntimeError, match="boom"):

@@ -8,35 +8,28 @@ call here must be refused before any transfer.
 from __future__ import annotations
 
 import json
-import threading
 import xmlrpc.client
 
 import pytest
 
 from tests.util import HELLO_C, make_zip, write_course
 from vmchecker import config, rpc, submit
-from vmchecker.errors import RpcError
-from vmchecker.repo import Repository, Status
-from vmchecker.storer.daemon import StorerDaemon
+from vmchecker.contract import SubmissionStatus
+from vmchecker.errors import CallRefused, RpcError
+from vmchecker.repo import Repository
 
 
 @pytest.fixture
-def daemon(tmp_path, monkeypatch):
+def daemon(tmp_path, monkeypatch, running_daemon):
+    """The real daemon, its dispatcher idle: the testers here are never contacted."""
     extra = {"testers": {"t1": {"host": "127.0.0.1"}, "t2": {"host": "192.0.2.7", "user": "vmchecker",
                                                             "queue": "/q"}},
              "machines": {"linux": {"testers": ["t1", "t2"]}}}
     path = write_course(tmp_path, extra=extra)
     monkeypatch.setenv("VMCHECKER_CONFIG", str(tmp_path / "global.yaml"))
-    d = StorerDaemon(tmp_path / "global.yaml", listen="127.0.0.1:0", state_dir=tmp_path / "state")
-    thread = threading.Thread(target=d.server.serve_forever, daemon=True)
-    thread.start()
+    d = running_daemon(tmp_path / "global.yaml")
     d.course = config.load_course(path)
-    d.url = f"http://127.0.0.1:{d.port}/"
-    yield d
-    d.server.shutdown()
-    d.server.server_close()
-    d.journal.close()
-    thread.join(5)
+    return d
 
 
 def _sent_job(daemon, tester):
@@ -57,14 +50,14 @@ def _assert_nothing_written(daemon, job, sub):
 
 
 def test_unknown_job_refused(daemon, caplog):
-    with pytest.raises(rpc.RpcRefused, match="unknown job"):
+    with pytest.raises(CallRefused, match="unknown job"):
         _notify(daemon, "20260101T000000-0123456789abcdef", "k" * 43)
     assert "unknown job" in caplog.text
 
 
 def test_wrong_key_refused(daemon, caplog):
     job, sub = _sent_job(daemon, "t1")
-    with pytest.raises(rpc.RpcRefused, match="wrong key"):
+    with pytest.raises(CallRefused, match="wrong key"):
         _notify(daemon, job.id, ("y" if job.key[0] == "x" else "x") + job.key[1:])
     _assert_nothing_written(daemon, job, sub)
     assert "wrong key" in caplog.text
@@ -72,7 +65,7 @@ def test_wrong_key_refused(daemon, caplog):
 
 def test_wrong_address_refused(daemon, caplog):
     job, sub = _sent_job(daemon, "t2")  # sent to 192.0.2.7; we call from 127.0.0.1
-    with pytest.raises(rpc.RpcRefused, match="from 127.0.0.1"):
+    with pytest.raises(CallRefused, match="from 127.0.0.1"):
         _notify(daemon, job.id, job.key)
     _assert_nothing_written(daemon, job, sub)
     assert "refused notify" in caplog.text
@@ -81,7 +74,7 @@ def test_wrong_address_refused(daemon, caplog):
 @pytest.mark.parametrize("bad", ["../grade.vmr", "a/b.vmr", "/etc/passwd", "..", "x\x00y"])
 def test_path_in_files_refused(daemon, bad):
     job, sub = _sent_job(daemon, "t1")
-    with pytest.raises((rpc.RpcRefused, RpcError, xmlrpc.client.Fault)):
+    with pytest.raises((CallRefused, RpcError, xmlrpc.client.Fault)):
         _notify(daemon, job.id, job.key, files=["grade.vmr", bad])
     _assert_nothing_written(daemon, job, sub)
 
@@ -95,7 +88,7 @@ def test_queue_task_only_from_storer(daemon):
     assert (job.account, job.submission, job.state.value) == ("carol", sub.name, "queued")
     # ...twice gives the same job, and a missing submission is refused.
     assert rpc.Client(daemon.url).queue_task("so", "1-hello", "carol", sub.name) == job_id
-    with pytest.raises(rpc.RpcRefused, match="no submission|not a submission|bad submission"):
+    with pytest.raises(CallRefused, match="no submission|not a submission|bad submission"):
         rpc.Client(daemon.url).queue_task("so", "1-hello", "carol", "2020.01.01 00.00.00")
 
 
@@ -137,6 +130,6 @@ def test_a_recheck_while_a_job_runs_is_tested_again(daemon):
 def test_queue_task_refuses_a_graded_submission(daemon):
     archive = make_zip(daemon.course.root / "f.zip", {"hello.c": HELLO_C})
     sub = submit.submit(daemon.course, "1-hello", "fay", archive, skip_time_checks=True)
-    sub.set_status(Status.DONE)
-    with pytest.raises(rpc.RpcRefused, match="already done: recheck it"):
+    sub.set_status(SubmissionStatus.DONE)
+    with pytest.raises(CallRefused, match="already done: recheck it"):
         rpc.Client(daemon.url).queue_task("so", "1-hello", "fay", sub.name)

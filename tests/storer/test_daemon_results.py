@@ -1,23 +1,30 @@
-"""notify() pulls results over real SFTP from a real sshd on loopback (the tester's side
-of the exchange is played by writing its done/<jobid>/ folder, which is all a tester
-does before it calls notify)."""
+"""The daemon sends bundles to and pulls results from a tester over real SFTP, a real
+sshd on loopback (the tester's side of the exchange is played by writing its
+done/<jobid>/ folder, which is all a tester does before it calls notify). Bundles are
+sent by the real dispatcher: its loop in the happy path, one pass at a time where a
+test checks what lies between two passes."""
 
 from __future__ import annotations
 
 import subprocess
-import threading
+from pathlib import Path
 
 import pytest
 
+from tests.fixtures import RunningDaemon
 from tests.lab import skip_unless_lab, sshd
-from tests.util import HELLO_C, make_zip, write_course
+from tests.util import HELLO_C, make_zip, wait_for, write_course
 from vmchecker import config, rpc, submit
-from vmchecker.repo import Repository, Status
-from vmchecker.storer.daemon import StorerDaemon
+from vmchecker.contract import SubmissionStatus
+from vmchecker.errors import CallRefused
+from vmchecker.repo import Repository
+
+pytestmark = pytest.mark.sshd
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
+def tester(tmp_path, monkeypatch):
+    """Course ``so`` whose one tester t1 is a real sshd on loopback; (course, its done/)."""
     skip_unless_lab()
     keys = tmp_path / "so" / "keys"
     keys.mkdir(parents=True)
@@ -28,40 +35,47 @@ def setup(tmp_path, monkeypatch):
         (keys / "known_hosts").write_text(server.host_key_line() + "\n")
         extra = {"testers": {"t1": {"host": "127.0.0.1", "port": server.port, "user": server.user,
                                     "queue": str(queue), "done": str(done)}},
-                 "storer": {"max_attempts": 2}}
+                 "storer": {"max_attempts": 2, "retry_delay": 0}}   # a failed job is due again at once
         path = write_course(tmp_path, extra=extra)
         monkeypatch.setenv("VMCHECKER_CONFIG", str(tmp_path / "global.yaml"))
-        daemon = StorerDaemon(tmp_path / "global.yaml", listen="127.0.0.1:0", state_dir=tmp_path / "state")
-        thread = threading.Thread(target=daemon.server.serve_forever, daemon=True)
-        thread.start()
-        course = config.load_course(path)
-        try:
-            yield daemon, course, done
-        finally:
-            daemon.server.shutdown()
-            daemon.server.server_close()
-            daemon.courses.close()
-            daemon.journal.close()
-            thread.join(5)
+        yield config.load_course(path), done
 
 
-def _running_job(daemon, course, account):
-    """A submission queued through the daemon and marked sent to t1, as the dispatcher does."""
+@pytest.fixture
+def setup(tester, running_daemon, tmp_path):
+    """The daemon, its dispatcher making a pass only when the test asks; (daemon, course, done/)."""
+    course, done = tester
+    return running_daemon(tmp_path / "global.yaml"), course, done
+
+
+def _bundles(course, job_id: str) -> list[Path]:
+    return list(Path(course.testers["t1"].queue).glob(f"*_{job_id}.zip"))
+
+
+def _running_job(daemon: RunningDaemon, course, account):
+    """A submission queued through the daemon and sent to t1 by the real dispatcher: the
+    bundle is in the tester's queue/ and the submission is running."""
     archive = make_zip(course.root / f"{account}.zip", {"hello.c": HELLO_C})
     sub = submit.submit(course, "1-hello", account, archive, skip_time_checks=True)
-    job_id = rpc.Client(f"http://127.0.0.1:{daemon.port}/").queue_task("so", "1-hello", account, sub.name)
+    job_id = rpc.Client(daemon.url).queue_task("so", "1-hello", account, sub.name)
+    if daemon.dispatch:
+        wait_for(lambda: _bundles(course, job_id), f"the dispatcher to send job {job_id}")   # journaled before
+    else:
+        assert daemon.dispatch_once() == 1
     job = daemon.journal.get(job_id)
-    sub.set_status(Status.RUNNING)
-    daemon.journal.mark_sent(job.id, "t1", deadline=9e12)
+    assert job.state.value == "sent" and job.tester == "t1" and len(_bundles(course, job_id)) == 1
+    sub = Repository(course).submission("1-hello", account, sub.name)
+    assert sub.status() is SubmissionStatus.RUNNING
     return job, sub
 
 
 def _notify(daemon, job, status, files):
-    return rpc.Client(f"http://127.0.0.1:{daemon.port}/").call(rpc.NOTIFY, job.id, job.key, status, files, {})
+    return rpc.Client(daemon.url).call(rpc.NOTIFY, job.id, job.key, status, files, {})
 
 
-def test_results_are_pulled_into_the_submission(setup):
-    daemon, course, done = setup
+def test_results_are_pulled_into_the_submission(tester, running_daemon, tmp_path):
+    course, done = tester
+    daemon = running_daemon(tmp_path / "global.yaml", dispatch=True)   # the daemon as it runs
     job, sub = _running_job(daemon, course, "bob")
     folder = done / job.id
     folder.mkdir()
@@ -70,7 +84,7 @@ def test_results_are_pulled_into_the_submission(setup):
     assert _notify(daemon, job, "done", ["run-stdout.vmr", "grade.vmr"]) is True
     sub = Repository(course).submission("1-hello", "bob", sub.name)
     assert (sub.results_dir / "run-stdout.vmr").read_text() == "Hello, world!\n"
-    assert sub.status() is Status.DONE and sub.grade_text() == "-1: missing newline\n"
+    assert sub.status() is SubmissionStatus.DONE and sub.grade_text() == "-1: missing newline\n"
     assert daemon.journal.get(job.id).state.value == "done"
     assert not list(sub.path.glob(".incoming-*"))
 
@@ -87,12 +101,14 @@ def test_a_tester_error_resends_then_gives_up_with_every_reason(setup):
         sub = Repository(course).submission("1-hello", "carol", sub.name)
         if attempt == 1:  # sent elsewhere: the submission waits again
             assert job.state.value == "queued" and job.attempts == 1
-            assert sub.status() is Status.QUEUED
+            assert sub.status() is SubmissionStatus.QUEUED
             assert "did not start (try 1)" in job.reasons[0]
-            daemon.journal.mark_sent(job.id, "t1", deadline=9e12, now=job.retry_at)
-            sub.set_status(Status.RUNNING)  # as the dispatcher does before the resend
+            for bundle in _bundles(course, job.id):
+                bundle.unlink()                      # as the tester does once it has run it
+            assert daemon.dispatch_once() == 1       # the resend
+            assert daemon.journal.get(job.id).state.value == "sent" and _bundles(course, job.id)
     assert job.state.value == "error"
-    assert sub.status() is Status.ERROR
+    assert sub.status() is SubmissionStatus.ERROR
     stderr = (sub.results_dir / "vmchecker-stderr.vmr").read_text()
     assert "try 1" in stderr and "try 2" in stderr
 
@@ -103,9 +119,9 @@ def test_a_symlink_in_the_results_is_refused_and_counts_against_the_tester(setup
     folder = done / job.id
     folder.mkdir()
     (folder / "grade.vmr").symlink_to("/etc/shadow")
-    with pytest.raises(rpc.RpcRefused, match="symbolic link"):
+    with pytest.raises(CallRefused, match="symbolic link"):
         _notify(daemon, job, "done", ["grade.vmr"])
     sub = Repository(course).submission("1-hello", "dave", sub.name)
     assert not (sub.results_dir / "grade.vmr").is_symlink()
-    assert sub.status() is Status.QUEUED  # resent, nothing of the tester's kept
+    assert sub.status() is SubmissionStatus.QUEUED  # resent, nothing of the tester's kept
     assert daemon.journal.get(job.id).attempts == 1

@@ -13,8 +13,6 @@ from vmchecker import config
 from vmchecker.errors import ConfigError, TransportError
 from vmchecker.storer import testers_admin, transport  # TesterLink not by name: pytest collects "Test*"
 
-pytest_plugins = ["tests.lab.fixtures"]  # ssh_server
-
 BUNDLE = "so_1-hello_alice_17.zip"
 
 COMMENTED = """\

@@ -1,6 +1,6 @@
 """The SFTP transport against a real OpenSSH server, on loopback and in a tester
 namespace: atomic bundle delivery, result fetching with refusals, host key
-checking, connection reuse and recovery, dead testers, and adding a tester."""
+checking, connection reuse and recovery, dead testers."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from vmchecker.errors import ResultRefused, TransportError
 from vmchecker.storer import testers_admin, transport  # TesterLink not by name: pytest collects "Test*"
 from vmchecker.storer.transport import fetch_host_key
 
-pytest_plugins = ["tests.lab.fixtures"]  # lab_network, ssh_server, no_lab_leftovers
 pytestmark = pytest.mark.usefixtures("no_lab_leftovers")
 
 BUNDLE = "so_1-hello_alice_17.zip"
@@ -276,6 +275,8 @@ def test_a_stopped_tester_fails_at_once(server, tmp_path, course_key):
         assert link.health()["ok"] is True
 
 
+@pytest.mark.netns
+@pytest.mark.sshd
 def test_an_unplugged_tester_host_times_out(lab_network, tmp_path, course_key):
     host = lab_network.add_host("t1")
     with sshd.SshServer(host) as server:

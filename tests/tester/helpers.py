@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
-import time
 import xmlrpc.server
 from collections.abc import Callable
 from pathlib import Path
@@ -57,23 +55,6 @@ def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machin
     dest = dest_dir / bundle_name("so", "1-hello", "bob", job_id)
     return build_bundle(dest, info, archive_path=archive, tests_path=None,
                         build_script=work / "build.sh", run_script=work / "run.sh")
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> object:
-    """Poll until ``predicate()`` is true; fail naming ``what`` (a guard, not a timing test)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RecordingStorer:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tester.helpers import FAKE_COMMAND, KEY, RecordingStorer, free_port, make_bundle, make_tester, wait_for
-from tests.util import make_zip
+from tests.tester.helpers import FAKE_COMMAND, KEY, RecordingStorer, make_bundle, make_tester
+from tests.util import free_port, make_zip, pid_alive, wait_for
 from vmchecker import rpc
 from vmchecker.errors import RpcError
 from vmchecker.tester import jobs, processes, queue_manager, results
@@ -68,10 +68,6 @@ def assert_finished(cfg, job_id: str, status: str) -> None:
     assert results.read_marker(cfg.done_dir / job_id) is not None, f"{job_id} has no completion marker"
     assert result(cfg, job_id)["status"] == status
     assert not any(p.name.endswith(f"_{job_id}.zip") for p in cfg.queue_dir.iterdir())
-
-
-def alive(pid: int) -> bool:
-    return processes._alive(pid)
 
 
 class Background:
@@ -162,7 +158,8 @@ def test_timeout_kills_the_whole_process_group(tmp_path, ignore_term, cleanups, 
     assert_finished(cfg, "j1", "error")
     assert "executor_timeout (3 s)" in (cfg.done_dir / "j1" / "vmchecker-stderr.vmr").read_text()
     assert result(cfg, "j1")["message"].startswith("the executor did not finish")
-    assert not alive(int(child_pid.read_text())), "the executor's child survived the kill"
+    child = int(child_pid.read_text())
+    wait_for(lambda: not pid_alive(child), "the executor's child to die with its group")
     assert cleanups == ["lxc"], "a killed executor's guest must be cleaned up"
     assert_finished(cfg, "j2", "done")
 
@@ -232,7 +229,7 @@ def test_host_commands_of_a_killed_executor_are_killed(tmp_path, monkeypatch):
     qm(cfg).run()
     assert_finished(cfg, "j1", "error")
     pid = int(host_pid.read_text())
-    assert not alive(pid), "a host command outlived its killed executor"
+    wait_for(lambda: not pid_alive(pid), "the host command to die with its killed executor")
     assert not list((cfg.done_dir / "j1").glob(".*pgids"))
 
 
@@ -355,7 +352,8 @@ def test_stopping_kills_running_jobs_and_keeps_their_bundles(tmp_path):
         wait_for(lambda: child_pid.read_text(), "the child's pid")
     assert bundle.exists()
     assert not (cfg.done_dir / "j1").exists()
-    assert not alive(int(child_pid.read_text()))
+    child = int(child_pid.read_text())
+    wait_for(lambda: not pid_alive(child), "the stopped job's child to die")
     # the next start runs it (the fake hangs only the first time)
     qm(cfg).run()
     assert_finished(cfg, "j1", "done")
@@ -486,15 +484,16 @@ def test_kill_9_mid_job_then_restart_produces_the_results(tmp_path):
             proc.kill()
             proc.wait()
         proc.stderr.close()
-    assert alive(executor), "the executor outlives a killed queue manager (its own session)"
+    assert pid_alive(executor), "the executor outlives a killed queue manager (its own session)"
 
     again = start_process(cfg, "--once")
     _, err = again.communicate(timeout=120)
     assert again.returncode == 0, err.decode()
     assert "cleanup requested for lxc" in err.decode()
 
-    assert not alive(executor), "the restarted queue manager stops the orphaned executor"
-    assert not alive(int(child_pid.read_text()))
+    assert not pid_alive(executor), "the restarted queue manager stops the orphaned executor"
+    child = int(child_pid.read_text())
+    wait_for(lambda: not pid_alive(child), "the orphaned executor's child to die")
     assert_finished(cfg, "j1", "done")
     assert list(cfg.work_dir.iterdir()) == []
 

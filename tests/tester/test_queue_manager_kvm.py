@@ -12,10 +12,14 @@ import secrets
 import subprocess
 import sys
 
+import pytest
+
 from tests.executor.kvm_fixtures import kvm_host, kvm_machine  # noqa: F401  (kvm_host is a fixture)
 from tests.tester.helpers import make_bundle, make_tester
 from tests.util import HELLO_C, HELLO_MAKEFILE
 from vmchecker.tester import results
+
+pytestmark = pytest.mark.kvm
 
 
 def test_kvm_bundle_graded_by_the_queue_manager(tmp_path, kvm_host):  # noqa: F811

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tester.helpers import wait_for
+from tests.util import wait_for
 from vmchecker.errors import VmcheckerError
 from vmchecker.service import PidFile
 

@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.web.helpers import PASSWORDS, DaemonInThread, csrf_from, free_port, open_course, write_users
+from tests.fixtures import RunningDaemon
+from tests.util import free_port
+from tests.web.helpers import PASSWORDS, csrf_from, open_course, write_users
 from vmchecker import config
 from vmchecker.storer.web import create_app
 from vmchecker.storer.web.throttle import Limits
 
-# A tester on TEST-NET-1: never contacted (the daemon's dispatcher does not run), only named.
+# A tester on TEST-NET-1: never contacted (the daemon's dispatcher makes no pass), only named.
 TESTERS = {"t1": {"host": "192.0.2.11"}}
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonInThread]:
-    """The real storer daemon (no dispatcher) serving course ``so`` in tmp_path/up;
-    ``daemon.course`` is that course, its ``storer.daemon`` pointing at the daemon."""
+def daemon(tmp_path: Path, running_daemon) -> RunningDaemon:
+    """The real storer daemon (its dispatcher idle: tests move jobs on through its journal)
+    serving course ``so`` in tmp_path/up; ``daemon.course`` is that course, its
+    ``storer.daemon`` pointing at the daemon."""
     root = tmp_path / "up"
     open_course(root, f"http://127.0.0.1:{free_port()}/", testers=TESTERS)   # the daemon needs the files
-    d = DaemonInThread(root / "global.yaml", tmp_path / "daemon-state")
-    try:
-        d.course = open_course(root, d.url, testers=TESTERS)
-        yield d
-    finally:
-        d.close()
+    d = running_daemon(root / "global.yaml")
+    d.course = open_course(root, d.url, testers=TESTERS)
+    return d
 
 
 @pytest.fixture

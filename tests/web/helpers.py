@@ -1,22 +1,17 @@
-"""Helpers for the web tests: a course open for uploads, a password file, the real
-storer daemon in-process (XML-RPC on loopback, no dispatcher) and results written as a
-tester would."""
+"""Helpers for the web tests: a course open for uploads, a password file, results
+written as a tester would, and ``vmchecker-web`` in its own process."""
 
 from __future__ import annotations
 
 import functools
 import re
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
-from tests.util import HELLO_C, HELLO_MAKEFILE, stop_process, wait_for_port, write_course
+from tests.util import HELLO_C, HELLO_MAKEFILE, free_port, stop_process, wait_for_port, write_course
 from vmchecker import config
 from vmchecker.repo import Submission
-from vmchecker.storer.daemon import StorerDaemon
-from vmchecker.storer.journal import Journal
 from vmchecker.storer.web.passwords import hash_password
 
 HELLO = {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE}
@@ -24,13 +19,6 @@ PASSWORDS = {"student": "student-pw", "bob": "bob-pw", "alice": "alice-pw"}  # a
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "screenshots"
 SERVER_WAIT = 30.0
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def open_course(root: Path, daemon_url: str, *, testers: dict | None = None,
@@ -79,31 +67,6 @@ def csrf_from(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert match, "no CSRF token in the page"
     return match.group(1)
-
-
-class DaemonInThread:
-    """The real :class:`StorerDaemon` on 127.0.0.1:0 with only its XML-RPC server
-    running (in a thread): ``queue_task`` journals jobs and ``status()`` reports them,
-    but no dispatcher sends anything anywhere. Tests move jobs on through ``journal``
-    (e.g. ``mark_sent``) as the dispatcher would."""
-
-    def __init__(self, global_config: Path, state_dir: Path) -> None:
-        self.daemon = StorerDaemon(global_config, listen="127.0.0.1:0", state_dir=state_dir)
-        self.url = f"http://127.0.0.1:{self.daemon.port}/"
-        self.thread = threading.Thread(target=self.daemon.server.serve_forever, kwargs={"poll_interval": 0.1},
-                                       name="test-daemon", daemon=True)
-        self.thread.start()
-
-    @property
-    def journal(self) -> Journal:
-        return self.daemon.journal
-
-    def close(self) -> None:
-        self.daemon.server.shutdown()
-        self.daemon.server.server_close()
-        self.thread.join()
-        self.daemon.courses.close()
-        self.daemon.journal.close()
 
 
 class WebServer:

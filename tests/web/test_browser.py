@@ -20,18 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.util import make_zip, zip_bytes
+from tests.util import free_port, make_zip, zip_bytes
 from tests.web.helpers import (
     ARTIFACTS,
     HELLO,
     PASSWORDS,
     WebServer,
-    free_port,
     open_course,
     write_results,
     write_users,
 )
-from vmchecker.repo import Repository, Status
+from vmchecker.contract import SubmissionStatus
+from vmchecker.repo import Repository
 from vmchecker.submit import submit
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,7 +50,7 @@ def _skip_reason() -> str | None:
 
 
 reason = _skip_reason()
-pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(reason is not None, reason=reason or "")]
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_student_uploads_reads_results_and_grade(site, page, tmp_path: Path) -> 
 
     sub = Repository(course).current("1-hello", "student")
     assert sub is not None and sub.archive_path.read_bytes() == archive.read_bytes()
-    for status in (Status.QUEUED, Status.RUNNING):            # the status moves as the daemon writes it
+    for status in (SubmissionStatus.QUEUED, SubmissionStatus.RUNNING):            # the status moves as the daemon writes it
         sub.set_status(status)
         page.reload()
         assert page.get_attribute("#submission-1 .badge", "data-status") == status.value

@@ -21,11 +21,13 @@ import pytest
 import yaml
 
 from tests.lab import lxc_unusable, skip_unless_lab, sshd
-from tests.util import make_zip, stop_process
-from tests.web.helpers import HELLO, PASSWORDS, WebServer, free_port, open_course, write_users
+from tests.util import free_port, make_zip, stop_process
+from tests.web.helpers import HELLO, PASSWORDS, WebServer, open_course, write_users
 from tests.web.test_browser import log_in, page, shot  # noqa: F401  (page is a fixture)
 
 BASE = "vmchecker-base"
+pytestmark = [pytest.mark.browser, pytest.mark.lxc, pytest.mark.sshd]
+
 RUN_SH = ('#!/bin/bash\nout=$(./hello)\nif [ "$out" = "Hello, world!" ]; then echo "PASS: hello";'
           ' else echo FAIL; echo "-10: wrong output" > grade.vmr; fi\n')
 

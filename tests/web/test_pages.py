@@ -15,12 +15,13 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.fixtures import RunningDaemon
 from tests.util import zip_bytes
 from tests.web.conftest import login, page_token
-from tests.web.helpers import HELLO, DaemonInThread, open_course, write_results
+from tests.web.helpers import HELLO, open_course, write_results
 from vmchecker import config, confparse
-from vmchecker.repo import SUBMISSION_CONFIG, Repository, Status
-from vmchecker.storer.journal import JobState
+from vmchecker.contract import SUBMISSION_CONFIG, JobState, SubmissionStatus
+from vmchecker.repo import Repository
 from vmchecker.storer.web import create_app
 from vmchecker.storer.web.jobs import QueueInfo, parse_status
 from vmchecker.storer.web.model import VMR_CAP, penalty_rules
@@ -97,7 +98,7 @@ def _shown_finish(body: str) -> dt.datetime:
 
 
 def test_upload_is_queued_and_shows_position_and_estimate(tmp_path: Path, users: Path,
-                                                          daemon: DaemonInThread) -> None:
+                                                          daemon: RunningDaemon) -> None:
     """The real daemon journals the upload and reports it; the test then moves the job
     on as the dispatcher would (sent to t1, on TEST-NET-1, never contacted)."""
     app = create_app(tmp_path / "up" / "global.yaml", users, secret_key="k" * 32)
@@ -108,7 +109,7 @@ def test_upload_is_queued_and_shows_position_and_estimate(tmp_path: Path, users:
     sub = Repository(daemon.course).current("1-hello", "student")
     job = daemon.journal.find_active("so", "1-hello", "student", sub.name)
     assert job is not None and job.state is JobState.QUEUED
-    assert sub.status() is Status.QUEUED                            # written by the daemon
+    assert sub.status() is SubmissionStatus.QUEUED                            # written by the daemon
     # A job of another course, sent to a tester of that name: not this course's business.
     other = daemon.journal.enqueue("other", "1-hello", "student", sub.name, "linux")
     daemon.journal.mark_sent(other.id, "t9", deadline=time.time() + 3600)
@@ -287,10 +288,10 @@ def test_grades_table_private_without_public_results(tmp_path: Path, users: Path
 def test_admin_recheck_moves_results_aside(admin: FlaskClient, student: FlaskClient, graded) -> None:
     path = f"{PAGE}/accounts/student/{graded.name}/recheck"
     assert student.post(path, data={"csrf_token": page_token(student, PAGE)}).status_code == 403
-    assert graded.status() is Status.DONE
+    assert graded.status() is SubmissionStatus.DONE
     r = admin.post(path, data={"csrf_token": page_token(admin, PAGE)}, follow_redirects=True)
     assert r.status_code == 200 and "will be tested again" in text(r)
-    assert graded.status() is Status.SAVED
+    assert graded.status() is SubmissionStatus.SAVED
     assert (graded.path / "results.1" / "run-stdout.vmr").exists()
 
 
