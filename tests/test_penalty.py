@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from vmchecker import penalty
 from vmchecker.config import Assignment, Holiday
-from vmchecker.repo import Status
+from vmchecker.contract import SubmissionStatus
 
 DEADLINE = dt.datetime(2026, 3, 1, 23, 55)
 SECOND = dt.timedelta(seconds=1)
@@ -114,8 +114,8 @@ def test_overlapping_holidays_are_subtracted_once():
 
 
 @pytest.mark.parametrize("word, status", [
-    ("saved", Status.SAVED), ("queued\n", Status.QUEUED), ("  running  ", Status.RUNNING),
-    ("error", Status.ERROR), ("done", Status.DONE), ("", Status.SAVED), (None, Status.SAVED),
+    ("saved", SubmissionStatus.SAVED), ("queued\n", SubmissionStatus.QUEUED), ("  running  ", SubmissionStatus.RUNNING),
+    ("error", SubmissionStatus.ERROR), ("done", SubmissionStatus.DONE), ("", SubmissionStatus.SAVED), (None, SubmissionStatus.SAVED),
 ])
 def test_one_word_is_a_status(word, status):
     parsed = penalty.parse_grade_vmr(word)
@@ -138,7 +138,7 @@ def test_grader_lines_adjust_and_comments_do_not():
         "1e3 not a plain decimal\n"
     )
     parsed = penalty.parse_grade_vmr(text)
-    assert parsed.status is Status.DONE and parsed.graded
+    assert parsed.status is SubmissionStatus.DONE and parsed.graded
     assert [line.points for line in parsed.lines] == [-0.5, 1.0, -2.0, 1.5, -0.25]
     assert parsed.lines[0].comment == "leak on line 234"
     assert parsed.adjustments == -0.25
@@ -146,7 +146,7 @@ def test_grader_lines_adjust_and_comments_do_not():
 
 def test_single_number_is_a_grade_line_not_a_status():
     parsed = penalty.parse_grade_vmr("-2\n")
-    assert parsed.status is Status.DONE and parsed.adjustments == -2
+    assert parsed.status is SubmissionStatus.DONE and parsed.adjustments == -2
 
 
 # --------------------------------------------------------------------------- compute
@@ -154,7 +154,7 @@ def test_single_number_is_a_grade_line_not_a_status():
 
 def test_done_on_time_is_full_points():
     r = penalty.compute(_assignment(), [], DEADLINE - DAY, "done\n")
-    assert (r.status, r.grade, r.late_days, r.penalty) == (Status.DONE, 10.0, 0, 0.0)
+    assert (r.status, r.grade, r.late_days, r.penalty) == (SubmissionStatus.DONE, 10.0, 0, 0.0)
 
 
 def test_grade_is_points_plus_adjustments_minus_penalty():
@@ -168,9 +168,29 @@ def test_grade_never_below_zero():
     assert r.grade == 0.0
 
 
+def test_no_grade_above_max_points():
+    assert penalty.compute(_assignment(), [], DEADLINE, "+90: I wrote my own grade\n").grade == 10
+    bonus = _assignment(max_points=12.0)
+    assert penalty.compute(bonus, [], DEADLINE, "+1: bonus\n").grade == 11
+    assert penalty.compute(bonus, [], DEADLINE, "+5: bonus\n").grade == 12
+    capped = _assignment(max_points=8.0)   # a ceiling below total_points also holds
+    assert penalty.compute(capped, [], DEADLINE, "done").grade == 8
+
+
+def test_reason_is_the_first_deducting_line_when_below_the_ceiling():
+    r = penalty.compute(_assignment(), [], DEADLINE, "+1: style\n-3: test 2 failed\n-1: leak\n")
+    assert (r.grade, r.reason) == (7, "test 2 failed")
+    assert penalty.compute(_assignment(), [], DEADLINE, "done").reason is None
+    # points lost and won back: at the ceiling, nothing to explain
+    assert penalty.compute(_assignment(), [], DEADLINE, "-1: leak\n+1: bonus\n").reason is None
+    # lost to lateness alone: no line to quote (the breakdown shows the penalty)
+    assert penalty.compute(_assignment(), [], DEADLINE + DAY, "done").reason is None
+    assert penalty.compute(_assignment(), [], DEADLINE, "queued").reason is None
+
+
 def test_status_other_than_done_has_no_grade_but_has_lateness():
     r = penalty.compute(_assignment(), [], DEADLINE + SECOND, "queued")
-    assert r.status is Status.QUEUED and r.grade is None
+    assert r.status is SubmissionStatus.QUEUED and r.grade is None
     assert (r.late_days, r.penalty) == (1, 0.5)
 
 
@@ -196,7 +216,7 @@ def test_breakdown_shows_times_days_penalty_grade():
     assert rows["Holidays not counted"] == "1 day"
     assert rows["Late days"] == "3"
     assert rows["Late penalty"] == "2"
-    assert rows["Grader adjustments"] == "-1"
+    assert rows["Adjustments from the tests and graders"] == "-1"
     assert rows["Grade"] == "7 / 10"
     lines = penalty.describe(r).splitlines()
     assert len(lines) == len(rows) and len({line.index(" : ") for line in lines}) == 1  # aligned
@@ -253,5 +273,15 @@ def test_grade_never_negative(offset, weights, limit, total, adjustments):
     text = "".join(f"{x:+.2f}: line\n" for x in adjustments) + "graded\n"
     a = _assignment(penalty_weights=weights, penalty_limit=limit, total_points=total)
     r = penalty.compute(a, [], DEADLINE + dt.timedelta(seconds=offset), text)
-    assert r.status is Status.DONE
+    assert r.status is SubmissionStatus.DONE
     assert r.grade is not None and r.grade >= 0
+
+
+@given(offset_st, st.floats(min_value=0, max_value=100, allow_nan=False),
+       st.floats(min_value=0, max_value=200, allow_nan=False),
+       st.lists(st.floats(min_value=-1000, max_value=1000, allow_nan=False).map(lambda x: round(x, 2)), max_size=5))
+def test_no_grade_above_max_points_ever(offset, total, ceiling, adjustments):
+    text = "".join(f"{x:+.2f}: line\n" for x in adjustments) + "graded\n"
+    a = _assignment(total_points=total, max_points=ceiling)
+    r = penalty.compute(a, [], DEADLINE + dt.timedelta(seconds=offset), text)
+    assert r.grade is not None and 0 <= r.grade <= ceiling

@@ -14,8 +14,11 @@ same submission the same way):
   done, error) is a status; otherwise every line that starts with a number
   (``-0.5: leak``, ``+1 bonus``, ``-2``, ``1.5 partial``) adjusts ``total_points`` and
   every other line is a comment. A lone ``done`` means full points.
-* **grade** = max(0, total_points + adjustments - penalty); only a ``done``
-  submission has one.
+* **grade** = min(max_points, max(0, total_points + adjustments - penalty)); only a
+  ``done`` submission has one. ``max_points`` (default ``total_points``) is the
+  ceiling no grade line can lift a grade above; the original had none, so a ``+90``
+  line from a student's program raised the grade. Which lines a tested submission's
+  ``grade.vmr`` holds is decided by :mod:`vmchecker.evidence`.
 
 One deliberate difference: with ``hard_deadline`` an upload more than 60 s late is
 refused, and the few seconds of grace the storer allows are not lateness, so a
@@ -37,7 +40,7 @@ from typing import Protocol
 
 from vmchecker.config import Assignment
 from vmchecker.confparse import format_datetime
-from vmchecker.repo import Status
+from vmchecker.contract import SubmissionStatus
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ DAY = dt.timedelta(days=1)
 # Plain decimals only: float() would also take "nan", "inf" and "1e9".
 _NUMBER_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
 _DIGITS = 6  # results are rounded to this many decimals so 0.1 + 0.2 shows as 0.3
+# The grade lines come from the course's tests (and from vmchecker when a run failed)
+# as much as from graders: the label names them all.
+ADJUSTMENTS_LABEL = "Adjustments from the tests and graders"
 
 
 class Interval(Protocol):
@@ -128,7 +134,7 @@ class GradeFile:
     ``status`` is the status word, or DONE for a grader's file; ``graded`` tells a
     grader's file (lines, possibly with adjustments) from a bare status word."""
 
-    status: Status
+    status: SubmissionStatus
     graded: bool = False
     lines: tuple[GradeLine, ...] = ()
 
@@ -152,14 +158,14 @@ def parse_grade_vmr(text: str | None) -> GradeFile:
     """Read a grade.vmr. Missing or empty means SAVED (nothing has happened yet)."""
     content = (text or "").strip()
     if not content:
-        return GradeFile(Status.SAVED)
+        return GradeFile(SubmissionStatus.SAVED)
     if len(content.split()) == 1:
         try:
-            return GradeFile(Status(content.lower()))
+            return GradeFile(SubmissionStatus(content.lower()))
         except ValueError:
             pass  # a single number or word: a (tiny) grader's file
     lines = tuple(g for g in map(_leading_number, content.splitlines()) if g is not None)
-    return GradeFile(Status.DONE, graded=True, lines=lines)
+    return GradeFile(SubmissionStatus.DONE, graded=True, lines=lines)
 
 
 # --------------------------------------------------------------------------- grade
@@ -169,12 +175,14 @@ def parse_grade_vmr(text: str | None) -> GradeFile:
 class GradeResult:
     """Everything the web and the grades table show about one submission's grade."""
 
-    status: Status
+    status: SubmissionStatus
     grade: float | None
     late_days: int
     penalty: float
     adjustments: float
     total_points: float
+    max_points: float
+    reason: str | None          # why points were lost: the first deducting line's comment
     upload_time: dt.datetime
     deadline: dt.datetime
     late: dt.timedelta          # late time after holidays
@@ -193,15 +201,28 @@ def compute(assignment: Assignment, holidays: Iterable[Interval], upload_time: d
     points = 0.0 if assignment.hard_deadline else penalty(days, assignment.penalty_weights,
                                                           assignment.penalty_limit)
     parsed = parse_grade_vmr(grade_text)
-    grade = None
-    if parsed.status is Status.DONE:
-        grade = round(max(0.0, assignment.total_points + parsed.adjustments - points), _DIGITS)
+    grade = reason = None
+    if parsed.status is SubmissionStatus.DONE:
+        # rounded before the ceiling, so rounding can never lift a grade above it
+        grade = min(assignment.ceiling, round(max(0.0, assignment.total_points + parsed.adjustments - points),
+                                              _DIGITS))
+        if grade < assignment.ceiling:
+            reason = deduction_reason(parsed)
     return GradeResult(
         status=parsed.status, grade=grade, late_days=days, penalty=points,
         adjustments=parsed.adjustments, total_points=assignment.total_points,
-        upload_time=upload_time, deadline=deadline, late=late, holidays=forgiven,
+        max_points=assignment.ceiling, reason=reason, upload_time=upload_time, deadline=deadline, late=late, holidays=forgiven,
         hard_deadline=assignment.hard_deadline,
     )
+
+
+def deduction_reason(parsed: GradeFile) -> str | None:
+    """The comment of the first line that takes points away (a failed run's reason, or
+    the tests' or a grader's first complaint): the short reason shown beside a grade."""
+    for line in parsed.lines:
+        if line.points < 0:
+            return line.comment or None
+    return None
 
 
 # --------------------------------------------------------------------------- display
@@ -242,7 +263,7 @@ def breakdown(result: GradeResult) -> list[tuple[str, str]]:
     if result.grade is None:
         rows.append(("Status", result.status.value))
     else:
-        rows.append(("Grader adjustments", ("+" if result.adjustments > 0 else "") + format_points(result.adjustments)))
+        rows.append((ADJUSTMENTS_LABEL, ("+" if result.adjustments > 0 else "") + format_points(result.adjustments)))
         rows.append(("Grade", f"{format_points(result.grade)} / {format_points(result.total_points)}"))
     return rows
 

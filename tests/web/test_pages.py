@@ -221,7 +221,7 @@ def test_late_grade_and_breakdown(student: FlaskClient, web_course: config.Cours
     write_results(sub, {"run-stdout.vmr": "Hello, world!\n"}, grade="-1.5: memory leak\n+0.5 bonus\n")
     body = text(student.get("/courses/so/assignments/0-past"))
     assert '<span class="grade">5 / 10</span>' in body          # 10 - 1.5 + 0.5 - 4
-    assert "<th>Late penalty</th><td>4</td>" in body and "<th>Grader adjustments</th><td>-1</td>" in body
+    assert "<th>Late penalty</th><td>4</td>" in body and "<th>Adjustments from the tests and graders</th><td>-1</td>" in body
     assert "<th>Deadline</th><td>2020-03-01 23:55:00</td>" in body and "after the deadline" in body
     assert "memory leak" in body
 
