@@ -20,6 +20,7 @@ import pytest
 
 from tests.util import HELLO_C, write_course, zip_bytes
 from vmchecker import config, fsutil, grades, repo, submit
+from vmchecker.contract import GRADE_VMR
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = dt.datetime(2026, 3, 1, 23, 55)
@@ -32,7 +33,7 @@ def store(course: config.CourseConfig, assignment: str, account: str, upload_tim
     sub = submit.submit(course, assignment, account, zip_bytes({"hello.c": HELLO_C}),
                         upload_time=upload_time, skip_time_checks=True)
     if grade is not None:
-        fsutil.write_atomic(sub.results_dir / repo.GRADE_VMR, grade)
+        fsutil.write_atomic(sub.results_dir / GRADE_VMR, grade)
     return sub
 
 
@@ -129,7 +130,7 @@ def test_update_refreshes_one_row(course):
     sub = store(course, "1-hello", "ana", DEADLINE + DAY, "running")
     store(course, "1-hello", "bob", DEADLINE - DAY, "done")
     grades.rebuild(course)
-    fsutil.write_atomic(sub.results_dir / repo.GRADE_VMR, "-2: no tests pass\n")
+    fsutil.write_atomic(sub.results_dir / GRADE_VMR, "-2: no tests pass\n")
     row = grades.update(course, sub)
     assert (row.status, row.grade, row.penalty) == ("done", 7.5, 0.5)
     assert by_key(grades.rows(course))["1-hello", "ana"] == row
@@ -139,7 +140,7 @@ def test_update_refreshes_one_row(course):
 def test_update_for_a_replaced_submission_keeps_the_current_one(course):
     old = store(course, "1-hello", "ana", DEADLINE - 2 * DAY, "running")
     new = store(course, "1-hello", "ana", DEADLINE - DAY, "queued")
-    fsutil.write_atomic(old.results_dir / repo.GRADE_VMR, "done")   # late results of the old upload
+    fsutil.write_atomic(old.results_dir / GRADE_VMR, "done")   # late results of the old upload
     row = grades.update(course, old)
     assert (row.submission, row.status) == (new.name, "queued")
     assert grades.rows(course) == [row]

@@ -17,8 +17,9 @@ import yaml
 from tests.util import HELLO_C, HELLO_MAKEFILE, make_targz, make_zip, write_course, zip_bytes
 from vmchecker import config
 from vmchecker.config import CourseConfig
+from vmchecker.contract import SubmissionStatus
 from vmchecker.errors import ArchiveError, NotFound, SubmissionRefused, VmcheckerError
-from vmchecker.repo import Repository, Status, Submission, load_submission
+from vmchecker.repo import Repository, Submission, load_submission
 from vmchecker.submit import recheck, submit
 
 T = dt.datetime(2026, 2, 20, 10, 0, 0)
@@ -61,7 +62,7 @@ def test_submit_stores_the_layout(course: CourseConfig) -> None:
     assert sub.archive_path.read_bytes() == data
     assert (sub.files_dir / "hello.c").read_text() == HELLO_C
     assert (sub.results_dir / "grade.vmr").read_text() == "saved\n"
-    assert sub.status() is Status.SAVED
+    assert sub.status() is SubmissionStatus.SAVED
     info = yaml.safe_load(sub.config_path.read_text())
     assert info["course"] == "so" and info["account"] == "bob" and info["assignment"] == "1-hello"
     assert info["upload_time"] == "2026-02-20 10:00:00" and info["machine"] == "linux"
@@ -114,7 +115,7 @@ def test_failing_notify_does_not_undo_the_save(course: CourseConfig) -> None:
         raise VmcheckerError("daemon unreachable")
 
     sub = submit(course, "1-hello", "bob", zip_bytes(HELLO), upload_time=T, notify=notify)
-    assert sub.archive_path.is_file() and sub.status() is Status.SAVED
+    assert sub.archive_path.is_file() and sub.status() is SubmissionStatus.SAVED
 
 
 def test_admin_may_submit_a_hidden_assignment(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_hard_deadline_has_a_60_second_grace(tmp_path: Path) -> None:
 
 def test_soft_deadline_accepts_late_uploads(course: CourseConfig) -> None:
     sub = submit(course, "1-hello", "bob", zip_bytes(HELLO), upload_time=dt.datetime(2026, 3, 20, 8, 0, 0))
-    assert sub.status() is Status.SAVED
+    assert sub.status() is SubmissionStatus.SAVED
 
 
 def test_unknown_account_name_is_refused(course: CourseConfig) -> None:
@@ -249,7 +250,7 @@ def test_recheck_moves_results_aside(course: CourseConfig) -> None:
     sub = sub.update_info(job_id="job-1", tester="t1")
 
     again = recheck(sub)
-    assert again.status() is Status.SAVED
+    assert again.status() is SubmissionStatus.SAVED
     assert (again.path / "results.1/grade.vmr").read_text() == "-1: leak\n"
     assert (again.path / "results.1/run-stdout.vmr").read_text() == "Hello, world!\n"
     assert sorted(p.name for p in again.results_dir.iterdir()) == ["grade.vmr"]

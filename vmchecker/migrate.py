@@ -47,7 +47,8 @@ _MISSING = object()
 
 
 class _Bad(ValueError):
-    """A value that does not convert; the raw text is kept so loading names the key."""
+    """A value that does not convert. Private: it never leaves this module, where it becomes
+    a warning naming the key and the raw text is copied as is (not an error a user sees)."""
 
 
 # --------------------------------------------------------------------------- values

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import enum
 import logging
 import re
 from collections.abc import Iterator
@@ -31,31 +30,19 @@ from typing import Any
 from vmchecker import fsutil
 from vmchecker.config import CourseConfig
 from vmchecker.confparse import format_datetime, parse_datetime, safe_dump, safe_load
+from vmchecker.contract import ACCOUNT_RE, ARCHIVE, GRADE_VMR, SUBMISSION_CONFIG, SubmissionStatus
 from vmchecker.errors import NotFound, VmcheckerError
 
 log = logging.getLogger(__name__)
 
 TIMESTAMP_FORMAT = "%Y.%m.%d %H.%M.%S"
 _FOLDER_RE = re.compile(r"^\d{4}\.\d{2}\.\d{2} \d{2}\.\d{2}\.\d{2}(\.\d+)?$")
-_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 CURRENT = "current"
-SUBMISSION_CONFIG = "submission-config.yaml"
-GRADE_VMR = "grade.vmr"
-
-
-class Status(enum.StrEnum):
-    """Where a submission is on its way to a grade; stored as-is in grade.vmr."""
-
-    SAVED = "saved"
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    ERROR = "error"
 
 
 def check_account(account: str) -> str:
     """Refuse account names that could escape the repository or confuse the layout."""
-    if not isinstance(account, str) or not _ACCOUNT_RE.match(account):
+    if not isinstance(account, str) or not ACCOUNT_RE.match(account):
         raise VmcheckerError(f"bad account name {account!r}: use letters, digits, '_', '-', '.', '@'")
     return account
 
@@ -123,7 +110,7 @@ class Submission:
 
     @property
     def archive_path(self) -> Path:
-        return self.path / "archive.zip"
+        return self.path / ARCHIVE
 
     @property
     def files_dir(self) -> Path:
@@ -144,20 +131,20 @@ class Submission:
         except FileNotFoundError:
             return None
 
-    def status(self) -> Status:
+    def status(self) -> SubmissionStatus:
         """The status word of grade.vmr; a graded file (several words) means done."""
         text = (self.grade_text() or "").strip()
         if not text:
-            return Status.SAVED
+            return SubmissionStatus.SAVED
         try:
-            return Status(text.lower())  # as penalty.parse_grade_vmr reads it
+            return SubmissionStatus(text.lower())  # as penalty.parse_grade_vmr reads it
         except ValueError:
-            return Status.DONE
+            return SubmissionStatus.DONE
 
-    def set_status(self, status: Status) -> None:
+    def set_status(self, status: SubmissionStatus) -> None:
         """Write the status word into results/grade.vmr, atomically."""
         self.results_dir.mkdir(exist_ok=True)
-        fsutil.write_atomic(self.results_dir / GRADE_VMR, f"{Status(status).value}\n")
+        fsutil.write_atomic(self.results_dir / GRADE_VMR, f"{SubmissionStatus(status).value}\n")
 
     def update_info(self, **changes: Any) -> Submission:
         """Rewrite submission-config.yaml with some fields changed (job id, tester)."""

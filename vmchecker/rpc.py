@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
-from vmchecker.errors import RpcError
+from vmchecker.contract import JOB_ID_RE, ResultStatus
+from vmchecker.errors import CallRefused, RpcError, TryLater
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ QUEUE_TASK = "queue_task"
 NOTIFY = "notify"
 STATUS = "status"
 METHODS = (QUEUE_TASK, NOTIFY, STATUS)
-
-STATUS_DONE = "done"
-STATUS_ERROR = "error"
-RESULT_STATUSES = (STATUS_DONE, STATUS_ERROR)
 
 # --------------------------------------------------------------------------- limits
 
@@ -50,7 +47,6 @@ MAX_KEY_LENGTH = 256
 # XML-RPC <int> is 32-bit: larger Python ints cannot be marshalled.
 XMLRPC_INT_MIN, XMLRPC_INT_MAX = -(2**31), 2**31 - 1
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # as vmchecker.bundle.JOB_ID_RE
 KEY_RE = re.compile(r"^[A-Za-z0-9_.+/=~-]+$")
 
 
@@ -59,11 +55,6 @@ KEY_RE = re.compile(r"^[A-Za-z0-9_.+/=~-]+$")
 # if the daemon had not answered. Any other fault is a refusal that retrying cannot fix.
 FAULT_REFUSED = 403
 FAULT_TRY_LATER = 503
-
-
-class RpcRefused(RpcError):
-    """The daemon answered, and refused the call (an XML-RPC fault other than
-    FAULT_TRY_LATER). Retrying the same call cannot help."""
 
 
 # --------------------------------------------------------------------------- validators
@@ -82,9 +73,11 @@ def check_key(key: Any) -> str:
 
 
 def check_status(status: Any) -> str:
-    if status not in RESULT_STATUSES:
-        raise RpcError(f"bad status {status!r}: expected one of {', '.join(RESULT_STATUSES)}")
-    return status
+    """How the job ended (a :class:`~vmchecker.contract.ResultStatus`), as the plain
+    string XML-RPC can carry (it cannot marshal an enum)."""
+    if not isinstance(status, str) or status not in tuple(ResultStatus):
+        raise RpcError(f"bad status {status!r}: expected one of {', '.join(ResultStatus)}")
+    return ResultStatus(status).value
 
 
 def check_file_name(name: Any) -> str:
@@ -228,7 +221,8 @@ def check_url(url: Any) -> str:
 
 
 class Client:
-    """Calls the storer daemon; every failure is an RpcError (RpcRefused for a fault)."""
+    """Calls the storer daemon; every failure is an RpcError: CallRefused for a refusal
+    fault, TryLater when the daemon asks to retry."""
 
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = check_url(url)
@@ -246,8 +240,8 @@ class Client:
             return getattr(self._proxy(), method)(*params)
         except xmlrpc.client.Fault as exc:
             if exc.faultCode == FAULT_TRY_LATER:
-                raise RpcError(f"storer daemon at {self.url} asks to retry {method} later: {exc.faultString}") from None
-            raise RpcRefused(f"storer daemon at {self.url} refused {method}: {exc.faultString}") from None
+                raise TryLater(f"storer daemon at {self.url} asks to retry {method} later: {exc.faultString}") from None
+            raise CallRefused(f"storer daemon at {self.url} refused {method}: {exc.faultString}") from None
         except xmlrpc.client.ProtocolError as exc:
             raise RpcError(f"storer daemon at {self.url} answered HTTP {exc.errcode} {exc.errmsg}") from None
         except (OSError, http.client.HTTPException, xmlrpc.client.ResponseError, ExpatError) as exc:

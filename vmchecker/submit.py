@@ -33,13 +33,11 @@ from vmchecker import fsutil
 from vmchecker.archive import safe_extract
 from vmchecker.config import Assignment, CourseConfig
 from vmchecker.confparse import format_datetime
+from vmchecker.contract import ARCHIVE, GRADE_VMR, SUBMISSION_CONFIG, SubmissionStatus
 from vmchecker.errors import NotFound, SubmissionRefused, VmcheckerError
 from vmchecker.repo import (
     CURRENT,
-    GRADE_VMR,
-    SUBMISSION_CONFIG,
     Repository,
-    Status,
     Submission,
     SubmissionInfo,
     check_account,
@@ -50,7 +48,6 @@ from vmchecker.repo import (
 log = logging.getLogger(__name__)
 
 HARD_DEADLINE_GRACE = dt.timedelta(seconds=60)
-ARCHIVE_NAME = "archive.zip"
 INCOMING_PREFIX = ".incoming-"
 
 Notify = Callable[[Submission], None]
@@ -102,7 +99,7 @@ def recheck(sub: Submission, notify: Notify | None = None) -> Submission:
             log.info("recheck %s: earlier results moved to %s", sub.path, aside.name)
         fresh = Path(tempfile.mkdtemp(prefix=".results-", dir=sub.path))
         try:
-            fsutil.write_atomic(fresh / GRADE_VMR, f"{Status.SAVED.value}\n")
+            fsutil.write_atomic(fresh / GRADE_VMR, f"{SubmissionStatus.SAVED.value}\n")
             os.chmod(fresh, 0o755)
             os.rename(fresh, sub.results_dir)
         except BaseException:
@@ -186,9 +183,9 @@ def _prepare_incoming(repo_root: Path, data: bytes) -> Path:
     incoming = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=repo_root))
     try:
         os.chmod(incoming, 0o755)
-        fsutil.write_atomic(incoming / ARCHIVE_NAME, data)
+        fsutil.write_atomic(incoming / ARCHIVE, data)
         try:
-            safe_extract(incoming / ARCHIVE_NAME, incoming / "files")
+            safe_extract(incoming / ARCHIVE, incoming / "files")
         except SubmissionRefused as exc:
             raise type(exc)(f"archive refused: {exc.message}") from None
     except BaseException:
@@ -209,7 +206,7 @@ def _store(repo: Repository, task: Assignment, account: str, incoming: Path, siz
                           upload_time=when, machine=task.machine, size=size)
     fsutil.write_atomic(incoming / SUBMISSION_CONFIG, info.to_yaml())
     (incoming / "results").mkdir(mode=0o755)
-    fsutil.write_atomic(incoming / "results" / GRADE_VMR, f"{Status.SAVED.value}\n")
+    fsutil.write_atomic(incoming / "results" / GRADE_VMR, f"{SubmissionStatus.SAVED.value}\n")
     fsutil.fsync_dir(incoming)
     if not account_dir.is_dir():
         account_dir.mkdir(mode=0o755, parents=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor.helpers import c_program, make_bundle, result_json, run_job, vmr
-from vmchecker import bundle
+from vmchecker import contract
 from vmchecker.executor import base
 
 pytestmark = pytest.mark.lxc
@@ -118,7 +118,7 @@ def test_executor_command_runs_a_bundle_folder(lxc_host, tmp_path):
 
 def test_bad_bundle_gives_an_error_result(lxc_host, tmp_path):
     bundle_dir, _ = make_bundle(tmp_path / "b")
-    (bundle_dir / bundle.RUN_SCRIPT).unlink()
+    (bundle_dir / contract.RUN_SCRIPT).unlink()
     proc = subprocess.run([sys.executable, "-m", "vmchecker.cli.vm_executor", str(bundle_dir)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vmchecker.bundle import JOB_ID_RE
-from vmchecker.errors import NotFound, VmcheckerError
-from vmchecker.storer.journal import JobState, JobStateError, Journal, check_key
+from vmchecker.contract import JOB_ID_RE, JobState
+from vmchecker.errors import JobStateError, NotFound, VmcheckerError
+from vmchecker.storer.journal import Journal, check_key
 from vmchecker.storer.scheduler import Estimate
 
 

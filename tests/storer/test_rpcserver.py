@@ -10,6 +10,7 @@ import xmlrpc.client
 
 import pytest
 
+from vmchecker.errors import CallRefused
 from vmchecker.storer import rpcserver
 
 
@@ -26,7 +27,7 @@ def server():
         return len(value) + value  # a bug: TypeError inside the method
 
     def refuse(address):
-        raise rpcserver.Refused("not you")
+        raise CallRefused("not you")
 
     srv.register("echo", echo, rpcserver.loopback_or([]))
     srv.register("refuse", refuse, rpcserver.anyone)

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from vmchecker import config, confparse, rpc
-from vmchecker.errors import RpcError, VmcheckerError
-from vmchecker.repo import Repository, Status, check_account
+from vmchecker.contract import VMCHECKER_STDERR, JobState, ResultStatus, SubmissionStatus
+from vmchecker.errors import CallRefused, JobStateError, ResultRefused, RpcError, TryLater, VmcheckerError
+from vmchecker.repo import Repository, check_account
 from vmchecker.service import Service
 from vmchecker.storer import outcomes
 from vmchecker.storer.courses import Course, Courses, tester_done_dir
 from vmchecker.storer.dispatcher import Dispatcher
-from vmchecker.storer.journal import Job, JobState, JobStateError, Journal, check_key
-from vmchecker.storer.rpcserver import Refused, RestrictedServer, TryLater, anyone, loopback_or
-from vmchecker.storer.transport import ResultRefused
+from vmchecker.storer.journal import Job, Journal, check_key
+from vmchecker.storer.rpcserver import RestrictedServer, anyone, loopback_or
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class StorerDaemon(Service):
         for course_id in self.courses.ids():
             try:
                 course = self.courses.get(course_id)
-                subs = [s for s in Repository(course.config).iter_current() if s.status() is Status.SAVED]
+                subs = [s for s in Repository(course.config).iter_current() if s.status() is SubmissionStatus.SAVED]
             except VmcheckerError as exc:
                 log.error("course %s: cannot look for saved submissions: %s", course_id, exc.message)
                 continue
@@ -158,7 +158,7 @@ class StorerDaemon(Service):
         for name, value in (("course", course), ("assignment", assignment), ("account", account),
                             ("submission", submission)):
             if not isinstance(value, str) or not value or len(value) > 128:
-                raise Refused(f"bad {name} {value!r}")
+                raise CallRefused(f"bad {name} {value!r}")
         return self._queue(course, assignment, account, submission)
 
     def _queue(self, course_id: str, assignment: str, account: str, submission: str) -> str:
@@ -170,16 +170,16 @@ class StorerDaemon(Service):
             if active is not None and active.state is JobState.QUEUED:
                 return active.id
             status = sub.status()
-            if status is not Status.SAVED:
+            if status is not SubmissionStatus.SAVED:
                 if active is not None:
                     return active.id  # being tested now
-                raise Refused(f"{course_id}/{assignment}/{account}/{sub.name} is already {status}:"
+                raise CallRefused(f"{course_id}/{assignment}/{account}/{sub.name} is already {status}:"
                               " recheck it (vmchecker-resubmit) to test it again")
             job = self.journal.enqueue(course_id, assignment, account, sub.name,
                                        course.config.assignment(assignment).machine)
         # Outside the lock, so calls for other submissions proceed meanwhile; a second
         # call for this one finds the queued job above.
-        outcomes.set_status(course, job, Status.QUEUED, (Status.SAVED,), claim=True, tester="")
+        outcomes.set_status(course, job, SubmissionStatus.QUEUED, (SubmissionStatus.SAVED,), claim=True, tester="")
         self.dispatcher.wake.set()
         return job.id
 
@@ -190,23 +190,23 @@ class StorerDaemon(Service):
         try:
             request = rpc.NotifyRequest.validate(job_id, key, status, files, stats)
         except RpcError as exc:
-            raise Refused(f"bad notify: {exc.message}") from None
+            raise CallRefused(f"bad notify: {exc.message}") from None
         job = self.journal.find(request.job_id)
         if job is None:
-            raise Refused(f"notify for unknown job {request.job_id!r}")
+            raise CallRefused(f"notify for unknown job {request.job_id!r}")
         if not check_key(job, request.key):
-            raise Refused(f"notify for job {job.id} with a wrong key")
+            raise CallRefused(f"notify for job {job.id} with a wrong key")
         if job.state is JobState.DONE:
             self._check_caller(job, caller)
             return True  # a repeat after a lost answer: already landed
         if job.state is not JobState.SENT:
-            raise Refused(f"job {job.id} is {job.state.value}, not waiting for a notify")
+            raise CallRefused(f"job {job.id} is {job.state.value}, not waiting for a notify")
         course = self._check_caller(job, caller)
         tester = course.config.testers[job.tester]
         remote = posixpath.join(tester_done_dir(tester), job.id)
         link = course.link(job.tester)
         try:
-            if request.status == rpc.STATUS_ERROR:
+            if request.status == ResultStatus.ERROR:
                 # The guest or the tester failed, not the student: resend elsewhere (or
                 # give up with every reason); the tester's partial output is not kept.
                 reason = _tester_reason(link, remote, request.files)
@@ -215,7 +215,7 @@ class StorerDaemon(Service):
             outcomes.land_results(course, job, lambda dest: link.fetch_results(remote, request.files, dest))
         except ResultRefused as exc:  # the tester misbehaved: a failure of it, not of the network
             self.dispatcher.fail(job, exc.message, job.tester)
-            raise Refused(exc.message) from None
+            raise CallRefused(exc.message) from None
         except VmcheckerError as exc:
             log.warning("job %s: could not pull results from %s: %s", job.id, job.tester, exc.message)
             raise TryLater(f"could not pull the results yet: {exc.message}") from None
@@ -232,10 +232,10 @@ class StorerDaemon(Service):
         course = self.courses.get(job.course)
         tester = course.config.testers.get(job.tester or "")
         if tester is None:
-            raise Refused(f"job {job.id} was sent to tester {job.tester!r}, which the course no longer has")
+            raise CallRefused(f"job {job.id} was sent to tester {job.tester!r}, which the course no longer has")
         allowed = resolve_addresses(tester.host)
         if ipaddress.ip_address(caller).compressed not in allowed:
-            raise Refused(f"notify for job {job.id} from {caller}, but it was sent to {job.tester}"
+            raise CallRefused(f"notify for job {job.id} from {caller}, but it was sent to {job.tester}"
                           f" ({tester.host})")
         return course
 
@@ -322,9 +322,9 @@ def _evaluation_seconds(stats: dict[str, Any]) -> float:
 
 def _tester_reason(link, remote: str, files: tuple[str, ...]) -> str:
     """The first line of the tester's own vmchecker-stderr.vmr for a job it failed."""
-    if outcomes.VMCHECKER_STDERR not in files:
+    if VMCHECKER_STDERR not in files:
         return "no reason given"
     with tempfile.TemporaryDirectory(prefix="vmchecker-reason-") as tmp:
-        link.fetch_results(remote, [outcomes.VMCHECKER_STDERR], tmp)
-        text = (Path(tmp) / outcomes.VMCHECKER_STDERR).read_text(errors="replace").strip()
+        link.fetch_results(remote, [VMCHECKER_STDERR], tmp)
+        text = (Path(tmp) / VMCHECKER_STDERR).read_text(errors="replace").strip()
     return text.splitlines()[0][:300] if text else "no reason given"

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmchecker import bundle
-from vmchecker.errors import NotFound, VmcheckerError
-from vmchecker.repo import Status
+from vmchecker.contract import JobState, SubmissionStatus
+from vmchecker.errors import JobStateError, NotFound, VmcheckerError
 from vmchecker.storer import outcomes
 from vmchecker.storer.courses import Course, Courses
-from vmchecker.storer.journal import Job, JobState, JobStateError, Journal
+from vmchecker.storer.journal import Job, Journal
 from vmchecker.storer.scheduler import Reservation
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,8 @@ class Dispatcher:
         tester = reservation.tester
         try:
             # Running before the upload: a fast tester's results must land after it.
-            if not outcomes.set_status(course, job, Status.RUNNING,
-                                       (Status.QUEUED, Status.RUNNING), tester=tester):
+            if not outcomes.set_status(course, job, SubmissionStatus.RUNNING,
+                                       (SubmissionStatus.QUEUED, SubmissionStatus.RUNNING), tester=tester):
                 self._give_up(job, "the submission no longer waits for this job (rechecked or graded since)")
                 return 0
             job = self.journal.mark_sent(job.id, tester, reservation.deadline)
@@ -182,7 +182,7 @@ class Dispatcher:
         if job.state is JobState.ERROR:
             self._record_error(course, job)
         else:
-            self._set_status(course, job, Status.QUEUED)
+            self._set_status(course, job, SubmissionStatus.QUEUED)
 
     def _give_up(self, job: Job, reason: str) -> None:
         """A failure no other tester can mend: error at once."""
@@ -201,8 +201,8 @@ class Dispatcher:
         except VmcheckerError as exc:
             log.error("job %s: could not write its error into the submission: %s", job.id, exc.message)
 
-    def _set_status(self, course: Course, job: Job, status: Status) -> None:
+    def _set_status(self, course: Course, job: Job, status: SubmissionStatus) -> None:
         try:
-            outcomes.set_status(course, job, status, (Status.RUNNING, Status.QUEUED))
+            outcomes.set_status(course, job, status, (SubmissionStatus.RUNNING, SubmissionStatus.QUEUED))
         except VmcheckerError as exc:
             log.warning("job %s: could not set status %s: %s", job.id, status, exc.message)

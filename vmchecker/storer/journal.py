@@ -7,7 +7,7 @@ it dispatches the ``queued`` jobs again and keeps waiting for the ``sent`` ones,
 whose key and tester are still here, so a ``notify`` for a job sent before the
 restart is accepted.
 
-States (:class:`JobState`, stored as its string):
+States (:class:`~vmchecker.contract.JobState`, stored as its string):
 
 * ``queued`` -- journaled, not (or no longer) on a tester; the dispatcher sends it;
 * ``sent``   -- the bundle is on ``tester``, waiting for ``notify`` until ``deadline``;
@@ -18,8 +18,8 @@ Transitions: :meth:`Journal.enqueue` (-> queued), :meth:`Journal.mark_sent`
 (queued -> sent), :meth:`Journal.record_failure` (queued/sent -> queued with one more
 attempt, or -> error once ``max_attempts`` is reached), :meth:`Journal.mark_done`
 (sent -> done), :meth:`Journal.mark_error` (queued/sent -> error). A transition from
-the wrong state raises :class:`JobStateError` and changes nothing, so two threads
-racing on one job (a late ``notify`` against the deadline sweeper) cannot both win.
+the wrong state raises :class:`~vmchecker.errors.JobStateError` and changes nothing, so
+two threads racing on one job (a late ``notify`` against the deadline sweeper) cannot both win.
 
 Suggested order for the dispatcher: ``mark_sent`` *before* the upload, then
 ``record_failure`` if the upload fails. A fast ``notify`` then always finds the job
@@ -38,7 +38,6 @@ on a power cut, and a job whose id the caller already received must not vanish
 
 from __future__ import annotations
 
-import enum
 import hmac
 import json
 import logging
@@ -52,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmchecker.errors import NotFound, VmcheckerError
+from vmchecker.contract import JobState
+from vmchecker.errors import JobStateError, NotFound, VmcheckerError
 from vmchecker.storer.scheduler import Estimate
 
 log = logging.getLogger(__name__)
@@ -99,20 +99,7 @@ CREATE TABLE IF NOT EXISTS estimates (
 """
 
 
-class JobState(enum.StrEnum):
-    """Where a job is; the value is what the journal stores."""
-
-    QUEUED = "queued"
-    SENT = "sent"
-    DONE = "done"
-    ERROR = "error"
-
-
 ACTIVE = (JobState.QUEUED, JobState.SENT)
-
-
-class JobStateError(VmcheckerError):
-    """A transition was asked of a job that is not in a state that allows it."""
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vmchecker import fsutil, grades
-from vmchecker.repo import Repository, Status, Submission
+from vmchecker.contract import VMCHECKER_STDERR, SubmissionStatus
+from vmchecker.repo import Repository, Submission
 from vmchecker.storer.courses import Course
 from vmchecker.storer.journal import Job
 
 log = logging.getLogger(__name__)
-
-VMCHECKER_STDERR = "vmchecker-stderr.vmr"
 
 
 def submission_of(course: Course, job: Job) -> Submission:
@@ -47,7 +46,7 @@ def _waiting(course: Course, job: Job, claim: bool = False) -> Iterator[Submissi
             yield sub
 
 
-def set_status(course: Course, job: Job, status: Status, expect: tuple[Status, ...], *,
+def set_status(course: Course, job: Job, status: SubmissionStatus, expect: tuple[SubmissionStatus, ...], *,
                claim: bool = False, **info: str) -> bool:
     """Move the submission to ``status`` (recording job facts such as the tester), only
     from one of the ``expect`` states and only while it waits for this job, so a late
@@ -84,8 +83,8 @@ def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> S
             for path in incoming.iterdir():
                 os.replace(path, sub.results_dir / path.name)
             fsutil.fsync_dir(sub.results_dir)
-            if sub.status() in (Status.SAVED, Status.QUEUED, Status.RUNNING):
-                sub.set_status(Status.DONE)
+            if sub.status() in (SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUNNING):
+                sub.set_status(SubmissionStatus.DONE)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     _update_grades(course, sub)
@@ -102,7 +101,7 @@ def record_error(course: Course, job: Job, reasons: list[str] | tuple[str, ...])
         previous = stderr.read_text(errors="replace") if stderr.exists() else ""
         text = "The submission could not be tested:\n" + "".join(f"- {r}\n" for r in reasons)
         fsutil.write_atomic(stderr, (previous + "\n" if previous.strip() else "") + text)
-        sub.set_status(Status.ERROR)
+        sub.set_status(SubmissionStatus.ERROR)
     _update_grades(course, sub)
     log.warning("job %s (%s/%s/%s) ended in error", job.id, job.assignment, job.account, job.submission)
     return sub

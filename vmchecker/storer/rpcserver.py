@@ -22,7 +22,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 import defusedxml.xmlrpc
 
 from vmchecker import rpc
-from vmchecker.errors import RpcError, VmcheckerError
+from vmchecker.errors import CallRefused, TryLater, VmcheckerError
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,6 @@ def _networks(allowed: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.
 def anyone(address: str) -> bool:
     """A rule for methods that check their caller themselves (``notify``)."""
     return True
-
-
-class Refused(RpcError):
-    """The caller may not do this; logged, answered with a fault, nothing written."""
-
-
-class TryLater(RpcError):
-    """The call cannot be completed now (e.g. the results could not be pulled yet);
-    the caller should keep it and retry."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +161,7 @@ class RestrictedServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
             raise Fault(FAULT_BAD_REQUEST, f"bad arguments for {method}: {exc}") from None
         try:
             return entry.func(address, *params)
-        except Refused as exc:
+        except CallRefused as exc:
             log.warning("refused %s from %s: %s", method, address, exc.message)
             raise Fault(FAULT_REFUSED, exc.message) from None
         except TryLater as exc:

@@ -13,7 +13,8 @@ folder on the tester, fetched only when they are regular files under the size
 caps, into a temporary folder, and moved into place only when all arrived.
 
 Every failure is a :class:`TransportError` naming the tester, what was being
-done and why; a refused result file is the subclass :class:`ResultRefused`
+done and why; a refused result file is the subclass
+:class:`~vmchecker.errors.ResultRefused`
 (the tester misbehaved, as opposed to the network failing).
 """
 
@@ -37,7 +38,7 @@ import paramiko
 
 from vmchecker import rpc
 from vmchecker.config import CourseConfig, Tester
-from vmchecker.errors import NotFound, RpcError, TransportError
+from vmchecker.errors import NotFound, ResultRefused, RpcError, TransportError
 from vmchecker.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,10 @@ _CHUNK = 32 * 1024
 T = TypeVar("T")
 
 
-class ResultRefused(TransportError):
-    """A result file the tester named was refused: a bad name, a link, not a
-    regular file, missing, or too big. Nothing of the fetch was kept."""
-
-
 class _UnknownHostKey(paramiko.SSHException):
+    """Private signal from :class:`_RejectUnknown` out of paramiko's connect, which only lets
+    an ``SSHException`` through; it carries the offered key and never leaves this module."""
+
     def __init__(self, entry: str, key: paramiko.PKey):
         super().__init__(f"{entry} not in known_hosts")
         self.entry = entry

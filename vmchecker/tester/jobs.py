@@ -24,6 +24,7 @@ import yaml
 
 from vmchecker import bundle, rpc
 from vmchecker.config import Machine
+from vmchecker.contract import JOB_ID_RE, RESULT_JSON, SUBMISSION_CONFIG, ResultStatus
 from vmchecker.errors import BundleError, VmcheckerError
 from vmchecker.executor import base
 from vmchecker.tester import processes, results
@@ -55,7 +56,7 @@ def job_id_from_name(name: str) -> str:
     used only when the bundle is too broken to say it itself."""
     stem = name[: -len(".zip")] if name.endswith(".zip") else name
     last = stem.rsplit("_", 1)[-1]
-    if bundle.JOB_ID_RE.match(last):
+    if JOB_ID_RE.match(last):
         return last
     cleaned = "".join(c if c.isalnum() or c in "-." else "-" for c in stem)[:100].strip(".-")
     return f"bad-{cleaned or 'bundle'}"
@@ -66,7 +67,7 @@ def _peek_identity(bundle_zip: Path) -> dict[str, str]:
     the storer can still be told (with the key, it will accept the error)."""
     try:
         with zipfile.ZipFile(bundle_zip) as zf:
-            info = zf.getinfo(bundle.SUBMISSION_CONFIG)
+            info = zf.getinfo(SUBMISSION_CONFIG)
             if info.file_size > 256 * 1024:
                 return {}
             data = yaml.safe_load(zf.read(info).decode("utf-8"))
@@ -75,7 +76,7 @@ def _peek_identity(bundle_zip: Path) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     identity = {k: data[k] for k in ("job_id", "key", "notify_url") if isinstance(data.get(k), str)}
-    if not bundle.JOB_ID_RE.match(identity.get("job_id", "")):
+    if not JOB_ID_RE.match(identity.get("job_id", "")):
         identity.pop("job_id", None)   # it names a folder in done/: keep the one from the file name
     return identity
 
@@ -156,7 +157,7 @@ class Job:
         if self.results_dir.exists() and not self.results_dir.is_dir():
             self.results_dir.unlink()
         results.write_error(self.results_dir, reason)
-        return rpc.STATUS_ERROR
+        return ResultStatus.ERROR.value
 
     def _execute(self, stats: dict[str, Any], timeout: float) -> str:
         """Run the executor for at most ``timeout`` seconds; read the status it wrote."""
@@ -166,7 +167,7 @@ class Job:
         with open(self.log_path, "wb") as output:
             with self._proc_lock:
                 if self.aborted.is_set():
-                    return rpc.STATUS_ERROR
+                    return ResultStatus.ERROR.value
                 self._proc = proc = processes.start(command, output, cwd=self.config.work_dir)
             timed_out = False
             try:
@@ -181,7 +182,7 @@ class Job:
         stats.update(executor_seconds=round(time.monotonic() - started, 3), executor_exit=proc.returncode,
                      timed_out=timed_out)
         if self.aborted.is_set():
-            return rpc.STATUS_ERROR
+            return ResultStatus.ERROR.value
         status, data = results.read_status(self.results_dir)
         stats.update({k: v for k, v in data.items() if k not in stats and not isinstance(v, (dict, list))})
         if timed_out:
@@ -189,7 +190,7 @@ class Job:
                               + self._log_tail())
         if status is None:
             return self._fail(f"the executor exited with code {proc.returncode} without writing"
-                              f" results/{results.RESULT_JSON}" + self._log_tail())
+                              f" results/{RESULT_JSON}" + self._log_tail())
         if proc.returncode != 0:
             log.warning("job %s: executor exited with code %d after writing results", self.name, proc.returncode)
         return status

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmchecker import fsutil, rpc
-from vmchecker.errors import RpcError
+from vmchecker.errors import CallRefused, RpcError
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Notifier:
         """Try once; True when the entry is gone (answered), False when rescheduled."""
         try:
             self._client(pending.url, self.timeout).notify(pending.request)
-        except rpc.RpcRefused as exc:
+        except CallRefused as exc:
             log.error("job %s: %s; dropping the notification (results stay in done/%s)",
                       pending.job_id, exc.message, pending.job_id)
         except RpcError as exc:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from vmchecker import bundle, config, fsutil, rpc
 from vmchecker.config import Machine
+from vmchecker.contract import SUBMISSION_CONFIG
 from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.executor import base
 from vmchecker.service import Service
@@ -317,7 +318,7 @@ class QueueManager(Service):
         ``work/``, and those the tester config defines whole enough to locate a guest's
         files (a type and a base image): where a backend looks for leftovers."""
         machines = []
-        for sub_config in self.config.work_dir.glob(f"*/{bundle.SUBMISSION_CONFIG}"):
+        for sub_config in self.config.work_dir.glob(f"*/{SUBMISSION_CONFIG}"):
             with contextlib.suppress(VmcheckerError, OSError):
                 machines.append(self.config.machine(bundle.read_bundle_dir(sub_config.parent).machine))
         for name, body in self.config.machines.items():

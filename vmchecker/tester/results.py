@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from vmchecker import fsutil, rpc
+from vmchecker.contract import RESULT_JSON, VMCHECKER_STDERR, ResultStatus
 from vmchecker.errors import RpcError
-from vmchecker.executor.base import RESULT_JSON, VMCHECKER_STDERR
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def read_status(results_dir: Path) -> tuple[str | None, dict[str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None, {}
-    if not isinstance(data, dict) or data.get("status") not in rpc.RESULT_STATUSES:
+    if not isinstance(data, dict) or data.get("status") not in tuple(ResultStatus):
         return None, data if isinstance(data, dict) else {}
     return data["status"], data
 
@@ -52,7 +52,7 @@ def write_error(results_dir: Path, reason: str, details: dict[str, Any] | None =
         stderr.unlink()
     with open(stderr, "a", encoding="utf-8") as f:
         f.write(f"vmchecker tester: {reason}\n")
-    result = {"status": rpc.STATUS_ERROR, "message": reason, **(details or {})}
+    result = {"status": ResultStatus.ERROR.value, "message": reason, **(details or {})}
     fsutil.write_atomic(results_dir / RESULT_JSON, json.dumps(result, indent=2) + "\n")
 
 

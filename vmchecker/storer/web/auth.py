@@ -28,9 +28,10 @@ from typing import Any
 
 from flask import Flask, abort, current_app, g, redirect, request, session, url_for
 
+from vmchecker.contract import ACCOUNT_RE
 from vmchecker.storer.web import csrf
 from vmchecker.storer.web.ldapauth import LdapAuthenticator
-from vmchecker.storer.web.passwords import NAME_RE, PasswordFile
+from vmchecker.storer.web.passwords import PasswordFile
 from vmchecker.storer.web.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Authenticator:
         found = self.ldap.authenticate(name, password)
         if found is None:
             return None
-        if not NAME_RE.match(found):
+        if not ACCOUNT_RE.match(found):
             log.warning("LDAP accepted %s, but its name %s is not a valid account name; refusing",
                         shown(name), shown(found))
             return None
@@ -88,7 +89,7 @@ class Authenticator:
 
     def login(self, name: str, password: str, address: str) -> LoginResult:
         name = (name or "").strip()
-        account = name if NAME_RE.match(name) else None   # no account has another name: address only
+        account = name if ACCOUNT_RE.match(name) else None   # no account has another name: address only
         wait = self.throttle.retry_after(account, address)
         if wait > 0:
             return LoginResult(False, f"Too many failed logins. Try again in {int(wait) + 1} seconds.", True)

@@ -36,6 +36,7 @@ from ldap3.core.exceptions import (
 )
 from ldap3.utils.conv import escape_filter_chars
 
+from vmchecker.errors import LdapUnavailable
 from vmchecker.storer.web.logincache import LoginCache
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 # Errors that mean LDAP could not give an answer (the cache decides); any other
 # LDAPException is an answer, and a refusal.
 UNREACHABLE = (LDAPCommunicationError, LDAPResponseTimeoutError, LDAPBusyResult, LDAPUnavailableResult)
-
-
-class LdapUnavailable(Exception):
-    """LDAP could not be reached or did not answer: the cache may decide."""
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ from urllib.parse import urlsplit
 from vmchecker import grades, penalty
 from vmchecker.config import Assignment, CourseConfig
 from vmchecker.confparse import format_datetime
-from vmchecker.repo import GRADE_VMR, Repository, Status, Submission
+from vmchecker.contract import GRADE_VMR, SubmissionStatus
+from vmchecker.repo import Repository, Submission
 from vmchecker.storer.web.jobs import JobKey, QueueInfo
 
 log = logging.getLogger(__name__)
 
 VMR_CAP = 64 * 1024  # bytes of one .vmr shown; the rest is cut with a visible marker
-WAITING = (Status.SAVED, Status.QUEUED, Status.RUNNING)
+WAITING = (SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUNNING)
 
 
 # --------------------------------------------------------------------------- access
@@ -177,12 +178,12 @@ def submission_view(course: CourseConfig, task: Assignment, sub: Submission, use
     view = dict(name=sub.name, account=sub.account, upload_time=format_datetime(sub.upload_time),
                 status=status.value, waiting=waiting, queue=queue, current=current,
                 results=[] if waiting else results(sub, task, is_admin(course, user)))
-    if status is Status.DONE:
+    if status is SubmissionStatus.DONE:
         if grades_visible(course, task, user, now):
             result = penalty.compute(task, course.course.holidays, sub.upload_time, sub.grade_text())
             text = sub.grade_text() or ""
             view.update(grade=f"{penalty.format_points(result.grade or 0)} / {penalty.format_points(task.total_points)}",
-                        grade_notes=text.strip() if text.strip() != Status.DONE.value else "",
+                        grade_notes=text.strip() if text.strip() != SubmissionStatus.DONE.value else "",
                         breakdown=penalty.breakdown(result))
         else:
             view.update(grade_hidden=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import argon2
 import bcrypt
 
 from vmchecker import fsutil
+from vmchecker.contract import ACCOUNT_RE
 from vmchecker.errors import VmcheckerError
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")  # as repo.check_account
 _hasher = argon2.PasswordHasher()
 # Compared against when the account is unknown, so a miss costs as much as a hit
 # and response times do not tell which accounts exist.
@@ -47,7 +46,7 @@ def verify_hash(stored: str, password: str) -> bool:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not ACCOUNT_RE.match(name or ""):
         raise VmcheckerError(f"bad user name {name!r}: use letters, digits, '_', '-', '.', '@'")
     return name
 
@@ -60,7 +59,7 @@ def parse(text: str, source: Path | str) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         name, sep, stored = line.partition(":")
-        if not sep or not NAME_RE.match(name) or not stored.startswith("$"):
+        if not sep or not ACCOUNT_RE.match(name) or not stored.startswith("$"):
             log.warning("%s:%d: ignored: expected NAME:HASH", source, number)
             continue
         users[name] = stored

@@ -5,7 +5,7 @@ Counts live in memory (one web process, many threads); a restart forgets them, w
 only gives a guesser a few more tries. Failures older than the window stop counting.
 
 The memory stays bounded by what a window can hold: a name that no account can have
-(see :data:`vmchecker.storer.web.passwords.NAME_RE`) gets no bucket of its own and
+(see :data:`vmchecker.contract.ACCOUNT_RE`) gets no bucket of its own and
 counts against its address only, account names are at most 64 characters and compared
 case-insensitively (LDAP's ``Carol`` is ``carol``), and every key is swept once its
 failures have all expired, not only when the same key is seen again.
