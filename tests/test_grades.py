@@ -20,6 +20,7 @@ import pytest
 
 from tests.util import HELLO_C, write_course, zip_bytes
 from vmchecker import config, fsutil, grades, repo, submit
+from vmchecker.cli import grades as cli_grades
 from vmchecker.contract import GRADE_VMR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +89,40 @@ def test_rebuild_computes_each_current_submission(two_assignments):
     assert [(r.account, r.assignment) for r in stored][:2] == [("ana", "1-hello"), ("ana", "2-shell")]
     assert grades.rows(course, assignment="2-shell") == [shell]
     assert grades.rows(course, account="bob") == [bob]
+
+
+def test_reason_beside_a_grade_below_the_maximum(course):
+    store(course, "1-hello", "ana", DEADLINE - DAY, "-10: the build failed (exit status 2)\n# -5: test 2\n")
+    store(course, "1-hello", "bob", DEADLINE - DAY, "+1: style\n-2: test 3 failed\n")
+    store(course, "1-hello", "cid", DEADLINE + DAY, "done\n")                 # late: no line to quote
+    store(course, "1-hello", "dan", DEADLINE - DAY, "-1: \x1b[31mred\n")      # printed on one clean line
+    rows = by_key(grades.rebuild(course))
+    assert (rows["1-hello", "ana"].grade, rows["1-hello", "ana"].reason) == (0, "the build failed (exit status 2)")
+    assert (rows["1-hello", "bob"].grade, rows["1-hello", "bob"].reason) == (9, "test 3 failed")
+    assert rows["1-hello", "cid"].reason is None
+    assert by_key(grades.rows(course)) == rows
+    out = io.StringIO()
+    cli_grades.render(grades.rows(course), "table", out)
+    assert "\x1b" not in out.getvalue() and "[31mred" in out.getvalue()
+
+
+def test_submit_only_waits_for_a_grader(tmp_path, monkeypatch):
+    path = write_course(tmp_path, extra={"assignments": {"1-hello": {"submit_only": True}}})
+    course = config.load_course(path)
+    store(course, "1-hello", "ana", DEADLINE - DAY)
+    store(course, "1-hello", "bob", DEADLINE - DAY, "-3: no report\n")     # a grader wrote it
+    rows = by_key(grades.rebuild(course))
+    assert (rows["1-hello", "ana"].status, rows["1-hello", "ana"].reason) == ("saved", "waiting for a grader")
+    assert (rows["1-hello", "bob"].grade, rows["1-hello", "bob"].reason) == (7, "no report")
+
+
+def test_a_table_of_an_older_layout_is_made_again(course):
+    with sqlite3.connect(course.database) as conn:
+        conn.execute("CREATE TABLE grades (assignment TEXT, account TEXT, grade REAL)")
+        conn.execute("INSERT INTO grades VALUES ('1-hello', 'old', 1)")
+    store(course, "1-hello", "ana", DEADLINE - DAY, "done")
+    assert [r.account for r in grades.rebuild(course)] == ["ana"]
+    assert [r.account for r in grades.rows(course)] == ["ana"]
 
 
 def test_rebuild_follows_current_and_forgets_what_is_gone(course):
@@ -216,10 +251,10 @@ def test_cli_table(graded):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["account", "assignment", "status", "grade", "late", "days",
-                                "penalty", "upload", "time"]
+                                "penalty", "upload", "time", "reason"]
     assert lines[1].split() == ["ana", "1-hello", "done", "10", "0", "0", "2026-02-28", "23:55:00"]
     assert lines[2].split() == ["ana", "2-shell", "queued", "0", "0", "2026-04-08", "00:00:00"]
-    assert lines[3].split() == ["bob", "1-hello", "done", "7", "3", "2", "2026-03-03", "23:55:01"]
+    assert lines[3].split() == ["bob", "1-hello", "done", "7", "3", "2", "2026-03-03", "23:55:01", "leak"]
     assert len(lines) == 4
     assert graded.database.exists()
 
@@ -228,16 +263,16 @@ def test_cli_csv(graded):
     proc = _cli("so", "--format", "csv", "--assignment", "1-hello")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
-    assert [(r["account"], r["grade"], r["late_days"], r["penalty"]) for r in rows] == [
-        ("ana", "10", "0", "0"), ("bob", "7", "3", "2")]
+    assert [(r["account"], r["grade"], r["late_days"], r["penalty"], r["reason"]) for r in rows] == [
+        ("ana", "10", "0", "0", ""), ("bob", "7", "3", "2", "leak")]
 
 
 def test_cli_json(graded):
     proc = _cli("so", "--format", "json", "--account", "ana")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert [(d["assignment"], d["status"], d["grade"]) for d in data] == [
-        ("1-hello", "done", 10.0), ("2-shell", "queued", None)]
+    assert [(d["assignment"], d["status"], d["grade"], d["reason"]) for d in data] == [
+        ("1-hello", "done", 10.0, None), ("2-shell", "queued", None, None)]
     assert data[0]["upload_time"] == "2026-02-28 23:55:00"
 
 

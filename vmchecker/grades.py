@@ -1,10 +1,11 @@
 """The course's grades database: a cache of the repository, never the source of truth.
 
 One SQLite file per course (``<course root>/vmchecker.db``) with one table, one row per
-(assignment, account): the ``current`` submission's status or grade, late days,
-penalty and upload time. The repository is what counts: :func:`rebuild` recomputes
-every row from it, so deleting the database loses nothing. :func:`update` refreshes
-one row when results arrive.
+(assignment, account): the ``current`` submission's status or grade, the short reason
+for points lost, late days, penalty and upload time. The repository is what counts:
+:func:`rebuild` recomputes every row from it, so deleting the database loses nothing
+(and a table of an older layout is simply dropped and made again). :func:`update`
+refreshes one row when results arrive.
 
 Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction, so two processes
 rebuilding at once serialise on SQLite's lock and each leaves a complete table;
@@ -41,11 +42,12 @@ CREATE TABLE IF NOT EXISTS grades (
     late_days   INTEGER NOT NULL,
     penalty     REAL NOT NULL,
     adjustments REAL NOT NULL,
+    reason      TEXT,
     PRIMARY KEY (assignment, account)
 )
 """
 _COLUMNS = ("assignment", "account", "submission", "upload_time", "status",
-            "grade", "late_days", "penalty", "adjustments")
+            "grade", "late_days", "penalty", "adjustments", "reason")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class GradeRow:
     late_days: int
     penalty: float
     adjustments: float
+    reason: str | None = None  # why points were lost (or that a grader is awaited)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -79,7 +82,7 @@ def row_for(course: CourseConfig, submission: repo.Submission) -> GradeRow:
         assignment=submission.assignment, account=submission.account,
         submission=submission.name, upload_time=submission.upload_time,
         status=result.status.value, grade=result.grade, late_days=result.late_days,
-        penalty=result.penalty, adjustments=result.adjustments,
+        penalty=result.penalty, adjustments=result.adjustments, reason=result.reason,
     )
 
 
@@ -96,12 +99,30 @@ def _connect(course: CourseConfig) -> Iterator[sqlite3.Connection]:
         raise VmcheckerError(f"{path}: cannot open the grades database: {exc}") from None
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(_SCHEMA)
+        _ensure_schema(conn)
         yield conn
     except sqlite3.Error as exc:
         raise VmcheckerError(f"{path}: grades database error: {exc}") from None
     finally:
         conn.close()
+
+
+def _ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the table, or make it again if an older version left other columns: it
+    is a cache, the next rebuild fills it."""
+    def columns() -> tuple[str, ...]:
+        return tuple(row[1] for row in conn.execute("PRAGMA table_info(grades)"))
+
+    if columns() == _COLUMNS:
+        return
+    with _transaction(conn):
+        found = columns()   # again, under the lock: another process may have done it
+        if found == _COLUMNS:
+            return
+        if found:
+            log.info("grades table of an older layout (%s): made again", ", ".join(found))
+            conn.execute("DROP TABLE IF EXISTS grades")
+        conn.execute(_SCHEMA)
 
 
 @contextlib.contextmanager

@@ -52,6 +52,8 @@ _DIGITS = 6  # results are rounded to this many decimals so 0.1 + 0.2 shows as 0
 # The grade lines come from the course's tests (and from vmchecker when a run failed)
 # as much as from graders: the label names them all.
 ADJUSTMENTS_LABEL = "Adjustments from the tests and graders"
+WAITING_FOR_GRADER = "waiting for a grader"  # a submit_only upload nobody has graded yet
+MAX_REASON = 200  # characters of a grade line's comment shown as the reason beside a grade
 
 
 class Interval(Protocol):
@@ -182,7 +184,8 @@ class GradeResult:
     adjustments: float
     total_points: float
     max_points: float
-    reason: str | None          # why points were lost: the first deducting line's comment
+    reason: str | None          # why points were lost (the first deducting line's comment),
+                                # or WAITING_FOR_GRADER
     upload_time: dt.datetime
     deadline: dt.datetime
     late: dt.timedelta          # late time after holidays
@@ -208,6 +211,8 @@ def compute(assignment: Assignment, holidays: Iterable[Interval], upload_time: d
                                               _DIGITS))
         if grade < assignment.ceiling:
             reason = deduction_reason(parsed)
+    elif assignment.submit_only and parsed.status is not SubmissionStatus.ERROR:
+        reason = WAITING_FOR_GRADER   # never tested: only a grader's grade.vmr moves it on
     return GradeResult(
         status=parsed.status, grade=grade, late_days=days, penalty=points,
         adjustments=parsed.adjustments, total_points=assignment.total_points,
@@ -221,7 +226,8 @@ def deduction_reason(parsed: GradeFile) -> str | None:
     the tests' or a grader's first complaint): the short reason shown beside a grade."""
     for line in parsed.lines:
         if line.points < 0:
-            return line.comment or None
+            comment = line.comment
+            return (comment[:MAX_REASON - 3] + "...") if len(comment) > MAX_REASON else (comment or None)
     return None
 
 

@@ -3,6 +3,7 @@ caller on the storer, and the drain mode (``--once``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ import yaml
 from tests.util import HELLO_C, make_zip, write_course
 from vmchecker import config, rpc, submit
 from vmchecker.cli import status as status_cli
-from vmchecker.contract import GRADE_VMR, VMCHECKER_STDERR, JobState, SubmissionStatus
+from vmchecker.contract import GRADE_VMR, RESULT_JSON, VMCHECKER_STDERR, JobState, SubmissionStatus
 from vmchecker.repo import Repository
 from vmchecker.storer import transport
 from vmchecker.storer.daemon import StorerDaemon
@@ -109,12 +110,16 @@ class FakeTesterLink(transport.TesterLink):
     def send_bundle(self, local_zip, queue_dir: str, name: str) -> str:
         job_id = name.removesuffix(".zip").rsplit("_", 1)[1]
         job = self.daemon.journal.get(job_id)
-        rpc.Client(f"http://127.0.0.1:{self.daemon.port}/").call(rpc.NOTIFY, job.id, job.key, "done", [GRADE_VMR], {})
+        rpc.Client(f"http://127.0.0.1:{self.daemon.port}/").call(rpc.NOTIFY, job.id, job.key, "done",
+                                                                 [GRADE_VMR, RESULT_JSON], {})
         return f"{queue_dir}/{name}"
 
     def fetch_results(self, remote_dir: str, names, local_dir) -> list[Path]:
-        (Path(local_dir) / GRADE_VMR).write_text("ok\n")
-        return [Path(local_dir) / GRADE_VMR]
+        (Path(local_dir) / GRADE_VMR).write_text("ok: all passed\n")
+        step = {"attempted": True, "exit_code": 0, "signal": None, "timed_out": False}
+        (Path(local_dir) / RESULT_JSON).write_text(json.dumps(   # the account of a run that completed
+            {"status": "done", "steps": {"build": step, "run": step}, "grade_file": True}))
+        return [Path(local_dir) / GRADE_VMR, Path(local_dir) / RESULT_JSON]
 
 
 def _saved(course: config.CourseConfig, account: str):
@@ -142,7 +147,7 @@ def test_once_serves_until_every_job_has_ended(tmp_path: Path, monkeypatch: pyte
     assert result == [0]
     for sub in subs:
         sub = Repository(course).submission("1-hello", sub.account, sub.name)
-        assert sub.status() == SubmissionStatus.DONE and sub.grade_text() == "ok\n"
+        assert sub.status() == SubmissionStatus.DONE and sub.grade_text() == "ok: all passed\n"
 
 
 def _closed_port() -> int:

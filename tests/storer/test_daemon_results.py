@@ -6,6 +6,7 @@ test checks what lies between two passes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from tests.fixtures import RunningDaemon
 from tests.lab import skip_unless_lab, sshd
 from tests.util import HELLO_C, make_zip, wait_for, write_course
-from vmchecker import config, rpc, submit
+from vmchecker import config, grades, rpc, submit
 from vmchecker.contract import SubmissionStatus
 from vmchecker.errors import CallRefused
 from vmchecker.repo import Repository
@@ -73,20 +74,70 @@ def _notify(daemon, job, status, files):
     return rpc.Client(daemon.url).call(rpc.NOTIFY, job.id, job.key, status, files, {})
 
 
+def _step(**changes) -> dict:
+    return {"attempted": True, "exit_code": 0, "signal": None, "timed_out": False, "oom_killed": False,
+            "timeout_s": 90, "wall_s": 0.1, **changes}
+
+
+def _account(**changes) -> str:
+    """The tester's result.json of a run that completed, fields changed as given."""
+    return json.dumps({"status": "done", "steps": {"build": _step(), "run": _step()}, "grade_file": True,
+                       "memory_mb": 512, **changes})
+
+
+def _land(daemon, course, done, account, files: dict[str, str]):
+    """A job whose tester wrote ``files`` (name -> text) in its done/<jobid>/, notified and
+    landed; the submission as it is then."""
+    job, sub = _running_job(daemon, course, account)
+    folder = done / job.id
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    assert _notify(daemon, job, "done", sorted(files)) is True
+    assert daemon.journal.get(job.id).state.value == "done"
+    return Repository(course).submission("1-hello", account, sub.name)
+
+
 def test_results_are_pulled_into_the_submission(tester, running_daemon, tmp_path):
     course, done = tester
     daemon = running_daemon(tmp_path / "global.yaml", dispatch=True)   # the daemon as it runs
-    job, sub = _running_job(daemon, course, "bob")
-    folder = done / job.id
-    folder.mkdir()
-    (folder / "run-stdout.vmr").write_text("Hello, world!\n")
-    (folder / "grade.vmr").write_text("-1: missing newline\n")
-    assert _notify(daemon, job, "done", ["run-stdout.vmr", "grade.vmr"]) is True
-    sub = Repository(course).submission("1-hello", "bob", sub.name)
+    sub = _land(daemon, course, done, "bob", {"run-stdout.vmr": "Hello, world!\n", "result.json": _account(),
+                                              "grade.vmr": "-1: missing newline\n"})
     assert (sub.results_dir / "run-stdout.vmr").read_text() == "Hello, world!\n"
     assert sub.status() is SubmissionStatus.DONE and sub.grade_text() == "-1: missing newline\n"
-    assert daemon.journal.get(job.id).state.value == "done"
+    assert json.loads((sub.results_dir / "result.json").read_text())["grade_file"] is True
     assert not list(sub.path.glob(".incoming-*"))
+    (row,) = grades.rows(course, "1-hello", "bob")   # uploaded now, after the deadline: late penalty
+    assert (row.grade, row.reason) == (9 - row.penalty, "missing newline")
+
+
+@pytest.mark.parametrize("files, reason", [
+    ({"grade.vmr": "done\n"}, "the tester sent no account of the run (result.json missing or unreadable)"),
+    ({"grade.vmr": "10: all passed\n", "result.json": "{not json"},
+     "the tester sent no account of the run (result.json missing or unreadable)"),
+    ({"result.json": _account(steps={"build": _step(exit_code=2), "run": _step(attempted=False)})},
+     "the build failed (exit status 2)"),
+    ({"grade.vmr": "", "result.json": _account(steps={"build": _step(),
+                                                       "run": _step(exit_code=None, signal=9, timed_out=True)})},
+     "the tests did not finish within 90 s and were killed"),
+    ({"grade.vmr": "done\n", "result.json": _account(grade_file=False)}, "the tests wrote no grade file"),
+])
+def test_no_points_without_evidence(setup, files, reason):
+    daemon, course, done = setup
+    sub = _land(daemon, course, done, "erin", files)
+    assert sub.status() is SubmissionStatus.DONE
+    assert sub.grade_text().splitlines()[0] == f"-10: {reason}"
+    assert [(r.status, r.grade, r.reason) for r in grades.rows(course, "1-hello", "erin")] == [("done", 0, reason)]
+
+
+def test_a_complete_run_gets_full_points_and_never_more(setup):
+    daemon, course, done = setup
+    sub = _land(daemon, course, done, "fred", {"grade.vmr": "", "result.json": _account()})
+    assert sub.grade_text() == "done\n"
+    (row,) = grades.rows(course, "1-hello", "fred")   # uploaded now, after the deadline: late penalty
+    assert row.grade == 10 - row.penalty and row.penalty > 0
+    _land(daemon, course, done, "gina", {"grade.vmr": "+90: bonus\n", "result.json": _account()})
+    assert grades.rows(course, "1-hello", "gina")[0].grade == 10    # max_points, whatever the lines say
 
 
 def test_a_tester_error_resends_then_gives_up_with_every_reason(setup):

@@ -271,6 +271,25 @@ def test_grades_table_public_results_and_admin(student: FlaskClient, admin: Flas
     assert "/accounts/" not in body
 
 
+def test_a_short_reason_beside_a_grade_below_the_maximum(student: FlaskClient, admin: FlaskClient,
+                                                         web_course: config.CourseConfig) -> None:
+    """0-past's deadline has passed, so its grades are shown; the reason is the first line
+    that took points away. In the course's grades table only admins see reasons."""
+    failed = submit(web_course, "0-past", "student", zip_bytes(HELLO))
+    write_results(failed, {}, grade="-10: the build failed (exit status 2)\n# -5: test 2 failed\n")
+    body = text(student.get("/courses/so/assignments/0-past"))
+    assert '<span class="grade">0 / 10</span>' in body
+    assert '<span class="reason">the build failed (exit status 2)</span>' in body
+    assert "Grade lines (from the tests and graders)" in body and "# -5: test 2 failed" in body
+    table = text(admin.get("/courses/so/grades"))
+    assert '<span class="reason">the build failed (exit status 2)</span>' in table
+    assert "the build failed" not in text(student.get("/courses/so/grades"))     # public grades, private reasons
+    api = admin.get("/api/courses/so/grades").get_json()
+    assert api["reasons"] == [{"account": "student", "assignment": "0-past",
+                               "reason": "the build failed (exit status 2)"}]
+    assert student.get("/api/courses/so/grades").get_json()["reasons"] == []
+
+
 def test_grades_table_private_without_public_results(tmp_path: Path, users: Path) -> None:
     open_course(tmp_path / "priv", "http://127.0.0.1:1/")
     path = tmp_path / "priv" / "so" / "config.yaml"
@@ -311,3 +330,4 @@ def test_submit_only_submission_does_not_wait_for_a_queue(tmp_path: Path, users:
     login(c, "student")
     body = text(c.get(PAGE))
     assert 'data-status="saved"' in body and "no estimate" not in body and 'http-equiv="refresh"' not in body
+    assert ">waiting for a grader</span>" in body

@@ -1,8 +1,9 @@
 """vmchecker-grades COURSE: rebuild the grades database from the repository and print it.
 
 For graders and sysadmins: every account's current submission per assignment, with
-its status or grade, late days, penalty and upload time, as an aligned table, CSV
-or JSON.
+its status or grade, late days, penalty, upload time and a short reason beside a grade
+below the maximum (the first grade line that took points away: why a run failed, or the
+tests' or a grader's complaint), as an aligned table, CSV or JSON.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ log = logging.getLogger(__name__)
 
 PROG = "vmchecker-grades"
 FORMATS = ("table", "csv", "json")
-_HEADERS = ("account", "assignment", "status", "grade", "late_days", "penalty", "upload_time")
+_HEADERS = ("account", "assignment", "status", "grade", "late_days", "penalty", "upload_time", "reason")
 
 
 def _cells(row: grades.GradeRow) -> list[str]:
     return [row.account, row.assignment, row.status,
             "" if row.grade is None else format_points(row.grade),
-            str(row.late_days), format_points(row.penalty), confparse.format_datetime(row.upload_time)]
+            str(row.late_days), format_points(row.penalty), confparse.format_datetime(row.upload_time),
+            _one_line(row.reason or "")]
+
+
+def _one_line(text: str) -> str:
+    """A reason comes from grade lines a course's tests wrote: one line of printable text."""
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def render(found: list[grades.GradeRow], fmt: str, out: TextIO) -> None:

@@ -2,6 +2,8 @@
 
 Earlier results are never destroyed: each recheck moves ``results/`` aside to the next
 free ``results.N/``. ``--dry-run`` lists what would be rechecked and changes nothing.
+Submissions of ``submit_only`` assignments are graded by hand and never tested: they
+are listed as skipped, their grade left where the grader wrote it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from vmchecker import config
 from vmchecker.cli import common
 from vmchecker.errors import NotFound
-from vmchecker.queueing import queue_submission
+from vmchecker.queueing import SUBMIT_ONLY, never_tested, queue_submission
 from vmchecker.repo import Repository, Submission
 from vmchecker.submit import recheck
 
@@ -53,6 +55,9 @@ def work(args: argparse.Namespace) -> int:
         return 0
     for sub in chosen:
         label = f"{course.id}/{sub.assignment}/{sub.account}/{sub.name}"
+        if never_tested(course, sub.assignment):
+            print(f"skipped {label}: {SUBMIT_ONLY.format(assignment=sub.assignment)}")
+            continue
         if args.dry_run:
             print(f"would recheck {label} (status {sub.status().value})")
             continue

@@ -23,6 +23,7 @@ from typing import Any
 from vmchecker import config, confparse, rpc
 from vmchecker.contract import VMCHECKER_STDERR, JobState, ResultStatus, SubmissionStatus
 from vmchecker.errors import CallRefused, JobStateError, ResultRefused, RpcError, TryLater, VmcheckerError
+from vmchecker.queueing import SUBMIT_ONLY, never_tested
 from vmchecker.repo import Repository, check_account
 from vmchecker.service import Service
 from vmchecker.storer import outcomes
@@ -132,12 +133,14 @@ class StorerDaemon(Service):
                 self.request_stop("no job queued or sent")
 
     def queue_saved_submissions(self) -> int:
-        """Queue every course's current submissions still in status ``saved``."""
+        """Queue every course's current submissions still in status ``saved`` (but those
+        of ``submit_only`` assignments, which wait for a grader, never for a tester)."""
         queued = 0
         for course_id in self.courses.ids():
             try:
                 course = self.courses.get(course_id)
-                subs = [s for s in Repository(course.config).iter_current() if s.status() is SubmissionStatus.SAVED]
+                subs = [s for s in Repository(course.config).iter_current()
+                        if s.status() is SubmissionStatus.SAVED and not never_tested(course.config, s.assignment)]
             except VmcheckerError as exc:
                 log.error("course %s: cannot look for saved submissions: %s", course_id, exc.message)
                 continue
@@ -164,6 +167,8 @@ class StorerDaemon(Service):
     def _queue(self, course_id: str, assignment: str, account: str, submission: str) -> str:
         course = self.courses.get(course_id)
         check_account(account)
+        if never_tested(course.config, assignment):
+            raise CallRefused(SUBMIT_ONLY.format(assignment=assignment))
         sub = Repository(course.config).submission(assignment, account, submission)
         with self._queue_lock:  # one waiting job per submission
             active = self.journal.find_active(course_id, assignment, account, sub.name)

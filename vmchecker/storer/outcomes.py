@@ -1,29 +1,36 @@
 """What the daemon writes into a submission as its job moves: status, results, errors.
 
 The submission folder is the source of truth (DESIGN.md section 5): its
-``results/grade.vmr`` says queued, running, done or error, results pulled from a
-tester land in ``results/``, and a job given up writes every reason into
-``results/vmchecker-stderr.vmr``. Every write holds the assignment's repository lock,
-so a recheck moving ``results/`` aside never races a result landing.
+``results/grade.vmr`` says queued, running or error, results pulled from a tester land
+in ``results/``, and a job given up writes every reason into
+``results/vmchecker-stderr.vmr``. When results land, the final ``grade.vmr`` is
+written here and nowhere else, by :func:`vmchecker.evidence.judge` from the tester's
+``result.json`` and the tests' grade lines: no points without evidence. Every write
+holds the assignment's repository lock, so a recheck moving ``results/`` aside never
+races a result landing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from vmchecker import fsutil, grades
-from vmchecker.contract import VMCHECKER_STDERR, SubmissionStatus
+from vmchecker import evidence, fsutil, grades
+from vmchecker.contract import GRADE_VMR, RESULT_JSON, VMCHECKER_STDERR, SubmissionStatus
 from vmchecker.repo import Repository, Submission
 from vmchecker.storer.courses import Course
 from vmchecker.storer.journal import Job
 
 log = logging.getLogger(__name__)
+
+MAX_RESULT_JSON = 1024 * 1024   # a larger result.json is no account of a run, it is an attack
 
 
 def submission_of(course: Course, job: Job) -> Submission:
@@ -67,24 +74,33 @@ def set_status(course: Course, job: Job, status: SubmissionStatus, expect: tuple
 
 
 def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> Submission | None:
-    """Pull a job's result files into the submission's ``results/`` and update grades.
+    """Pull a job's result files into the submission's ``results/``, write its final
+    ``grade.vmr`` and update grades.
 
     ``fetch(folder)`` downloads into a private folder next to ``results/``, outside the
     repository lock (it may take a while); the files move into ``results/`` under the
     lock, and only if the submission still waits for this job (a recheck since the
-    job was sent has cleared its job id: then the results are dropped and None returned)."""
+    job was sent has cleared its job id: then the results are dropped and None returned).
+    The tester's ``grade.vmr`` holds only the tests' lines: it is weighed with its
+    ``result.json``, never moved in as the grade."""
+    assignment = course.config.assignment(job.assignment)
+    machine = course.config.machines.get(assignment.machine)
     incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{job.id}-", dir=submission_of(course, job).path))
     try:
         fetch(incoming)
         with _waiting(course, job) as sub:
             if sub is None:
                 return None
+            verdict = evidence.judge(read_result(incoming / RESULT_JSON), _read_text(incoming / GRADE_VMR),
+                                     assignment, check=bool(machine and machine.check_script))
+            (incoming / GRADE_VMR).unlink(missing_ok=True)
             sub.results_dir.mkdir(exist_ok=True)
             for path in incoming.iterdir():
                 os.replace(path, sub.results_dir / path.name)
+            fsutil.write_atomic(sub.results_dir / GRADE_VMR, verdict.text)
             fsutil.fsync_dir(sub.results_dir)
-            if sub.status() in (SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUNNING):
-                sub.set_status(SubmissionStatus.DONE)
+        if verdict.reason:
+            log.info("job %s: %s scores points_on_failure: %s", job.id, sub.path.name, verdict.reason)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     _update_grades(course, sub)
@@ -105,6 +121,25 @@ def record_error(course: Course, job: Job, reasons: list[str] | tuple[str, ...])
     _update_grades(course, sub)
     log.warning("job %s (%s/%s/%s) ended in error", job.id, job.assignment, job.account, job.submission)
     return sub
+
+
+def read_result(path: Path) -> Any:
+    """The tester's ``result.json`` as parsed JSON; None when it is missing, a link, too
+    large or not JSON (which :func:`vmchecker.evidence.judge` takes as no evidence)."""
+    try:
+        if path.is_symlink() or path.stat().st_size > MAX_RESULT_JSON:
+            return None
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_text(path: Path) -> str | None:
+    """A result file as text (undecodable bytes replaced), None if it is absent."""
+    try:
+        return None if path.is_symlink() else path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
 
 
 def _update_grades(course: Course, sub: Submission) -> None:

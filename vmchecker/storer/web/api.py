@@ -124,7 +124,9 @@ def grades(course_id: str):
     table = model.grades_table(course, g.user, context.now())
     return jsonify(course=course.id, assignments=[a.id for a in table.assignments],
                    grades=[{"account": account, **{a.id: table.cells.get((account, a.id)) for a in table.assignments}}
-                           for account in table.accounts])
+                           for account in table.accounts],
+                   reasons=[{"account": account, "assignment": assignment, "reason": reason}
+                            for (account, assignment), reason in sorted(table.reasons.items())])
 
 
 @bp.route("/courses/<course_id>/assignments/<assignment_id>/accounts/<account>/submissions/<submission>/recheck",
@@ -139,4 +141,6 @@ def recheck(course_id: str, assignment_id: str, account: str, submission: str):
     except NotFound as exc:
         abort(404, description=exc.message)
     outcome = uploads.recheck_submission(course, sub, context.settings().daemon_timeout)
+    if not outcome.ok:
+        return jsonify(error=outcome.message), 409
     return jsonify(message=outcome.message, submission=sub.name, queued=outcome.queued)

@@ -140,7 +140,9 @@ class SubmissionView:
     queue: QueueInfo | None
     results: list[Vmr] = field(default_factory=list)
     grade: str | None = None       # "7.5 / 10"
-    grade_notes: str = ""          # grade.vmr as the grader wrote it
+    reason: str = ""               # beside the grade: why points were lost, or that a grader is awaited
+    status_label: str = ""         # the status in words ("waiting for a grader" for a submit-only upload)
+    grade_notes: str = ""          # grade.vmr: the lines of the tests, of vmchecker and of graders
     breakdown: list[tuple[str, str]] = field(default_factory=list)
     grade_hidden: bool = False     # graded, but not shown before the deadline
     current: bool = False
@@ -175,14 +177,17 @@ def submission_view(course: CourseConfig, task: Assignment, sub: Submission, use
     status = sub.status()
     waiting = status in WAITING and not task.submit_only   # submit-only: graded by hand, no queue
     queue = (jobs or {}).get((sub.assignment, sub.account, sub.name)) if waiting else None
+    by_hand = task.submit_only and status in WAITING
     view = dict(name=sub.name, account=sub.account, upload_time=format_datetime(sub.upload_time),
                 status=status.value, waiting=waiting, queue=queue, current=current,
+                status_label=penalty.WAITING_FOR_GRADER if by_hand else status.value,
                 results=[] if waiting else results(sub, task, is_admin(course, user)))
     if status is SubmissionStatus.DONE:
         if grades_visible(course, task, user, now):
             result = penalty.compute(task, course.course.holidays, sub.upload_time, sub.grade_text())
             text = sub.grade_text() or ""
             view.update(grade=f"{penalty.format_points(result.grade or 0)} / {penalty.format_points(task.total_points)}",
+                        reason=result.reason or "",
                         grade_notes=text.strip() if text.strip() != SubmissionStatus.DONE.value else "",
                         breakdown=penalty.breakdown(result))
         else:
@@ -213,6 +218,7 @@ class GradesTable:
     assignments: list[AssignmentView]
     accounts: list[str]
     cells: dict[tuple[str, str], str]      # (account, assignment) -> grade or status
+    reasons: dict[tuple[str, str], str] = field(default_factory=dict)  # beside a grade: admins only
 
 
 def grades_table(course: CourseConfig, user: str, now: dt.datetime) -> GradesTable:
@@ -220,13 +226,20 @@ def grades_table(course: CourseConfig, user: str, now: dt.datetime) -> GradesTab
     tasks = visible_assignments(course, user)
     ids = {t.id: t for t in tasks}
     cells: dict[tuple[str, str], str] = {}
+    reasons: dict[tuple[str, str], str] = {}
+    admin = is_admin(course, user)   # a reason tells of results, which stay private
     for row in grades.collect(course):
         task = ids.get(row.assignment)
         if task is None:
             continue
+        key = (row.account, row.assignment)
         if row.grade is not None and grades_visible(course, task, user, now):
-            cells[(row.account, row.assignment)] = penalty.format_points(row.grade)
+            cells[key] = penalty.format_points(row.grade)
+            if admin and row.reason:
+                reasons[key] = row.reason
+        elif row.grade is not None:
+            cells[key] = "graded"
         else:
-            cells[(row.account, row.assignment)] = "graded" if row.grade is not None else row.status
+            cells[key] = penalty.WAITING_FOR_GRADER if row.reason == penalty.WAITING_FOR_GRADER else row.status
     accounts = sorted({account for account, _ in cells})
-    return GradesTable([assignment_view(t, now) for t in tasks], accounts, cells)
+    return GradesTable([assignment_view(t, now) for t in tasks], accounts, cells, reasons)

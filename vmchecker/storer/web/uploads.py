@@ -1,5 +1,6 @@
 """An upload from the web: the same :func:`vmchecker.submit.submit` as
-``vmchecker-submit``, then ``queue_task``.
+``vmchecker-submit``, then ``queue_task`` (never for a ``submit_only`` assignment, which
+a grader grades by hand).
 
 A refusal (:class:`SubmissionRefused`, :class:`ArchiveError`) carries a message meant
 for the student and is shown as it is. Any other error is the server's problem and its
@@ -15,6 +16,7 @@ from werkzeug.datastructures import FileStorage
 
 from vmchecker.config import CourseConfig
 from vmchecker.errors import SubmissionRefused, VmcheckerError
+from vmchecker.queueing import never_tested
 from vmchecker.repo import Submission
 from vmchecker.storer.web.jobs import Queuer
 from vmchecker.submit import recheck, submit
@@ -59,10 +61,15 @@ def upload(course: CourseConfig, assignment: str, account: str, file: FileStorag
     except VmcheckerError as exc:
         log.error("upload of %s/%s by %s failed: %s", course.id, assignment, account, exc.message)
         return Outcome(False, UPLOAD_FAILED)
+    if never_tested(course, assignment):
+        return Outcome(True, "Your archive was saved. This assignment is not tested automatically:"
+                             " a grader will grade it.", sub)
     return Outcome(True, _queued_message(queuer, "Your archive was saved."), sub, bool(queuer.queued))
 
 
 def recheck_submission(course: CourseConfig, sub: Submission, timeout: float) -> Outcome:
+    if never_tested(course, sub.assignment):   # a recheck would only put the grader's grade aside
+        return Outcome(False, f"{sub.assignment} is graded by hand, never tested: nothing to recheck.", sub)
     queuer = Queuer(course, timeout)
     sub = recheck(sub, notify=queuer)
     return Outcome(True, _queued_message(queuer, f"Submission {sub.name} of {sub.account} will be tested again."),

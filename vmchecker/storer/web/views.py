@@ -122,7 +122,8 @@ def recheck(course_id: str, assignment_id: str, account: str, submission: str):
         sub = model.find_submission(course, task, account, submission)
     except NotFound as exc:
         return render_template("error.html", code=404, message=exc.message), 404
-    flash(uploads.recheck_submission(course, sub, context.settings().daemon_timeout).message, "info")
+    outcome = uploads.recheck_submission(course, sub, context.settings().daemon_timeout)
+    flash(outcome.message, "info" if outcome.ok else "error")
     return redirect(url_for("pages.account_submissions", course_id=course_id, assignment_id=assignment_id,
                             account=account))
 
