@@ -118,6 +118,13 @@ def test_failing_notify_does_not_undo_the_save(course: CourseConfig) -> None:
     assert sub.archive_path.is_file() and sub.status() is SubmissionStatus.SAVED
 
 
+def test_a_submit_only_upload_is_stored_and_never_handed_on(tmp_path: Path) -> None:
+    course = config.load_course(write_course(tmp_path, extra={"assignments": {"1-hello": {"submit_only": True}}}))
+    called: list[Submission] = []
+    sub = submit(course, "1-hello", "bob", zip_bytes(HELLO), upload_time=T, notify=called.append)
+    assert called == [] and sub.archive_path.is_file() and sub.status() is SubmissionStatus.SAVED
+
+
 def test_admin_may_submit_a_hidden_assignment(tmp_path: Path) -> None:
     course = special_course(tmp_path)
     sub = submit(course, "2-secret", "alice", zip_bytes(HELLO), upload_time=T)

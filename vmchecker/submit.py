@@ -66,7 +66,8 @@ def submit(
 
     ``upload_time`` defaults to now (taken under the lock, so stored order is time
     order). ``skip_time_checks`` (graders) skips the upload window, the hard deadline
-    and the minimum interval. ``notify`` is called once the submission is durable.
+    and the minimum interval. ``notify`` is called once the submission is durable,
+    except for a ``submit_only`` assignment: graded by hand, never queued.
     Raises SubmissionRefused (ArchiveError for a bad archive) with nothing written."""
     check_account(account)
     task = _assignment(course, assignment, account)
@@ -82,7 +83,8 @@ def submit(
         shutil.rmtree(incoming, ignore_errors=True)
         raise
     log.info("saved %s/%s/%s as %s", course.id, assignment, account, sub.path)
-    _notify(notify, sub)
+    if not task.submit_only:
+        _notify(notify, sub)
     return sub
 
 
