@@ -33,11 +33,11 @@ from decimal import Decimal
 from typing import Any
 
 from vmchecker.config import Assignment
-from vmchecker.contract import ResultStatus
+from vmchecker.contract import RESULT_JSON, ResultStatus
 
 log = logging.getLogger(__name__)
 
-NO_ACCOUNT = "the tester sent no account of the run (result.json missing or unreadable)"
+NO_ACCOUNT = f"the tester sent no account of the run ({RESULT_JSON} missing or unreadable)"
 NOT_COMPLETED = "the tester could not complete the run (guest or tester error)"
 NO_GRADE_FILE = "the tests wrote no grade file"
 DONE_LINE = "done"
