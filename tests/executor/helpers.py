@@ -1,13 +1,18 @@
-"""Unpacked bundle folders for executor tests, built from real files on the spot."""
+"""Unpacked bundle folders for executor tests, built from real files on the spot, and a
+hook around a job's run step for tests that must make an order happen."""
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.util import HELLO_C, HELLO_MAKEFILE, make_zip
+from vmchecker import contract
 from vmchecker.bundle import BundleInfo
 from vmchecker.config import parse_machine
 
@@ -69,3 +74,38 @@ def run_job(host, folder: Path, machine: dict | None = None, **kwargs):
     backend's base guest) and run it through ``host``; (the job, the bundle folder)."""
     bundle_dir, info = make_bundle(folder, **kwargs, **(machine or {}))
     return host.test_submission(bundle_dir, info.machine, info), bundle_dir
+
+
+def around_run_step(monkeypatch: pytest.MonkeyPatch, host, *, before: Callable[[Path], object] | None = None,
+                    after: Callable[[Path], object] | None = None) -> None:
+    """Make every job ``host`` runs call ``before(results)`` just before its run step
+    starts in the guest and ``after(results)`` once the step returned (``results``: that
+    job's results folder), on the host side, in the job's own thread.
+
+    How a test makes an order happen instead of sleeping and hoping: two jobs that wait
+    for each other before their run steps are both up at once whatever their boot
+    times; a job that waits after its run step for a kernel message to reach run-km.vmr
+    stops its host commands only once it has. The guest cannot see a host file, so the
+    wait is here. A hook that raises fails its job (an internal error of the executor)."""
+    real_get_vm = host.get_vm
+
+    def get_vm(*args, **kwargs):
+        vm = real_get_vm(*args, **kwargs)
+        real_run = vm.run
+        signature = inspect.signature(real_run)
+
+        def run(*run_args, **run_kwargs):
+            call = signature.bind(*run_args, **run_kwargs).arguments
+            is_run_step = contract.RUN_SCRIPT in call["argv"]
+            results = Path(call["stdout"].path).parent
+            if is_run_step and before:
+                before(results)
+            step = real_run(*run_args, **run_kwargs)
+            if is_run_step and after:
+                after(results)
+            return step
+
+        vm.run = run
+        return vm
+
+    monkeypatch.setattr(host, "get_vm", get_vm)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab import require_marker
+
 REPO = Path(__file__).resolve().parents[2]
 KVM_BASE = "vmchecker-kvm-base"
 KVM_STATE = Path(os.environ.get("VMCHECKER_KVM_STATE", "/var/lib/vmchecker/kvm"))
@@ -42,6 +44,7 @@ def kvm_host():
     reason = _kvm_unusable()
     if reason:
         pytest.skip(reason)
+    require_marker("kvm", "libvirt/QEMU guests")
     proc = subprocess.run([str(REPO / "kvm-resources" / "build-image.sh"), KVM_BASE],
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"build-image.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

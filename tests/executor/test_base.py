@@ -7,18 +7,17 @@ guest); everything else is the real flow, on real files and real processes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.executor.helpers import make_bundle, vmr
-from vmchecker.errors import BundleError, ExecutorError
-from vmchecker.executor import base, get_host
+from tests.util import pid_alive, wait_for
+from vmchecker.errors import BundleError, ExecutorError, Interrupted
+from vmchecker.executor import base, get_host, hostcmds, interrupts, payload, results
 
 
 class FolderVM(base.VM):
@@ -58,7 +57,7 @@ class FolderVM(base.VM):
                               timeout=timeout)
         stdout.write(proc.stdout)
         stderr.write(proc.stderr)
-        return base.StepResult(exit_code=proc.returncode, wall_s=0.0)
+        return results.StepResult(exit_code=proc.returncode, wall_s=0.0)
 
     def stop(self):
         self._call("stop")
@@ -86,15 +85,15 @@ def run_job(tmp_path: Path, host: FolderHost | None = None, **kwargs):
 
 
 def test_capped_writer_keeps_the_head_and_says_how_much_was_cut(tmp_path):
-    w = base.CappedWriter(tmp_path / "x.vmr", 10)
+    w = results.CappedWriter(tmp_path / "x.vmr", 10)
     w.write(b"0123456")
     w.write(b"789abcdef")
     w.close()
-    assert (tmp_path / "x.vmr").read_bytes() == b"0123456789" + base.truncation_line(10, 6)
+    assert (tmp_path / "x.vmr").read_bytes() == b"0123456789" + results.truncation_line(10, 6)
 
 
 def test_capped_writer_under_the_cap_has_no_marker(tmp_path):
-    w = base.CappedWriter(tmp_path / "x.vmr", 10)
+    w = results.CappedWriter(tmp_path / "x.vmr", 10)
     w.write(b"short")
     w.close()
     assert (tmp_path / "x.vmr").read_bytes() == b"short"
@@ -103,10 +102,10 @@ def test_capped_writer_under_the_cap_has_no_marker(tmp_path):
 def test_course_files_win_over_student_files(tmp_path):
     files = {"build.sh/x": "a folder named like the build script", "expected.txt": "forged", "a/b.c": "kept"}
     bundle_dir, _ = make_bundle(tmp_path / "bundle", files=files, tests={"expected.txt": "real", "a/t.txt": "t"})
-    payload = base.prepare_payload(bundle_dir, tmp_path / "work")
-    assert (payload / "build.sh").read_text() == (bundle_dir / "build.sh").read_text()
-    assert (payload / "expected.txt").read_text() == "real"
-    assert (payload / "a" / "b.c").read_text() == "kept" and (payload / "a" / "t.txt").read_text() == "t"
+    folder = payload.prepare_payload(bundle_dir, tmp_path / "work")
+    assert (folder / "build.sh").read_text() == (bundle_dir / "build.sh").read_text()
+    assert (folder / "expected.txt").read_text() == "real"
+    assert (folder / "a" / "b.c").read_text() == "kept" and (folder / "a" / "t.txt").read_text() == "t"
 
 
 def test_full_flow_in_order(tmp_path):
@@ -133,7 +132,7 @@ def test_guest_files_are_capped(tmp_path):
     job, out, _ = run_job(tmp_path, run="head -c 5000 /dev/zero | tr '\\0' g > grade.vmr\n",
                           limits={"output_kb": 1})
     text = vmr(out, "grade.vmr")
-    assert text.startswith("g" * 1024) and text[1024:] == base.truncation_line(1024).decode()
+    assert text.startswith("g" * 1024) and text[1024:] == results.truncation_line(1024).decode()
 
 
 def test_a_failed_start_is_an_error_and_the_guest_is_cleaned(tmp_path):
@@ -156,11 +155,11 @@ def test_an_unexpected_exception_is_an_error_with_its_name(tmp_path):
 
 
 def test_an_interrupted_job_never_claims_success(tmp_path):
-    host = FolderHost(tmp_path / "guest", copy_from=base.Interrupted("SIGTERM"))
+    host = FolderHost(tmp_path / "guest", copy_from=Interrupted("SIGTERM"))
     bundle_dir, info = make_bundle(tmp_path / "bundle")
     (bundle_dir / "results").mkdir()
     (bundle_dir / "results" / "result.json").write_text('{"status": "done"}')   # from an earlier run
-    with pytest.raises(base.Interrupted):
+    with pytest.raises(Interrupted):
         host.test_submission(bundle_dir, info.machine, info)
     assert host.vms[0].calls[-1] == "cleanup"
     data = json.loads(vmr(bundle_dir, "result.json"))
@@ -207,7 +206,7 @@ def test_a_sigterm_during_the_final_cleanup_still_writes_the_results(tmp_path):
             cleanup = vm.cleanup
 
             def interrupted_cleanup(failed=False):
-                base.interrupt("SIGTERM")   # what the executor's signal handler does
+                interrupts.interrupt("SIGTERM")   # what the executor's signal handler does
                 return cleanup(failed)
 
             vm.cleanup = interrupted_cleanup
@@ -215,7 +214,7 @@ def test_a_sigterm_during_the_final_cleanup_still_writes_the_results(tmp_path):
 
     host = InterruptedInCleanup(tmp_path / "guest")
     bundle_dir, info = make_bundle(tmp_path / "bundle", run="echo ran > grade.vmr\n")
-    with pytest.raises(base.Interrupted):
+    with pytest.raises(Interrupted):
         host.test_submission(bundle_dir, info.machine, info)
     assert host.vms[0].calls[-1] == "cleanup"   # the guest was removed...
     assert json.loads(vmr(bundle_dir, "result.json"))["status"] == "done"   # ...and the results written
@@ -223,9 +222,9 @@ def test_a_sigterm_during_the_final_cleanup_still_writes_the_results(tmp_path):
 
 
 def test_host_command_groups_are_recorded_until_stopped(tmp_path):
-    record = tmp_path / "b" / "results" / f".host_commands{base.PGIDS_SUFFIX}"
+    record = tmp_path / "b" / "results" / f".host_commands{hostcmds.PGIDS_SUFFIX}"
     record.parent.mkdir(parents=True)
-    commands = base.HostCommands("host_commands", record)
+    commands = hostcmds.HostCommands("host_commands", record)
     commands.start(["exec sleep 60"], {}, None)
     assert len(record.read_text().split()) == 1
     commands.stop()
@@ -233,27 +232,21 @@ def test_host_command_groups_are_recorded_until_stopped(tmp_path):
 
 
 def test_kill_recorded_stops_the_host_commands_of_a_dead_executor(tmp_path):
-    record = tmp_path / "b" / "results" / f".kernel_messages{base.PGIDS_SUFFIX}"
+    record = tmp_path / "b" / "results" / f".kernel_messages{hostcmds.PGIDS_SUFFIX}"
     record.parent.mkdir(parents=True)
-    commands = base.HostCommands("kernel_messages", record)
+    commands = hostcmds.HostCommands("kernel_messages", record)
     # the second command leaves a grandchild in its group, as `tail -F ... | grep` would
     commands.start(["exec sleep 60", f"sleep 60 & echo $! > {tmp_path}/grandchild; wait"], {}, None)
     procs = list(commands._procs)
     pgids = sorted(int(p) for p in record.read_text().split())
     assert pgids == sorted(p.pid for p in procs)
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "grandchild").exists() or not (tmp_path / "grandchild").read_text():
-        assert time.monotonic() < deadline, "the second host command never started its child"
-        time.sleep(0.01)
-    grandchild = int((tmp_path / "grandchild").read_text())
+    grandchild = int(wait_for(lambda: (tmp_path / "grandchild").exists() and (tmp_path / "grandchild").read_text(),
+                              "the second host command to start its child"))
 
-    assert base.kill_recorded(tmp_path / "b") == pgids   # as if the executor had been SIGKILLed
+    assert hostcmds.kill_recorded(tmp_path / "b") == pgids   # as if the executor had been SIGKILLed
 
     for proc in procs:
         assert proc.wait(10) == -signal.SIGKILL
-    with pytest.raises(ProcessLookupError):
-        for _ in range(1000):   # killed, then reaped by init
-            os.kill(grandchild, 0)
-            time.sleep(0.01)
+    wait_for(lambda: not pid_alive(grandchild), "the host command's child to die with its group")
     assert not record.exists()
-    assert base.kill_recorded(tmp_path / "b") == []
+    assert hostcmds.kill_recorded(tmp_path / "b") == []

@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,13 @@ from pathlib import Path
 import pytest
 
 from tests.executor.conftest import owned_clones
-from tests.executor.helpers import BASE, HELLO_FILES, c_program, result_json, run_job, vmr
+from tests.executor.helpers import BASE, HELLO_FILES, around_run_step, c_program, result_json, run_job, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine, owned_domains
-from vmchecker.executor import base
+from vmchecker.executor import base, guest
 
+# Seconds two parallel jobs may wait for each other before their run steps (a guard:
+# a job that fails first breaks the wait at once).
+BARRIER_WAIT = 600
 # Written by the job of test_files_outside_the_job_folder_do_not_survive.
 EVIL_PATHS = ("etc/evil", "root/x", "usr/local/evil")
 
@@ -91,7 +93,7 @@ def _kvm(host) -> Backend:
         return owned_domains(host, {pid})
 
     def leftovers() -> list[str]:   # transient guests, and overlays and consoles in jobs/
-        return guests() + sorted(str(p) for p in (KVM_STATE / "jobs").glob(f"{base.GUEST_PREFIX}*-{pid}-*"))
+        return guests() + sorted(str(p) for p in (KVM_STATE / "jobs").glob(f"{guest.GUEST_PREFIX}*-{pid}-*"))
 
     def remove(item: str) -> None:
         if item.startswith("/"):
@@ -218,25 +220,29 @@ def test_files_outside_the_job_folder_do_not_survive(backend, tmp_path):
         assert vmr(out, "run-stdout.vmr") == "checked\n"
 
 
-def test_two_jobs_at_once(backend, tmp_path):
-    # both run steps last long enough for the test to see the two guests side by side
+def test_two_jobs_at_once(backend, tmp_path, monkeypatch):
+    # Each job waits, before its run step, for the other to reach its own: at that
+    # moment both guests are up, however long either took to boot. A job that fails
+    # before the barrier breaks it, so its partner fails too instead of waiting.
+    seen: list[int] = []
+    barrier = threading.Barrier(2, action=lambda: seen.append(len(backend.guests())), timeout=BARRIER_WAIT)
+    around_run_step(monkeypatch, backend.host, before=lambda results: barrier.wait())
     results = {}
 
     def one(name: str) -> None:
-        results[name] = backend.run(tmp_path / name, backend.parallel, run="./hello; sleep 3\n", job_id=name,
-                                    timeout=30)
+        try:
+            results[name] = backend.run(tmp_path / name, backend.parallel, run="./hello\n", job_id=name, timeout=30)
+        finally:
+            barrier.abort()   # the partner is past the barrier already, or must not wait for this job
 
     threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
     for t in threads:
         t.start()
-    seen = 0
-    while seen < 2 and any(t.is_alive() for t in threads):
-        seen = max(seen, len(backend.guests()))
-        time.sleep(0.05)
     for t in threads:
         t.join()
     for name in ("a", "b"):
         job, out = results[name]
-        assert job.status == "done" and vmr(out, "run-stdout.vmr") == "Hello, world!\n", name
-    assert seen == 2
+        assert job.status == "done" and vmr(out, "run-stdout.vmr") == "Hello, world!\n", \
+            (name, vmr(out, "vmchecker-stderr.vmr"))
+    assert seen == [2], "both guests must be up while both jobs wait before their run steps"
     assert backend.leftovers() == []

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor.helpers import run_job, vmr
+from tests.executor.helpers import around_run_step, run_job, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine, owned_domains
+from tests.util import wait_for
 
 pytestmark = pytest.mark.kvm
 
@@ -29,21 +30,30 @@ def test_guest_clock_is_set_after_revert(kvm_host, tmp_path):
     assert abs(int(vmr(out, "run-stdout.vmr")) - time.time()) < 60
 
 
-def test_kernel_messages_go_to_run_km(kvm_host, tmp_path):
+def km_arrived(results: Path, line: str) -> None:
+    """Wait, after the run step, until ``line`` reached the job's run-km.vmr: the
+    kernel_messages command follows the console on its own time, and the job stops it
+    right after the run step."""
+    wait_for(lambda: line in (results / "run-km.vmr").read_text(errors="replace"), f"{line!r} in run-km.vmr")
+
+
+def test_kernel_messages_go_to_run_km(kvm_host, tmp_path, monkeypatch):
     console = KVM_STATE / "jobs" / "$VMCHECKER_VM.console"
     machine = kvm_machine(kernel_messages=[f"exec tail -n0 -F {console}"])
-    run = "echo '<3>vmchecker-km-probe' > /dev/kmsg; sleep 1\n"
+    around_run_step(monkeypatch, kvm_host, after=lambda results: km_arrived(results, "vmchecker-km-probe"))
+    run = "echo '<3>vmchecker-km-probe' > /dev/kmsg\n"
     job, out = run_job(kvm_host, tmp_path / "b", machine, run=run)
     assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
     assert "vmchecker-km-probe" in vmr(out, "run-km.vmr")
 
 
 def test_guest_not_ready_is_an_error_and_keep_failed_keeps_its_disk(kvm_host, tmp_path):
-    machine = kvm_machine(revert="overlay", boot_timeout=1, keep_failed=True)
+    # no time at all to boot: not ready however fast the guest (a guard of 1 s could pass with KVM)
+    machine = kvm_machine(revert="overlay", boot_timeout=0, keep_failed=True)
     job, out = run_job(kvm_host, tmp_path / "b", machine)
     assert job.status == "error"
     errors = vmr(out, "vmchecker-stderr.vmr")
-    assert "was not ready within 1 s" in errors and "serial console" in errors
+    assert "was not ready within 0 s" in errors and "serial console" in errors
     kept = [line.rsplit(": ", 1)[1] for line in errors.splitlines() if "kept for inspection" in line]
     assert len(kept) == 1 and Path(kept[0]).is_file()
     Path(kept[0]).unlink()
@@ -68,15 +78,17 @@ def test_guest_of_dead_executor_is_cleaned(kvm_host, tmp_path):
     assert not vm.overlay.exists() and not vm.console.exists()
 
 
-def test_kernel_messages_of_two_snapshot_jobs_stay_apart(kvm_host, tmp_path):
+def test_kernel_messages_of_two_snapshot_jobs_stay_apart(kvm_host, tmp_path, monkeypatch):
     # one snapshot domain, two slots: the second job waits for the domain, and its
     # kernel_messages command must not follow the shared console while the first runs
     console = KVM_STATE / "jobs" / "$VMCHECKER_VM.console"
     machine = kvm_machine(kernel_messages=[f"exec tail -n0 -F {console}"])
+    around_run_step(monkeypatch, kvm_host,   # each job's own line is in before the next job may start
+                    after=lambda results: km_arrived(results, f"vmchecker-km-{results.parent.name}"))
     results = {}
 
     def one(name: str) -> None:
-        run = f"echo '<3>vmchecker-km-{name}' > /dev/kmsg; sleep 1\n"
+        run = f"echo '<3>vmchecker-km-{name}' > /dev/kmsg\n"
         results[name] = run_job(kvm_host, tmp_path / name, machine, run=run, job_id=name, timeout=30)
 
     threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]

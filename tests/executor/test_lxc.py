@@ -14,14 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.executor.helpers import c_program, make_bundle, result_json, run_job, vmr
+from tests.util import pid_alive, wait_for
 from vmchecker import contract
-from vmchecker.executor import base
+from vmchecker.executor import hostcmds
 
 pytestmark = pytest.mark.lxc
 
@@ -69,13 +69,12 @@ def _start_executor(bundle_dir: Path, pids: set[int]) -> subprocess.Popen:
 
 
 def _wait_for_clone(host, proc: subprocess.Popen) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        mine = [n for n in host.clones() if f"-{proc.pid}-" in n]
-        if mine:
-            return mine[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no clone appeared for executor {proc.pid}: {proc.communicate()}")
+    def clone() -> str | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"executor {proc.pid} ended before it made a clone: {proc.communicate()}")
+        return next((n for n in host.clones() if f"-{proc.pid}-" in n), None)
+
+    return wait_for(clone, f"a clone of executor {proc.pid}")
 
 
 def test_sigterm_to_executor_leaves_no_clone(lxc_host, tmp_path, executor_pids):
@@ -83,7 +82,8 @@ def test_sigterm_to_executor_leaves_no_clone(lxc_host, tmp_path, executor_pids):
     proc = _start_executor(bundle_dir, executor_pids)
     try:
         name = _wait_for_clone(lxc_host, proc)
-        time.sleep(0.3)   # let it reach the run step (any step must do)
+        # in its run step (the step's output file is opened just before): the guest is up
+        wait_for((bundle_dir / "results" / contract.STEP_FILES["run"][0]).exists, "the run step to start")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -177,10 +177,7 @@ def test_host_commands_of_a_sigkilled_executor_can_be_killed(lxc_host, tmp_path,
     proc = _start_executor(bundle_dir, executor_pids)
     try:
         _wait_for_clone(lxc_host, proc)
-        deadline = time.monotonic() + 30
-        while not host_pid.exists() or not host_pid.read_text().strip():
-            assert time.monotonic() < deadline, "the kernel_messages command did not start"
-            time.sleep(0.01)
+        wait_for(lambda: host_pid.exists() and host_pid.read_text().strip(), "the kernel_messages command to start")
         os.killpg(proc.pid, signal.SIGKILL)   # what the queue manager does to a stuck executor
         proc.communicate()
     finally:
@@ -190,8 +187,5 @@ def test_host_commands_of_a_sigkilled_executor_can_be_killed(lxc_host, tmp_path,
     lxc_host.cleanup_leftovers()
     pid = int(host_pid.read_text())
     assert os.getpgid(pid) == pid   # alive, in a group of its own: the executor's kill missed it
-    assert base.kill_recorded(bundle_dir) == [pid]
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists():
-        assert time.monotonic() < deadline, f"host command {pid} survived"
-        time.sleep(0.01)
+    assert hostcmds.kill_recorded(bundle_dir) == [pid]
+    wait_for(lambda: not pid_alive(pid), f"host command {pid} to die")

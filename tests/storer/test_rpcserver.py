@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import threading
-import time
 import xmlrpc.client
 
 import pytest
 
+from tests.util import wait_for
 from vmchecker.errors import CallRefused
 from vmchecker.storer import rpcserver
 
@@ -133,25 +134,28 @@ def test_stalled_clients_cannot_exhaust_the_server():
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
             s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
             stalled.append(s)
-        closed = 0
-        for s in stalled:  # the server hangs up at once on those past the cap
-            s.settimeout(0.5)
+        def hung_up() -> int:   # readable with nothing to read (or reset): the server closed it
+            count = 0
+            for s in select.select(stalled, [], [], 0)[0]:
+                try:
+                    count += s.recv(1, socket.MSG_PEEK) == b""
+                except ConnectionError:
+                    count += 1
+            return count
+
+        # the server hangs up on those past the cap (when it gets to them), and holds the rest
+        wait_for(lambda: hung_up() >= 8, "the server to hang up on the connections past its cap")
+        assert hung_up() == 8
+
+        def served() -> bool:
             try:
-                closed += s.recv(1) == b""
-            except TimeoutError:
-                pass
-        assert closed == 8
+                return _proxy(srv).echo("back") == "back"
+            except (ConnectionError, xmlrpc.client.ProtocolError, http.client.HTTPException):
+                return False
+
         for s in stalled:
             s.close()
-        deadline = time.monotonic() + 10
-        while True:  # once the stalled ones are gone, calls are served again
-            try:
-                assert _proxy(srv).echo("back") == "back"
-                break
-            except (ConnectionError, xmlrpc.client.ProtocolError, http.client.HTTPException):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for(served, "calls to be served again once the stalled clients are gone")
     finally:
         for s in stalled:
             s.close()

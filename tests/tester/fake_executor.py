@@ -14,8 +14,10 @@ fake.json keys (all optional):
   child_pid    spawn `sleep 1000` and write its pid here (it must die with the group)
   ignore_term  ignore SIGTERM (the queue manager must escalate to SIGKILL)
   active_dir   concurrency probe: register here while running, record how many ran at once
-  barrier      with active_dir: wait (up to 20 s) until this many jobs have started
-  host_pid     start a host command as the real executor does (vmchecker.executor.base.
+  barrier      with active_dir: wait until this many jobs run at once, or every job of
+               ``total`` has started (the last ones may have no partner left)
+  total        with active_dir: how many jobs share the probe
+  host_pid     start a host command as the real executor does (vmchecker.executor.hostcmds.
                HostCommands, recorded in results/) that writes its pid here and sleeps
 """
 
@@ -29,6 +31,8 @@ import zipfile
 from pathlib import Path
 
 import yaml
+
+PROBE_WAIT = 120   # seconds: a guard, never reached when the queue manager works
 
 
 def main() -> int:
@@ -49,7 +53,7 @@ def main() -> int:
             action = "ok"
         started.write_text(str(os.getpid()))
     if spec.get("host_pid"):
-        from vmchecker.executor.base import PGIDS_SUFFIX, HostCommands
+        from vmchecker.executor.hostcmds import PGIDS_SUFFIX, HostCommands
 
         (bundle / "results").mkdir(exist_ok=True)
         commands = HostCommands("host_commands", bundle / "results" / f".host_commands{PGIDS_SUFFIX}")
@@ -59,7 +63,7 @@ def main() -> int:
         Path(spec["child_pid"]).write_text(str(child.pid))
     extra = {}
     if spec.get("active_dir"):
-        extra["seen_at_once"] = probe(Path(spec["active_dir"]), job_id, spec.get("barrier", 0))
+        extra["seen_at_once"] = probe(Path(spec["active_dir"]), job_id, spec.get("barrier", 0), spec.get("total", 0))
     if action == "hang":
         while True:
             time.sleep(1)
@@ -77,18 +81,25 @@ def main() -> int:
     return 0
 
 
-def probe(active: Path, job_id: str, barrier: int) -> int:
-    """Register as running, wait for ``barrier`` starts, return how many run now."""
-    (active / "running").mkdir(parents=True, exist_ok=True)
-    (active / "started").mkdir(parents=True, exist_ok=True)
-    (active / "running" / job_id).touch()
-    (active / "started" / job_id).touch()
-    deadline = time.monotonic() + 20
-    while len(os.listdir(active / "started")) < barrier and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    seen = len(os.listdir(active / "running"))
-    (active / "running" / job_id).unlink()
+def probe(active: Path, job_id: str, barrier: int, total: int) -> int:
+    """Register as running and wait until ``barrier`` jobs run at once (or all ``total``
+    have started: no partner may come); return how many ran at that moment.
+
+    No sleep decides the count: a queue manager that fills its slots makes the jobs
+    meet, and the count is read at the moment they do. The deadline only keeps a
+    broken queue manager from hanging the test (it then reports too few)."""
+    running, started = active / "running", active / "started"
+    running.mkdir(parents=True, exist_ok=True)
+    started.mkdir(parents=True, exist_ok=True)
+    (running / job_id).touch()
+    (started / job_id).touch()
+    deadline = time.monotonic() + PROBE_WAIT
+    while True:
+        seen = len(os.listdir(running))
+        if seen >= barrier or len(os.listdir(started)) >= total or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    (running / job_id).unlink()
     return seen
 
 

@@ -167,7 +167,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path, ignore_term, cleanups, 
 @pytest.mark.parametrize("slots", [1, 2])
 def test_slots_bound_how_many_jobs_run_at_once(tmp_path, slots):
     cfg = make_tester(tmp_path / "tester", slots=slots)
-    probe = {"active_dir": str(tmp_path / "active"), "barrier": slots}
+    probe = {"active_dir": str(tmp_path / "active"), "barrier": slots, "total": 4}
     for i in range(4):
         make_bundle(cfg.queue_dir, f"j{i}", probe)
     qm(cfg).run()

@@ -9,10 +9,8 @@ executor does.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,31 +18,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.tester.helpers import make_bundle, make_tester, wait_for
-from tests.util import HELLO_C, HELLO_MAKEFILE
+from tests.lab import lxc_unusable
+from tests.tester.helpers import make_bundle, make_tester
+from tests.util import HELLO_C, HELLO_MAKEFILE, wait_for
+from vmchecker.contract import STEP_FILES
 from vmchecker.tester import processes, results
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "vmchecker-base"
 CLONE_PREFIX = "vmck-"
+RUN_STDOUT = STEP_FILES["run"][0]
+
+pytestmark = pytest.mark.lxc
 
 
-def _skip_reason() -> str | None:
-    if importlib.util.find_spec("vmchecker.cli.vm_executor") is None:
-        return "vmchecker.cli.vm_executor is not there yet"
-    if shutil.which("lxc-info") is None:
-        return "LXC is not installed (no lxc-info)"
-    probe = subprocess.run(["lxc-info", "-n", BASE], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"the LXC base container {BASE} is missing (lxc-info: {probe.stderr.strip() or probe.stdout.strip()})"
-    return None
-
-
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def lxc_available():
-    reason = _skip_reason()
+    reason = lxc_unusable(BASE)
     if reason:
-        print(f"skipping the LXC queue manager tests: {reason}")
         pytest.skip(reason)
 
 
@@ -101,11 +92,13 @@ def test_bundle_queued_while_stopped_runs_with_once(tmp_path):
 def test_kill_9_mid_job_leaves_no_clone_and_restart_produces_results(tmp_path):
     cfg = lxc_tester(tmp_path)
     job_id = f"qmkill{secrets.token_hex(4)}"
-    hello_bundle(cfg.queue_dir, job_id, run_sh="#!/bin/bash\n./hello\nsleep 3\n")
+    # this run step never ends by itself, so the kill comes in the middle of it
+    hello_bundle(cfg.queue_dir, job_id, run_sh="#!/bin/bash\n./hello\nexec sleep 1000\n")
 
     proc = queue_manager(cfg)
     try:
         wait_for(lambda: clones_of(job_id), "the executor to clone the base container", timeout=120)
+        wait_for(lambda: list(cfg.work_dir.glob(f"*/results/{RUN_STDOUT}")), "the run step to start", timeout=120)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -114,6 +107,7 @@ def test_kill_9_mid_job_leaves_no_clone_and_restart_produces_results(tmp_path):
             proc.wait()
         proc.stderr.close()
 
+    hello_bundle(cfg.queue_dir, job_id)   # the same job sent again, with a run step that ends
     again = queue_manager(cfg, "--once")
     _, err = again.communicate(timeout=300)
 
