@@ -12,7 +12,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["vmchecker", "vmchecker.*"]),
-    package_data={"vmchecker": ["templates/*", "storer/web/templates/*", "storer/web/static/*"]},
+    package_data={"vmchecker": ["templates/*", "storer/web/templates/*", "storer/web/static/*",
+                                "executor/guest/*"]},   # programs run inside a guest
     scripts=sorted(str(p) for p in Path("bin").glob("vmchecker-*")),
     install_requires=[
         "PyYAML>=6.0",

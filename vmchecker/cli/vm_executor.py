@@ -16,8 +16,9 @@ from pathlib import Path
 
 from vmchecker import bundle, executor
 from vmchecker.cli import common
-from vmchecker.errors import VmcheckerError
-from vmchecker.executor import base
+from vmchecker.errors import Interrupted, VmcheckerError
+from vmchecker.executor.interrupts import interrupt
+from vmchecker.executor.results import JobResult, ResultFiles, StepResult
 from vmchecker.tester_config import load_tester
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 PROG = "vmchecker-vm-executor"
 
 
-def execute(bundle_dir: Path, tester_config: Path | None = None) -> base.JobResult:
+def execute(bundle_dir: Path, tester_config: Path | None = None) -> JobResult:
     """Run the bundle in ``bundle_dir``; a bundle or config problem becomes an error result."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
@@ -46,15 +47,15 @@ def execute(bundle_dir: Path, tester_config: Path | None = None) -> base.JobResu
     return host.test_submission(bundle_dir, machine, info)
 
 
-def _error_result(bundle_dir: Path, message: str) -> base.JobResult:
-    out = base.ResultFiles(bundle_dir, 64 * 1024)
-    job = base.JobResult(job_id=bundle_dir.name, backend="", message=message)
+def _error_result(bundle_dir: Path, message: str) -> JobResult:
+    out = ResultFiles(bundle_dir, 64 * 1024)
+    job = JobResult(job_id=bundle_dir.name, backend="", message=message)
     out.error(message)
     out.finish(job)
     return job
 
 
-def summary(job: base.JobResult) -> str:
+def summary(job: JobResult) -> str:
     steps = ", ".join(f"{name} {_describe(step)}" for name, step in job.steps.items())
     text = f"job {job.job_id}: {job.status}"
     if steps:
@@ -64,7 +65,7 @@ def summary(job: base.JobResult) -> str:
     return f"{text} in {job.total_s} s"
 
 
-def _describe(step: base.StepResult) -> str:
+def _describe(step: StepResult) -> str:
     if not step.attempted:
         return "not run"
     if step.timed_out:
@@ -77,7 +78,7 @@ def _describe(step: base.StepResult) -> str:
 def _on_signal(signum: int, _frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second one must not cut the cleanup
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    base.interrupt(signal.Signals(signum).name)
+    interrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         try:
             job = execute(args.bundle_dir, args.tester_config)
-        except base.Interrupted as exc:
+        except Interrupted as exc:
             print(f"{PROG}: stopped by {exc}; the guest was removed", file=sys.stderr)
             return 128 + signal.Signals[str(exc)].value
         print(summary(job))

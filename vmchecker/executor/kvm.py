@@ -47,14 +47,14 @@ import libvirt_qemu
 
 from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
-from vmchecker.executor import base
+from vmchecker.executor import base, guest, payload, results
 from vmchecker.executor.kvm_agent import Agent, describe, output
 
 log = logging.getLogger(__name__)
 
 libvirt.registerErrorHandler(lambda *_args: None, None)   # errors arrive as exceptions; polling must not flood stderr
 
-PREFIX = base.GUEST_PREFIX
+PREFIX = guest.GUEST_PREFIX
 URI = os.environ.get("VMCHECKER_LIBVIRT_URI", "qemu:///system")
 DEFAULT_STATE = os.environ.get("VMCHECKER_KVM_STATE", "/var/lib/vmchecker/kvm")
 HOST_GRACE = 15.0           # seconds past a step's timeout before the host kills the step itself
@@ -123,7 +123,7 @@ binmode STDOUT;
 printf "vmck %s %s %d %s %s %d %d %d %d\n", ($status & 127) ? "-" : $status >> 8, ($status & 127) || "-",
     $timed_out, $usec // "-", $peak // "-", length $streams[0][1], $streams[0][2], length $streams[1][1], $streams[1][2];
 print $streams[0][1], $streams[1][1];
-'''.replace("@PATH@", base.GUEST_PATH)
+'''.replace("@PATH@", guest.GUEST_PATH)
 
 # Root, before the first step: set the stale clock (a snapshot's), unpack the job's files.
 COPY_IN = 'date -u -s "@$2" >/dev/null; mkdir -p -- "$1" && tar --numeric-owner -xpf "$3" -C "$1"; rc=$?; rm -f "$3"; exit $rc'
@@ -273,23 +273,23 @@ class KvmVM(base.VM):
             self._user = self._guest_user(agent, self.machine.guest_user)
         uid, gid, _home = self._user
         buf = io.BytesIO()
-        base.write_payload(src, buf, uid, gid)
+        payload.write_payload(src, buf, uid, gid)
         agent.write_file(IN_TAR, buf.getvalue())
         agent.shell(COPY_IN, guest_dir, f"{time.time():.6f}", IN_TAR)
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         agent = self._require_agent()
-        agent.shell(base.COPY_OUT, guest_dir, str(cap + 1), str(base.MAX_GUEST_VMRS), OUT_TAR)
-        data = agent.read_file(OUT_TAR, base.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
-        base.extract_vmrs(data, dest, cap, self.name)
+        agent.shell(guest.COPY_OUT, guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS), OUT_TAR)
+        data = agent.read_file(OUT_TAR, results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
+        results.extract_vmrs(data, dest, cap, self.name)
 
     def run(self, argv: list[str], cwd: str, timeout: float,
-            stdout: base.CappedWriter, stderr: base.CappedWriter) -> base.StepResult:
+            stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
         agent = self._require_agent()
         self._steps += 1
         cgroup = f"step{self._steps}-{secrets.token_hex(3)}"
         limits = self.machine.limits
-        cpu = "max" if limits.cpus >= 1 else f"{base.cpu_quota_us(limits.cpus)} {base.CPU_PERIOD_US}"
+        cpu = "max" if limits.cpus >= 1 else f"{guest.cpu_quota_us(limits.cpus)} {guest.CPU_PERIOD_US}"
         uid, gid, home = self._user
         keep = min(stdout.cap + 1, MAX_STREAM)
         wrapper = ["/usr/bin/perl", "-e", STEP_PL, cgroup, str(keep), str(timeout), str(limits.memory_mb << 20),
@@ -312,7 +312,7 @@ class KvmVM(base.VM):
             writer.write(data)
             writer.dropped += max(total - len(data), 0)   # counted in the guest, never sent
         usec, peak = _number(fields[4]), _number(fields[5])
-        return base.StepResult(
+        return results.StepResult(
             exit_code=_number(fields[1]), signal=_number(fields[2]),
             timed_out=host_killed or fields[3] == "1", wall_s=round(wall, 3),
             cpu_s=None if usec is None else round(usec / 1e6, 3),
@@ -497,7 +497,7 @@ class KvmVM(base.VM):
         if not _NAME_RE.match(user):
             raise ExecutorError(f"bad guest_user {user!r}")
         try:
-            entry = base.passwd_entry(agent.shell('getent passwd "$1"', user).decode("utf-8", "replace"), user)
+            entry = guest.passwd_entry(agent.shell('getent passwd "$1"', user).decode("utf-8", "replace"), user)
         except ExecutorError:
             entry = None
         if entry is None:
@@ -546,7 +546,7 @@ class KvmHost(base.Host):
                                 " set network: false")
         self.state_dirs.add(state_dir(machine))
         (state_dir(machine) / "jobs").mkdir(parents=True, exist_ok=True)
-        vm = KvmVM(machine, base.guest_name(job_id), self.connection())
+        vm = KvmVM(machine, guest.guest_name(job_id), self.connection())
         try:
             vm.prepare_console()
         except BaseException:
@@ -563,7 +563,7 @@ class KvmHost(base.Host):
         except (ExecutorError, libvirt.libvirtError) as exc:
             log.warning("cannot list libvirt domains to clean leftovers: %s", exc)
             domains = []
-        removed = base.remove_leftovers(domains, self._destroy_domain, "KVM guest")
+        removed = guest.remove_leftovers(domains, self._destroy_domain, "KVM guest")
         dirs = self.state_dirs | {state_dir(m) for m in machines if m.type == "kvm"}
         for jobs in sorted(d / "jobs" for d in dirs):
             stems = sorted({p.stem for p in jobs.glob(f"{PREFIX}*") if p.suffix in (".qcow2", ".console")})
@@ -572,7 +572,7 @@ class KvmHost(base.Host):
                 for suffix in (".qcow2", ".console"):
                     (jobs / f"{stem}{suffix}").unlink(missing_ok=True)
 
-            removed += [s for s in base.remove_leftovers(stems, remove, f"files in {jobs} of guest")
+            removed += [s for s in guest.remove_leftovers(stems, remove, f"files in {jobs} of guest")
                         if s not in removed]
         return removed
 

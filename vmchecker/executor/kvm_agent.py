@@ -17,7 +17,7 @@ import libvirt
 import libvirt_qemu
 
 from vmchecker.errors import ExecutorError
-from vmchecker.executor import base
+from vmchecker.executor import guest
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Agent:
             time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
             pause = min(pause * 1.5, 0.1)
 
-    def shell(self, script: str, *args: str, timeout: float = base.COPY_TIMEOUT) -> bytes:
+    def shell(self, script: str, *args: str, timeout: float = guest.COPY_TIMEOUT) -> bytes:
         """Run ``sh -c script`` as root; its stdout; ExecutorError on failure."""
         pid = self.exec(["/bin/sh", "-c", script, "sh", *args])
         status = self.wait(pid, time.monotonic() + timeout)

@@ -30,11 +30,11 @@ import lxc  # the LXC binding (absolute: this module is vmchecker.executor.lxc)
 
 from vmchecker.config import Limits, Machine
 from vmchecker.errors import ExecutorError
-from vmchecker.executor import base
+from vmchecker.executor import base, guest, interrupts, payload, results
 
 log = logging.getLogger(__name__)
 
-PREFIX = base.GUEST_PREFIX
+PREFIX = guest.GUEST_PREFIX
 DRAIN_TIMEOUT = 5.0         # seconds to read what is left in the pipes after a step ended
 KILL_TIMEOUT = 5.0          # seconds for a killed guest process to disappear
 # The clone is a privileged container and the student may be its root: drop every
@@ -76,7 +76,7 @@ def limit_items(limits: Limits) -> list[tuple[str, str]]:
     mounted as cgroup v1 (hybrid hosts), cgroup2 keys otherwise."""
     mounts = _cgroup_mounts()
     memory = str(limits.memory_mb * 1024 * 1024)
-    quota, period = base.cpu_quota_us(limits.cpus), base.CPU_PERIOD_US
+    quota, period = guest.cpu_quota_us(limits.cpus), guest.CPU_PERIOD_US
     items = []
     if "memory" in mounts:
         items.append(("lxc.cgroup.memory.limit_in_bytes", memory))
@@ -179,7 +179,7 @@ class _Buffer:
         return self.data.decode("utf-8", "replace").strip()
 
 
-def _pump(pid: int, sinks: dict[int, base.CappedWriter | _Buffer], timeout: float,
+def _pump(pid: int, sinks: dict[int, results.CappedWriter | _Buffer], timeout: float,
           kill: Callable[[], None]) -> tuple[int, object, bool]:
     """Feed the pipes ``sinks`` reads while ``pid`` (our child) runs, at most ``timeout``
     seconds; then ``kill`` what is left in the guest (all of it on a timeout, the
@@ -235,8 +235,8 @@ def _pump(pid: int, sinks: dict[int, base.CappedWriter | _Buffer], timeout: floa
     return status, rusage, timed_out
 
 
-def _step_result(status: int, rusage, timed_out: bool, wall: float) -> base.StepResult:
-    result = base.StepResult(timed_out=timed_out, wall_s=round(wall, 3),
+def _step_result(status: int, rusage, timed_out: bool, wall: float) -> results.StepResult:
+    result = results.StepResult(timed_out=timed_out, wall_s=round(wall, 3),
                              cpu_s=round(rusage.ru_utime + rusage.ru_stime, 3), max_rss_kb=rusage.ru_maxrss)
     if os.WIFSIGNALED(status):
         result.signal = os.WTERMSIG(status)
@@ -299,7 +299,7 @@ class LxcVM(base.VM):
         def write(stream: int, failure: list[BaseException]) -> None:
             try:
                 with os.fdopen(stream, "wb") as f:
-                    base.write_payload(src, f, uid, gid)
+                    payload.write_payload(src, f, uid, gid)
             except (OSError, tarfile.TarError) as exc:
                 failure.append(exc)
 
@@ -318,16 +318,16 @@ class LxcVM(base.VM):
             raise ExecutorError(f"copying the job's files into {guest_dir} in {self.name} failed: {reason}")
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
-        stream = _Buffer(base.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
-        argv = ["/bin/sh", "-c", base.COPY_OUT, "sh", guest_dir, str(cap + 1), str(base.MAX_GUEST_VMRS), "-"]
+        stream = _Buffer(results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
+        argv = ["/bin/sh", "-c", guest.COPY_OUT, "sh", guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS), "-"]
         status, timed_out, errors = self._root_command(argv, None, stream)
         if timed_out or status != 0 or stream.overflow:
             raise ExecutorError(f"copying results out of {guest_dir} in {self.name} failed:"
                                 f" {errors or f'wait status {status}'}")
-        base.extract_vmrs(bytes(stream.data), dest, cap, self.name)
+        results.extract_vmrs(bytes(stream.data), dest, cap, self.name)
 
     def run(self, argv: list[str], cwd: str, timeout: float,
-            stdout: base.CappedWriter, stderr: base.CappedWriter) -> base.StepResult:
+            stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
         uid, gid, home = self._user
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -376,11 +376,11 @@ class LxcVM(base.VM):
         because the guest's init cannot exit while its zombie waits for us."""
         null = os.open(os.devnull, os.O_RDONLY) if stdin is None else None
         try:
-            with base.uninterruptible():
+            with interrupts.uninterruptible():
                 pid = self._container().attach(
                     lxc.attach_run_command, argv, initial_cwd=cwd, uid=uid, gid=gid,
                     env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
-                    extra_env_vars=[f"PATH={base.GUEST_PATH}", f"HOME={home}", "LANG=C.UTF-8", "TERM=dumb"],
+                    extra_env_vars=[f"PATH={guest.GUEST_PATH}", f"HOME={home}", "LANG=C.UTF-8", "TERM=dumb"],
                     stdin=stdin if stdin is not None else null, stdout=stdout, stderr=stderr)
                 if isinstance(pid, int) and pid > 0:
                     self._children.add(pid)
@@ -418,7 +418,7 @@ class LxcVM(base.VM):
         if feeder is not None:
             feeder.start()
         try:
-            status, _rusage, timed_out = _pump(pid, {out_r: stdout, err_r: errors}, base.COPY_TIMEOUT,
+            status, _rusage, timed_out = _pump(pid, {out_r: stdout, err_r: errors}, guest.COPY_TIMEOUT,
                                                self._kill_guest_processes)
         finally:
             self._children.discard(pid)
@@ -434,7 +434,7 @@ def _guest_user(parent: lxc.Container, user: str) -> tuple[int, int, str]:
         return 0, 0, "/root"
     rootfs = parent.get_config_item("lxc.rootfs.path").split(":", 1)[-1]
     with contextlib.suppress(OSError):
-        entry = base.passwd_entry(Path(rootfs, "etc/passwd").read_text(encoding="utf-8"), user)
+        entry = guest.passwd_entry(Path(rootfs, "etc/passwd").read_text(encoding="utf-8"), user)
         if entry is not None:
             return entry
     raise ExecutorError(f"guest_user {user!r} does not exist in LXC base container {parent.name!r}")
@@ -463,7 +463,7 @@ class LxcHost(base.Host):
         if machine.network:
             raise ExecutorError(f"machine {machine.name!r}: network: true is not supported by the LXC backend"
                                 " yet; set network: false")
-        return LxcVM(machine, base.guest_name(job_id), self.lxcpath)
+        return LxcVM(machine, guest.guest_name(job_id), self.lxcpath)
 
     def clones(self) -> list[str]:
         """The names of every job clone in this LXC path."""
@@ -476,7 +476,7 @@ class LxcHost(base.Host):
         _destroy(lxc.Container(name, self.lxcpath))
 
     def cleanup_leftovers(self, machines: Iterable[Machine] = ()) -> list[str]:
-        return base.remove_leftovers(self.clones(), self.destroy_clone, "LXC clone")
+        return guest.remove_leftovers(self.clones(), self.destroy_clone, "LXC clone")
 
 
 def create_host() -> LxcHost:

@@ -26,7 +26,7 @@ from vmchecker import bundle, rpc
 from vmchecker.config import Machine
 from vmchecker.contract import JOB_ID_RE, RESULT_JSON, SUBMISSION_CONFIG, ResultStatus
 from vmchecker.errors import BundleError, VmcheckerError
-from vmchecker.executor import base
+from vmchecker.executor import guest, hostcmds
 from vmchecker.tester import processes, results
 from vmchecker.tester_config import TesterConfig
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 LOG_TAIL_CHARS = 4000
 # Seconds an executor needs beyond boot and the two steps: copying in and out (each
 # capped at COPY_TIMEOUT), revert, stop and clean-up.
-EXECUTOR_MARGIN = 2 * base.COPY_TIMEOUT + 60
+EXECUTOR_MARGIN = 2 * guest.COPY_TIMEOUT + 60
 
 
 @dataclass
@@ -178,7 +178,7 @@ class Job:
                 processes.kill_child(proc, self.kill_grace)
                 self.killed = True
             processes.reap_group(proc)
-            base.kill_recorded(self.work)   # host commands of an executor that could not stop them
+            hostcmds.kill_recorded(self.work)   # host commands of an executor that could not stop them
         stats.update(executor_seconds=round(time.monotonic() - started, 3), executor_exit=proc.returncode,
                      timed_out=timed_out)
         if self.aborted.is_set():

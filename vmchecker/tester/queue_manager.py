@@ -38,7 +38,7 @@ from vmchecker import bundle, config, fsutil, rpc
 from vmchecker.config import Machine
 from vmchecker.contract import SUBMISSION_CONFIG
 from vmchecker.errors import RpcError, VmcheckerError
-from vmchecker.executor import base
+from vmchecker.executor import hostcmds
 from vmchecker.service import Service
 from vmchecker.tester import processes, results
 from vmchecker.tester.jobs import Job, Outcome
@@ -289,7 +289,7 @@ class QueueManager(Service):
             processes.kill_orphan(pid, self.kill_grace)
         for job_dir in cfg.work_dir.iterdir():
             if job_dir.is_dir() and not job_dir.is_symlink():
-                base.kill_recorded(job_dir)   # host commands of the executors just killed
+                hostcmds.kill_recorded(job_dir)   # host commands of the executors just killed
         for machine_type in sorted(self._machine_types(machines)):
             cleanup_backend(machine_type, [m for m in machines if m.type == machine_type])
         for entry in cfg.work_dir.iterdir():
