@@ -3,10 +3,9 @@
 Revert is free (the clone's writes go to an overlay upper folder that ``destroy``
 removes; the base never changes), commands run through the binding's attach (no guest
 network or SSH), files travel as one tar stream through attach. Limits (memory, pids,
-CPU) are cgroup items set on the clone before it starts. A step that outlives its
-timeout, and whatever a step leaves running, is killed through the clone's cgroup:
-freeze, SIGKILL every process but the guest's init, thaw (a fork bomb cannot outrun
-a frozen cgroup, and no new process has to enter a guest that is out of pids).
+CPU) are cgroup items set on the clone before it starts (:mod:`.cgroups`). A step that
+outlives its timeout, and whatever a step leaves running, is killed through the clone's
+cgroup; the pipes of an attached process are read by :mod:`.lxc_process`.
 
 Clones are named ``vmck-<job>-<owner pid>-<random>``, so :meth:`LxcHost.cleanup_leftovers`
 can destroy those whose executor died without touching a running job's clone.
@@ -15,28 +14,26 @@ can destroy those whose executor died without touching a running job's clone.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
-import selectors
 import signal
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import lxc  # the LXC binding (absolute: this module is vmchecker.executor.lxc)
 
-from vmchecker.config import Limits, Machine
+from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor import base, guest, interrupts, payload, results
+from vmchecker.executor.cgroups import GuestCgroup, limit_items
+from vmchecker.executor.lxc_process import Buffer, pump, step_result
 
 log = logging.getLogger(__name__)
 
 PREFIX = guest.GUEST_PREFIX
-DRAIN_TIMEOUT = 5.0         # seconds to read what is left in the pipes after a step ended
-KILL_TIMEOUT = 5.0          # seconds for a killed guest process to disappear
 # The clone is a privileged container and the student may be its root: drop every
 # capability that reaches past the container (mounts and cgroup release agents,
 # open_by_handle_at, ptrace, raw devices, kernel tunables...). CHOWN, DAC_OVERRIDE,
@@ -51,198 +48,6 @@ MOUNT_AUTO = "proc:mixed sys:mixed cgroup:ro"
 
 # Runs in the guest as root: unpack the tar stream on stdin into $1.
 COPY_IN = 'mkdir -p -- "$1" && cd -- "$1" && exec tar --numeric-owner -xpf -'
-
-
-# --------------------------------------------------------------------------- cgroups
-
-
-@functools.cache
-def _cgroup_mounts() -> dict[str, Path]:
-    """Controller name (or ``unified``) -> mount point, from /proc/self/mounts."""
-    mounts: dict[str, Path] = {}
-    with open("/proc/self/mounts", encoding="utf-8") as f:
-        for line in f:
-            _dev, where, fstype, options, *_ = line.split()
-            if fstype == "cgroup2":
-                mounts.setdefault("unified", Path(where))
-            elif fstype == "cgroup":
-                for opt in options.split(","):
-                    mounts.setdefault(opt, Path(where))
-    return mounts
-
-
-def limit_items(limits: Limits) -> list[tuple[str, str]]:
-    """The clone's cgroup config items for ``limits``: v1 keys where the controller is
-    mounted as cgroup v1 (hybrid hosts), cgroup2 keys otherwise."""
-    mounts = _cgroup_mounts()
-    memory = str(limits.memory_mb * 1024 * 1024)
-    quota, period = guest.cpu_quota_us(limits.cpus), guest.CPU_PERIOD_US
-    items = []
-    if "memory" in mounts:
-        items.append(("lxc.cgroup.memory.limit_in_bytes", memory))
-        if (mounts["memory"] / "memory.memsw.limit_in_bytes").exists():
-            items.append(("lxc.cgroup.memory.memsw.limit_in_bytes", memory))
-    else:
-        items += [("lxc.cgroup2.memory.max", memory), ("lxc.cgroup2.memory.swap.max", "0")]
-    if "pids" in mounts:
-        items.append(("lxc.cgroup.pids.max", str(limits.pids)))
-    else:
-        items.append(("lxc.cgroup2.pids.max", str(limits.pids)))
-    if "cpu" in mounts:
-        items += [("lxc.cgroup.cpu.cfs_period_us", str(period)), ("lxc.cgroup.cpu.cfs_quota_us", str(quota))]
-    else:
-        items.append(("lxc.cgroup2.cpu.max", f"{quota} {period}"))
-    return items
-
-
-class GuestCgroup:
-    """The host's view of a running clone's cgroups, found from its init's pid."""
-
-    def __init__(self, init_pid: int):
-        self.init_pid = init_pid
-        paths: dict[str, str] = {}
-        with open(f"/proc/{init_pid}/cgroup", encoding="utf-8") as f:
-            for line in f:
-                _n, controllers, path = line.rstrip("\n").split(":", 2)
-                for c in controllers.split(",") if controllers else ["unified"]:
-                    paths[c] = path.lstrip("/")
-        mounts = _cgroup_mounts()
-
-        def where(controller: str) -> Path | None:
-            if controller in mounts and controller in paths:
-                return mounts[controller] / paths[controller]
-            return None
-
-        self.procs_dir = where("pids") or where("unified")
-        self.freezer = where("freezer")
-        self.unified = where("unified")
-
-    def pids(self) -> set[int]:
-        """Every process in the guest's cgroup tree, but init."""
-        found: set[int] = set()
-        if self.procs_dir is None:
-            return found
-        for folder, _dirs, _files in os.walk(self.procs_dir):
-            with contextlib.suppress(OSError):
-                found.update(int(p) for p in Path(folder, "cgroup.procs").read_text().split())
-        found.discard(self.init_pid)
-        return found
-
-    def _freeze(self, frozen: bool) -> None:
-        if self.freezer is not None:
-            state = self.freezer / "freezer.state"
-            state.write_text("FROZEN" if frozen else "THAWED")
-            deadline = time.monotonic() + 2
-            while frozen and state.read_text().strip() != "FROZEN" and time.monotonic() < deadline:
-                time.sleep(0.002)
-        elif self.unified is not None and (self.unified / "cgroup.freeze").exists():
-            (self.unified / "cgroup.freeze").write_text("1" if frozen else "0")
-
-    def kill_all(self) -> None:
-        """SIGKILL every process in the guest but init; raise if some survive."""
-        if not self.pids():
-            return
-        self._freeze(True)
-        try:
-            for pid in self.pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        finally:
-            self._freeze(False)
-        deadline = time.monotonic() + KILL_TIMEOUT
-        while (left := self.pids()) and time.monotonic() < deadline:
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)
-        if left:
-            raise ExecutorError(f"{len(left)} processes in the guest survived SIGKILL")
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class _Buffer:
-    """A sink that keeps at most ``limit`` bytes in memory."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.data = bytearray()
-        self.overflow = False
-
-    def write(self, chunk: bytes) -> None:
-        room = self.limit - len(self.data)
-        self.data += chunk[:max(room, 0)]
-        self.overflow |= len(chunk) > room
-
-    def text(self) -> str:
-        return self.data.decode("utf-8", "replace").strip()
-
-
-def _pump(pid: int, sinks: dict[int, results.CappedWriter | _Buffer], timeout: float,
-          kill: Callable[[], None]) -> tuple[int, object, bool]:
-    """Feed the pipes ``sinks`` reads while ``pid`` (our child) runs, at most ``timeout``
-    seconds; then ``kill`` what is left in the guest (all of it on a timeout, the
-    leftovers otherwise) and drain the pipes. Returns (wait status, rusage, timed out)."""
-    deadline = time.monotonic() + timeout
-    status = rusage = None
-    timed_out = False
-    pidfd = os.pidfd_open(pid)
-    sel = selectors.DefaultSelector()
-    sel.register(pidfd, selectors.EVENT_READ)
-    for fd in sinks:
-        sel.register(fd, selectors.EVENT_READ)
-    try:
-        while status is None or len(sel.get_map()) > 0:
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                if status is not None:
-                    log.warning("guest process %d ended but its output pipes stayed open", pid)
-                    break
-                timed_out = True
-                kill()
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                sel.unregister(pidfd)
-                _, status, rusage = os.wait4(pid, 0)
-                deadline = time.monotonic() + DRAIN_TIMEOUT
-                continue
-            for key, _ in sel.select(wait):
-                if key.fd == pidfd:
-                    sel.unregister(pidfd)
-                    _, status, rusage = os.wait4(pid, 0)
-                    kill()
-                    deadline = time.monotonic() + DRAIN_TIMEOUT
-                    continue
-                chunk = os.read(key.fd, 65536)
-                if chunk:
-                    sinks[key.fd].write(chunk)
-                else:
-                    sel.unregister(key.fd)
-    finally:
-        sel.close()
-        os.close(pidfd)
-        for fd in sinks:
-            os.close(fd)
-        if status is None:
-            # Interrupted (SIGTERM): reap the attached process anyway. Its zombie belongs
-            # to the guest's pid namespace, whose init cannot exit (so stop() would hang)
-            # while a process of that namespace waits to be reaped by us.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-    return status, rusage, timed_out
-
-
-def _step_result(status: int, rusage, timed_out: bool, wall: float) -> results.StepResult:
-    result = results.StepResult(timed_out=timed_out, wall_s=round(wall, 3),
-                             cpu_s=round(rusage.ru_utime + rusage.ru_stime, 3), max_rss_kb=rusage.ru_maxrss)
-    if os.WIFSIGNALED(status):
-        result.signal = os.WTERMSIG(status)
-    else:
-        result.exit_code = os.WEXITSTATUS(status)
-    return result
 
 
 # --------------------------------------------------------------------------- VM, Host
@@ -308,7 +113,7 @@ class LxcVM(base.VM):
         feeder = threading.Thread(target=write, args=(write_end, failure), daemon=True)
         try:
             status, timed_out, errors = self._root_command(
-                ["/bin/sh", "-c", COPY_IN, "sh", guest_dir], read_end, _Buffer(64 * 1024), feeder)
+                ["/bin/sh", "-c", COPY_IN, "sh", guest_dir], read_end, Buffer(64 * 1024), feeder)
         except BaseException:
             if not feeder.is_alive() and not feeder.ident:
                 os.close(write_end)
@@ -318,7 +123,7 @@ class LxcVM(base.VM):
             raise ExecutorError(f"copying the job's files into {guest_dir} in {self.name} failed: {reason}")
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
-        stream = _Buffer(results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
+        stream = Buffer(results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
         argv = ["/bin/sh", "-c", guest.COPY_OUT, "sh", guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS), "-"]
         status, timed_out, errors = self._root_command(argv, None, stream)
         if timed_out or status != 0 or stream.overflow:
@@ -342,10 +147,10 @@ class LxcVM(base.VM):
             os.close(out_w)
             os.close(err_w)
         try:
-            status, rusage, timed_out = _pump(pid, {out_r: stdout, err_r: stderr}, timeout, self._kill_guest_processes)
+            status, rusage, timed_out = pump(pid, {out_r: stdout, err_r: stderr}, timeout, self._kill_guest_processes)
         finally:
             self._children.discard(pid)
-        return _step_result(status, rusage, timed_out, time.monotonic() - started)
+        return step_result(status, rusage, timed_out, time.monotonic() - started)
 
     def stop(self) -> None:
         c = self._container()
@@ -399,13 +204,13 @@ class LxcVM(base.VM):
                 os.waitpid(pid, 0)
             self._children.discard(pid)
 
-    def _root_command(self, argv: list[str], stdin: int | None, stdout: _Buffer,
+    def _root_command(self, argv: list[str], stdin: int | None, stdout: Buffer,
                       feeder: threading.Thread | None = None) -> tuple[int, bool, str]:
         """Run a command of ours as root in the guest under COPY_TIMEOUT, while
         ``feeder`` (if any) writes its stdin. Returns (wait status, timed out, stderr)."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        errors = _Buffer(64 * 1024)
+        errors = Buffer(64 * 1024)
         try:
             pid = self._attach(argv, "/", 0, 0, "/root", stdin, out_w, err_w)
         except BaseException:
@@ -418,7 +223,7 @@ class LxcVM(base.VM):
         if feeder is not None:
             feeder.start()
         try:
-            status, _rusage, timed_out = _pump(pid, {out_r: stdout, err_r: errors}, guest.COPY_TIMEOUT,
+            status, _rusage, timed_out = pump(pid, {out_r: stdout, err_r: errors}, guest.COPY_TIMEOUT,
                                                self._kill_guest_processes)
         finally:
             self._children.discard(pid)
@@ -432,12 +237,14 @@ def _guest_user(parent: lxc.Container, user: str) -> tuple[int, int, str]:
     base is ours and stopped, so this needs no process in a guest)."""
     if user in ("", "root"):
         return 0, 0, "/root"
-    rootfs = parent.get_config_item("lxc.rootfs.path").split(":", 1)[-1]
-    with contextlib.suppress(OSError):
-        entry = guest.passwd_entry(Path(rootfs, "etc/passwd").read_text(encoding="utf-8"), user)
-        if entry is not None:
-            return entry
-    raise ExecutorError(f"guest_user {user!r} does not exist in LXC base container {parent.name!r}")
+    passwd = Path(parent.get_config_item("lxc.rootfs.path").split(":", 1)[-1], "etc/passwd")
+    try:
+        entry = guest.passwd_entry(passwd.read_text(encoding="utf-8"), user)
+    except OSError as exc:
+        raise ExecutorError(f"cannot read {passwd} of LXC base container {parent.name!r}: {exc.strerror}") from None
+    if entry is None:
+        raise ExecutorError(f"guest_user {user!r} does not exist in LXC base container {parent.name!r}")
+    return entry
 
 
 def _destroy(c: lxc.Container) -> None:
