@@ -1,5 +1,6 @@
 """Small helpers shared by the tests: course folders and archives built on the spot,
-waiting for a condition, a free port, whether a process runs, servers started and stopped."""
+waiting for a condition, a free port, servers started and stopped, and whether a
+process runs (``pid_alive``: the code's own check, re-exported; a zombie is not alive)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
+
+from vmchecker.executor.hostcmds import pid_alive  # noqa: F401  (the one check; tests import it from here)
 
 COURSE_YAML = textwrap.dedent("""\
     course:
@@ -140,16 +143,6 @@ def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((address, 0))
         return s.getsockname()[1]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs. A zombie does not: it has exited and only
-    waits for its parent to reap it, so it holds no guest, port or file any more."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"   # the state follows the (command)
 
 
 def wait_for_port(proc: subprocess.Popen, port: int, timeout: float, what: str, host: str = "127.0.0.1") -> None:

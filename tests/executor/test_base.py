@@ -250,3 +250,17 @@ def test_kill_recorded_stops_the_host_commands_of_a_dead_executor(tmp_path):
     wait_for(lambda: not pid_alive(grandchild), "the host command's child to die with its group")
     assert not record.exists()
     assert hostcmds.kill_recorded(tmp_path / "b") == []
+
+
+def test_a_zombie_is_not_alive():
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert hostcmds.pid_alive(proc.pid)
+        proc.kill()
+        # exited, not yet reaped by us: a zombie, which holds nothing any more
+        wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                 "the killed child to become a zombie")
+        assert not hostcmds.pid_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 
 from vmchecker.errors import VmcheckerError
+from vmchecker.executor.hostcmds import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,7 @@ def owner_alive(name: str) -> bool:
     if not match:
         return True
     pid = int(match.group(1))
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or pid_alive(pid)
 
 
 def remove_leftovers(names: Iterable[str], remove: Callable[[str], None], what: str) -> list[str]:

@@ -77,6 +77,16 @@ class HostCommands:
             self.record.unlink(missing_ok=True)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs. A zombie does not: it has exited and only
+    waits for its parent to reap it, so a guest or a process group it held is abandoned."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"   # the state follows "(command)"
+
+
 def _killpg(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from vmchecker.executor.hostcmds import pid_alive
+
 log = logging.getLogger(__name__)
 
 
@@ -55,15 +57,6 @@ def reap_group(proc: subprocess.Popen) -> None:
             log.debug("killed processes left behind by pid %d", proc.pid)
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie nobody reaps counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -82,7 +75,7 @@ def find_orphans(work_dir: Path) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         pid = int(entry.name)
-        if any(arg.startswith(prefix) for arg in _cmdline(pid)[1:]) and _alive(pid):
+        if any(arg.startswith(prefix) for arg in _cmdline(pid)[1:]) and pid_alive(pid):
             found.append(pid)
     return found
 
@@ -103,11 +96,10 @@ def kill_orphan(pid: int, grace: float) -> None:
                 os.kill(pid, sig)
     send(signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     send(signal.SIGKILL)
-    # Wait until it is reaped too (by init): a backend's leftover cleanup may judge a
-    # guest abandoned by whether its owner's pid still exists, and a zombie's does.
+    # Wait until it is reaped too (by init): nothing of it left in /proc once we go on.
     deadline = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
