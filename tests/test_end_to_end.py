@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import xmlrpc.client
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pytest
 import yaml
 
 from tests.lab import lxc_unusable, netns, skip_unless_lab, sshd
-from tests.util import HELLO_C, HELLO_MAKEFILE, make_zip
+from tests.util import HELLO_C, HELLO_MAKEFILE, free_port, make_zip, wait_for
 from vmchecker import config
 from vmchecker.repo import Repository
 
@@ -45,14 +44,11 @@ SPIN_C = ("#include <stdio.h>\nint main(void){volatile unsigned long x=0;"
           " for(unsigned long i=0;i<400000000UL;i++) x+=i; return x==1;}\n")
 
 
-def _wait(predicate, timeout: float, what: str, step: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+POLL = 0.3   # seconds between looks at the repository (each look loads the course)
+
+
+def _wait(predicate, timeout: float, what: str):
+    return wait_for(predicate, what, timeout, interval=POLL)
 
 
 class LabTester:
@@ -181,7 +177,7 @@ def lab(tmp_path_factory):
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("e2e")
     with netns.LabNetwork() as network:
-        storer = Storer(root, network.gateway, sshd.free_port(network.gateway))
+        storer = Storer(root, network.gateway, free_port(network.gateway))
         course_dir = storer.init_course()
         pub = (course_dir / "keys" / "id_ed25519.pub").read_text().strip()
         fast = LabTester(network, "fast", storer.url, pub, root)
@@ -238,28 +234,58 @@ def test_graded_end_to_end(lab):
     assert all(a in grades for a in accounts)
 
 
+def _sent(lab, assignment: str, account: str) -> bool:
+    return lab.storer.submission(assignment, account).status().value in ("running", "done", "error")
+
+
 def test_slower_tester_gets_fewer_jobs(lab):
-    accounts = []
-    for _ in range(10):
-        accounts.append(lab.storer.submit("2-spin", lab.spin))
-        time.sleep(1.0)
-    subs = lab.storer.wait_final("2-spin", accounts, timeout=300)
-    assert all(s.status().value == "done" for s in subs.values())
-    by = [_tester_of(s) for s in subs.values()]
-    assert by.count("fast") > by.count("slow"), by
+    # Each tester is measured once: while fast's queue manager is stopped, the first job
+    # waits in fast's queue (no estimate yet: the tie goes to "fast"), so the second,
+    # seeing fast busy, goes to slow. No clock decides it.
+    lab.fast.kill(signal.SIGTERM)
+    try:
+        first = lab.storer.submit("2-spin", lab.spin)
+        _wait(lambda: _sent(lab, "2-spin", first), 60, "the first job to be sent")
+        second = lab.storer.submit("2-spin", lab.spin)
+        _wait(lambda: _sent(lab, "2-spin", second), 60, "the second job to be sent")
+    finally:
+        lab.fast.start()
+    subs = lab.storer.wait_final("2-spin", [first, second], timeout=300)
+    assert [_tester_of(subs[a]) for a in (first, second)] == ["fast", "slow"]
+    # Then one job at a time: each goes where it is expected to finish first, by the
+    # measured times, and slow's CPU-capped guest took several times longer.
+    by = []
+    for _ in range(3):
+        account = lab.storer.submit("2-spin", lab.spin)
+        sub = lab.storer.wait_final("2-spin", [account], timeout=300)[account]
+        assert sub.status().value == "done", (sub.results_dir / "vmchecker-stderr.vmr").read_text()
+        by.append(_tester_of(sub))
+    assert by == ["fast"] * 3, by
+
+
+def _failures(lab, tester: str) -> int:
+    status = xmlrpc.client.ServerProxy(lab.storer.url).status()
+    return next(t["failed"] for t in status["testers"] if t["tester"] == tester)
 
 
 def test_down_tester_gets_none_and_its_jobs_finish_elsewhere(lab):
+    # While fast's queue manager is stopped, every job sent to it waits there and fast's
+    # expected finish grows with each one, until the scheduler turns to slow, whose sshd
+    # is down: so slow is tried, however fast "fast" was measured.
     lab.slow.ssh.stop()
     try:
-        # Enough at once that "fast" alone would be slower than also using "slow".
-        accounts = [lab.storer.submit("1-hello", lab.hello) for _ in range(8)]
+        lab.fast.kill(signal.SIGTERM)
+        accounts = []
+        try:
+            while _failures(lab, "slow") == 0:
+                assert len(accounts) < 40, "slow was never tried"
+                accounts.append(lab.storer.submit("1-hello", lab.hello))
+                _wait(lambda: _sent(lab, "1-hello", accounts[-1]), 60, "the job to be sent")
+        finally:
+            lab.fast.start()
         subs = lab.storer.wait_final("1-hello", accounts)
-        assert [s.status().value for s in subs.values()] == ["done"] * 8
-        assert {_tester_of(s) for s in subs.values()} == {"fast"}
-        status = xmlrpc.client.ServerProxy(lab.storer.url).status()
-        slow = [t for t in status["testers"] if t["tester"] == "slow"][0]
-        assert slow["failed"] >= 1, status  # it was tried, failed, and its jobs moved
+        assert [s.status().value for s in subs.values()] == ["done"] * len(accounts)
+        assert {_tester_of(s) for s in subs.values()} == {"fast"}   # tried on slow, moved to fast
     finally:
         lab.slow.ssh.start()
 
@@ -288,7 +314,8 @@ def test_queue_manager_kill_9_mid_job_loses_nothing(lab):
 
 
 def test_storer_down_when_job_finishes_gets_results_later(lab):
-    lab.fast.ssh.stop()  # the job goes to "slow", whose CPU-capped guest takes seconds
+    lab.fast.ssh.stop()  # the job goes to "slow"...
+    lab.slow.kill(signal.SIGTERM)  # ...and waits in its queue until the storer is down
     try:
         account = lab.storer.submit("2-spin", lab.spin)
         _wait(lambda: lab.storer.submission("2-spin", account).status().value == "running", 60,
@@ -296,6 +323,7 @@ def test_storer_down_when_job_finishes_gets_results_later(lab):
         lab.storer.kill(signal.SIGTERM)
     finally:
         lab.fast.ssh.start()
+        lab.slow.start()
     try:
         sub = lab.storer.submission("2-spin", account)
         assert sub.info.tester == "slow"

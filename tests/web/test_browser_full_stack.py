@@ -14,14 +14,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.lab import lxc_unusable, skip_unless_lab, sshd
-from tests.util import free_port, make_zip, stop_process
+from tests.util import free_port, make_zip, stop_process, wait_for
 from tests.web.helpers import HELLO, PASSWORDS, WebServer, open_course, write_users
 from tests.web.test_browser import log_in, page, shot  # noqa: F401  (page is a fixture)
 
@@ -96,15 +95,17 @@ def test_student_sees_a_real_grading(system, page, tmp_path: Path) -> None:  # n
     page.wait_for_selector(".flash")
     assert "Your archive was saved" in page.inner_text(".flash")
     seen = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def graded() -> bool:
         status = page.get_attribute("#submission-1 .badge", "data-status")
         if not seen or seen[-1] != status:
             seen.append(status)
         if status in ("done", "error"):
-            break
-        time.sleep(0.5)
+            return True
         page.reload()
+        return False
+
+    wait_for(graded, "the page to show the submission graded", timeout=120, interval=0.5)
     assert seen[-1] == "done", seen
     assert set(seen) <= {"saved", "queued", "running", "done"}
     assert "gcc" in page.inner_text("pre.vmr[data-name='build-stdout.vmr']")
