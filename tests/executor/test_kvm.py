@@ -63,12 +63,12 @@ def test_guest_not_ready_is_an_error_and_keep_failed_keeps_its_disk(kvm_host, tm
 
 def test_guest_of_dead_executor_is_cleaned(kvm_host, tmp_path):
     from vmchecker.config import parse_machine
-    from vmchecker.executor.kvm import KvmVM
+    from vmchecker.executor.kvm_modes import OverlayVM
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     machine = parse_machine({"name": "linux", **kvm_machine(revert="overlay")}, "test")
-    vm = KvmVM(machine, f"vmck-left-{dead.pid}-abcdef", kvm_host.connection())
+    vm = OverlayVM(machine, f"vmck-left-{dead.pid}-abcdef", kvm_host.connection())
     vm.prepare_console()
     vm.revert()
     vm.start()

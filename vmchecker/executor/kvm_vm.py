@@ -1,0 +1,269 @@
+"""The guest of one KVM job, whichever way it was made clean: what both revert modes
+(:mod:`.kvm_modes`) share.
+
+Commands and files go through the QEMU guest agent (:mod:`.kvm_agent`); the guest needs
+no network. Each step runs under the step wrapper ``guest/step.pl`` (Perl: perl-base is
+in every Debian guest), which puts the step in a cgroup v2 of its own with the machine's
+memory, pids and CPU limits, keeps the first bytes of its output and counts the rest,
+kills the whole cgroup at the timeout and when the step's main process ends, and reports
+exit code or signal, CPU time and peak memory. The host keeps its own deadline too: if
+the wrapper does not report in time, the host kills the cgroup through the agent.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import re
+import secrets
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import libvirt_qemu
+
+from vmchecker.config import Machine
+from vmchecker.errors import ExecutorError
+from vmchecker.executor import base, guest, payload, results
+from vmchecker.executor.kvm_agent import Agent, describe, output
+
+log = logging.getLogger(__name__)
+
+URI = os.environ.get("VMCHECKER_LIBVIRT_URI", "qemu:///system")
+DEFAULT_STATE = os.environ.get("VMCHECKER_KVM_STATE", "/var/lib/vmchecker/kvm")
+HOST_GRACE = 15.0           # seconds past a step's timeout before the host kills the step itself
+KILL_GRACE = 15.0           # seconds for the wrapper to report once the host killed the step
+MAX_STREAM = 6 * 1024 * 1024   # bytes of a step's stdout or stderr brought back (agent limit 16 MiB)
+IN_TAR, OUT_TAR = "/run/vmck-in.tar", "/run/vmck-out.tar"
+TAIL_BYTES = 4096
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+STEP_CGROUPS = "/sys/fs/cgroup/vmck"   # the guest's cgroup v2 folder for the steps' cgroups
+STEP_PL = guest.program("step.pl")
+
+# Root, before the first step: set the stale clock (a snapshot's), unpack the job's files.
+COPY_IN = 'date -u -s "@$2" >/dev/null; mkdir -p -- "$1" && tar --numeric-owner -xpf "$3" -C "$1"; rc=$?; rm -f "$3"; exit $rc'
+
+
+@functools.cache
+def kvm_usable() -> bool:
+    """Hardware virtualization that can run a guest: vmx/svm in /proc/cpuinfo AND a
+    /dev/kvm that opens (nested setups have /dev/kvm without the flags, and hang).
+    Checked once per process: the hardware does not change under a running tester."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return re.search(r"^flags\s*:.*\b(vmx|svm)\b", cpuinfo, re.M) is not None
+
+
+def domain_type(setting: str) -> str:
+    """The libvirt domain type for the machine's ``domain_type``."""
+    if setting not in ("auto", "kvm", "qemu"):
+        raise ExecutorError(f"domain_type must be auto, kvm or qemu, not {setting!r}")
+    if setting == "auto":
+        return "kvm" if kvm_usable() else "qemu"
+    return setting
+
+
+def state_dir(machine: Machine) -> Path:
+    """Where the base image lives; per-job overlays and consoles go to its ``jobs/``."""
+    return Path(machine.base_image).parent if machine.base_image else Path(DEFAULT_STATE)
+
+
+def base_image(machine: Machine) -> Path:
+    return Path(machine.base_image) if machine.base_image else Path(DEFAULT_STATE) / "base.qcow2"
+
+
+def tail(path: Path | None) -> str:
+    """The last lines of a serial console log (for error messages)."""
+    if path is None:
+        return "(no serial console log)"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - TAIL_BYTES, 0))
+            text = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(cannot read the serial console log {path}: {exc.strerror})"
+    return text.strip() or "(the serial console log is empty)"
+
+
+def serial_path(domain_xml: ET.Element) -> Path | None:
+    """The file a domain's serial console is logged to, if any."""
+    source = domain_xml.find("devices/serial[@type='file']/source")
+    return Path(source.get("path")) if source is not None else None
+
+
+def _parse_report(status: dict) -> tuple[list[str], bytes, bytes]:
+    """Split the step wrapper's output into its report fields, kept stdout, kept stderr."""
+    data = output(status)
+    line, _, rest = data.partition(b"\n")
+    fields = line.decode("ascii", "replace").split()
+    if status.get("exitcode") != 0 or len(fields) != 10 or fields[0] != "vmck":
+        err = output(status, "err").decode("utf-8", "replace").strip()
+        raise ExecutorError(f"the step wrapper failed in the guest ({describe(status)}): {err or line!r}")
+    out_kept, err_kept = int(fields[6]), int(fields[8])
+    return fields, rest[:out_kept], rest[out_kept:out_kept + err_kept]
+
+
+def _number(text: str) -> int | None:
+    return None if text == "-" else int(text)
+
+
+class KvmVM(base.VM):
+    """One job's guest, reached through its agent once started. A revert mode
+    (:mod:`.kvm_modes`) says how the guest is made clean, started, stopped and released:
+    ``revert``, ``start``, ``stop``, ``prepare_console`` and ``_release``."""
+
+    def __init__(self, machine: Machine, name: str, conn: libvirt.virConnect):
+        super().__init__(machine, name)
+        self.conn = conn
+        self.jobs = state_dir(machine) / "jobs"
+        self.console = self.jobs / f"{name}.console"   # kernel_messages: tail -n0 -F this
+        self.kept: Path | None = None   # the disk kept for inspection, if any
+        self._dom: libvirt.virDomain | None = None
+        self._agent: Agent | None = None
+        self._console_source: Path | None = None
+        self._user = (0, 0, "/root")
+        self._steps = 0
+
+    # -- what each revert mode does its own way
+
+    def prepare_console(self) -> None:
+        """Make ``jobs/NAME.console`` (the job's serial log) before the kernel_messages
+        commands start."""
+        raise NotImplementedError
+
+    def keep_for_inspection(self) -> Path | None:
+        """Keep the disk of a failed job (``keep_failed``); its path, or None when the
+        guest has no disk of its own."""
+        return None
+
+    def _release(self) -> None:
+        """Give back what the job held (the guest, its disk, a lock), in any state."""
+        raise NotImplementedError
+
+    # -- primitives both modes share
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        dom = self._domain()
+        last = ""
+        while time.monotonic() < deadline:
+            if not dom.isActive():
+                raise ExecutorError(f"guest {self.name} stopped while booting; its serial console"
+                                    f" ends with:\n{tail(self._console_source)}")
+            try:
+                libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', 1, 0)
+                return
+            except libvirt.libvirtError as exc:
+                last = exc.get_error_message()
+            time.sleep(0.05)
+        raise ExecutorError(f"guest {self.name} was not ready within {timeout} s (guest agent: {last});"
+                            f" its serial console ends with:\n{tail(self._console_source)}")
+
+    def copy_to(self, src: Path, guest_dir: str) -> None:
+        agent = self._require_agent()
+        if self.machine.guest_user not in ("", "root"):
+            self._user = self._guest_user(agent, self.machine.guest_user)
+        uid, gid, _home = self._user
+        buf = io.BytesIO()
+        payload.write_payload(src, buf, uid, gid)
+        agent.write_file(IN_TAR, buf.getvalue())
+        agent.shell(COPY_IN, guest_dir, f"{time.time():.6f}", IN_TAR)
+
+    def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
+        agent = self._require_agent()
+        agent.shell(guest.COPY_OUT, guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS), OUT_TAR)
+        data = agent.read_file(OUT_TAR, results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
+        results.extract_vmrs(data, dest, cap, self.name)
+
+    def run(self, argv: list[str], cwd: str, timeout: float,
+            stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
+        agent = self._require_agent()
+        self._steps += 1
+        cgroup = f"step{self._steps}-{secrets.token_hex(3)}"
+        limits = self.machine.limits
+        cpu = "max" if limits.cpus >= 1 else f"{guest.cpu_quota_us(limits.cpus)} {guest.CPU_PERIOD_US}"
+        uid, gid, home = self._user
+        keep = min(stdout.cap + 1, MAX_STREAM)
+        wrapper = ["/usr/bin/perl", "-e", STEP_PL, STEP_CGROUPS, cgroup, str(keep), str(timeout),
+                   str(limits.memory_mb << 20), str(limits.pids), cpu, str(uid), str(gid), guest.GUEST_PATH,
+                   home, cwd, *argv]
+        started = time.monotonic()
+        pid = agent.exec(wrapper)
+        status = agent.wait(pid, started + timeout + HOST_GRACE)
+        host_killed = status is None
+        if host_killed:
+            log.warning("%s: the step wrapper did not report %.0f s after the timeout; killing the step",
+                        self.name, HOST_GRACE)
+            try:
+                agent.shell(f"echo 1 > {STEP_CGROUPS}/{cgroup}/cgroup.kill", timeout=KILL_GRACE)
+            except ExecutorError as exc:
+                log.warning("%s: killing the step's cgroup failed: %s", self.name, exc.message)
+            status = agent.wait(pid, time.monotonic() + KILL_GRACE)
+            if status is None:
+                raise ExecutorError(f"the guest {self.name} did not end a step that outlived its {timeout} s timeout")
+        wall = time.monotonic() - started
+        fields, out, err = _parse_report(status)
+        for writer, data, total in ((stdout, out, int(fields[7])), (stderr, err, int(fields[9]))):
+            writer.write(data)
+            writer.dropped += max(total - len(data), 0)   # counted in the guest, never sent
+        usec, peak = _number(fields[4]), _number(fields[5])
+        return results.StepResult(
+            exit_code=_number(fields[1]), signal=_number(fields[2]),
+            timed_out=host_killed or fields[3] == "1", wall_s=round(wall, 3),
+            cpu_s=None if usec is None else round(usec / 1e6, 3),
+            max_rss_kb=None if peak is None else peak // 1024)
+
+    def cleanup(self, failed: bool = False) -> str | None:
+        note = self._keep_failed() if failed and self.machine.keep_failed else None
+        try:
+            self._release()
+        finally:
+            if self.kept is None:
+                self.console.unlink(missing_ok=True)
+        return note
+
+    # -- helpers
+
+    def _keep_failed(self) -> str | None:
+        """Keep a failed job's disk; the line that says where, or why it could not."""
+        try:
+            kept = self.keep_for_inspection()
+        except (OSError, ExecutorError) as exc:
+            return f"keeping the failed guest's disk failed: {getattr(exc, 'message', exc)}"
+        return None if kept is None else f"the failed guest's disk is kept for inspection: {kept}"
+
+    def _lookup(self, name: str) -> libvirt.virDomain:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError:
+            raise ExecutorError(f"libvirt domain {name!r} does not exist on {URI}: build it with"
+                                f" kvm-resources/build-image.sh {name}") from None
+
+    def _domain(self) -> libvirt.virDomain:
+        if self._dom is None:
+            raise ExecutorError(f"guest {self.name} was not started")
+        return self._dom
+
+    def _require_agent(self) -> Agent:
+        if self._agent is None:
+            raise ExecutorError(f"guest {self.name} was not started")
+        return self._agent
+
+    @staticmethod
+    def _guest_user(agent: Agent, user: str) -> tuple[int, int, str]:
+        if not NAME_RE.match(user):
+            raise ExecutorError(f"bad guest_user {user!r}")
+        try:
+            entry = guest.passwd_entry(agent.shell('getent passwd "$1"', user).decode("utf-8", "replace"), user)
+        except ExecutorError:
+            entry = None   # getent exits 2 for a user it does not know
+        if entry is None:
+            raise ExecutorError(f"guest_user {user!r} does not exist in the guest")
+        return entry
