@@ -120,7 +120,12 @@ class Job:
             self.killed = True
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+        try:
+            shutil.rmtree(self.work)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("cannot remove the work folder %s: %s", self.work, exc)
         self.log_path.unlink(missing_ok=True)
 
     def run(self) -> Outcome | None:
@@ -129,7 +134,8 @@ class Job:
         started = time.monotonic()
         stats: dict[str, Any] = {"tester": self.config.tester.name}
         try:
-            shutil.rmtree(self.work, ignore_errors=True)
+            if self.work.exists():   # a leftover that cannot go fails the job, never mixes into it
+                shutil.rmtree(self.work)
             try:
                 info = bundle.unpack_bundle(self.bundle, self.work)
                 machine = self.config.machine(info.machine)  # the tester's overrides must apply too

@@ -294,10 +294,13 @@ class QueueManager(Service):
             cleanup_backend(machine_type, [m for m in machines if m.type == machine_type])
         for entry in cfg.work_dir.iterdir():
             log.info("removing %s left by an earlier run", entry)
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("cannot remove %s: %s", entry, exc)
         pending = set(self.notifier.journal.job_ids())
         for bundle_name, marker in results.scan_done(cfg.done_dir).items():
             bundle_path = cfg.queue_dir / bundle_name
@@ -319,8 +322,11 @@ class QueueManager(Service):
         files (a type and a base image): where a backend looks for leftovers."""
         machines = []
         for sub_config in self.config.work_dir.glob(f"*/{SUBMISSION_CONFIG}"):
-            with contextlib.suppress(VmcheckerError, OSError):
+            try:
                 machines.append(self.config.machine(bundle.read_bundle_dir(sub_config.parent).machine))
+            except (VmcheckerError, OSError) as exc:
+                log.warning("%s: cannot tell its machine, its guest is not looked for: %s",
+                            sub_config.parent, getattr(exc, "message", exc))
         for name, body in self.config.machines.items():
             if body.get("type") in config.MACHINE_TYPES and isinstance(body.get("base_image"), str):
                 machines.append(Machine(name=name, type=body["type"], vm=str(body.get("vm", "")),

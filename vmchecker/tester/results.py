@@ -126,7 +126,10 @@ def scan_done(done_root: Path) -> dict[str, dict[str, Any]]:
         marker = read_marker(job_dir)
         if marker is None:
             log.warning("%s: results never completed (interrupted run); removing them", job_dir)
-            shutil.rmtree(job_dir, ignore_errors=True)
+            try:
+                shutil.rmtree(job_dir)
+            except OSError as exc:
+                log.error("cannot remove the incomplete results %s: %s", job_dir, exc)
             continue
         complete[str(marker.get("bundle", ""))] = marker
     return complete
@@ -150,7 +153,11 @@ def cleanup_done(done_root: Path, max_age_days: float | None, keep: set[str] = f
         except FileNotFoundError:
             continue
         if committed < limit:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            try:
+                shutil.rmtree(job_dir)
+            except OSError as exc:
+                log.error("cannot remove old results %s: %s", job_dir, exc)
+                continue
             removed.append(job_dir.name)
     if removed:
         log.info("removed %d result folders older than %s days from %s", len(removed), max_age_days, done_root)
