@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.executor.helpers import make_bundle, vmr
-from tests.util import pid_alive, wait_for
 from vmchecker.errors import BundleError, ExecutorError, Interrupted
-from vmchecker.executor import base, get_host, hostcmds, interrupts, payload, results
+from vmchecker.executor import base, get_host, interrupts, results
 
 
 class FolderVM(base.VM):
@@ -84,28 +82,10 @@ def run_job(tmp_path: Path, host: FolderHost | None = None, **kwargs):
     return host.test_submission(bundle_dir, info.machine, info), bundle_dir, host
 
 
-def test_capped_writer_keeps_the_head_and_says_how_much_was_cut(tmp_path):
-    w = results.CappedWriter(tmp_path / "x.vmr", 10)
-    w.write(b"0123456")
-    w.write(b"789abcdef")
-    w.close()
-    assert (tmp_path / "x.vmr").read_bytes() == b"0123456789" + results.truncation_line(10, 6)
 
 
-def test_capped_writer_under_the_cap_has_no_marker(tmp_path):
-    w = results.CappedWriter(tmp_path / "x.vmr", 10)
-    w.write(b"short")
-    w.close()
-    assert (tmp_path / "x.vmr").read_bytes() == b"short"
 
 
-def test_course_files_win_over_student_files(tmp_path):
-    files = {"build.sh/x": "a folder named like the build script", "expected.txt": "forged", "a/b.c": "kept"}
-    bundle_dir, _ = make_bundle(tmp_path / "bundle", files=files, tests={"expected.txt": "real", "a/t.txt": "t"})
-    folder = payload.prepare_payload(bundle_dir, tmp_path / "work")
-    assert (folder / "build.sh").read_text() == (bundle_dir / "build.sh").read_text()
-    assert (folder / "expected.txt").read_text() == "real"
-    assert (folder / "a" / "b.c").read_text() == "kept" and (folder / "a" / "t.txt").read_text() == "t"
 
 
 def test_full_flow_in_order(tmp_path):
@@ -219,48 +199,3 @@ def test_a_sigterm_during_the_final_cleanup_still_writes_the_results(tmp_path):
     assert host.vms[0].calls[-1] == "cleanup"   # the guest was removed...
     assert json.loads(vmr(bundle_dir, "result.json"))["status"] == "done"   # ...and the results written
     assert vmr(bundle_dir, "grade.vmr") == "ran\n"
-
-
-def test_host_command_groups_are_recorded_until_stopped(tmp_path):
-    record = tmp_path / "b" / "results" / f".host_commands{hostcmds.PGIDS_SUFFIX}"
-    record.parent.mkdir(parents=True)
-    commands = hostcmds.HostCommands("host_commands", record)
-    commands.start(["exec sleep 60"], {}, None)
-    assert len(record.read_text().split()) == 1
-    commands.stop()
-    assert not record.exists()
-
-
-def test_kill_recorded_stops_the_host_commands_of_a_dead_executor(tmp_path):
-    record = tmp_path / "b" / "results" / f".kernel_messages{hostcmds.PGIDS_SUFFIX}"
-    record.parent.mkdir(parents=True)
-    commands = hostcmds.HostCommands("kernel_messages", record)
-    # the second command leaves a grandchild in its group, as `tail -F ... | grep` would
-    commands.start(["exec sleep 60", f"sleep 60 & echo $! > {tmp_path}/grandchild; wait"], {}, None)
-    procs = list(commands._procs)
-    pgids = sorted(int(p) for p in record.read_text().split())
-    assert pgids == sorted(p.pid for p in procs)
-    grandchild = int(wait_for(lambda: (tmp_path / "grandchild").exists() and (tmp_path / "grandchild").read_text(),
-                              "the second host command to start its child"))
-
-    assert hostcmds.kill_recorded(tmp_path / "b") == pgids   # as if the executor had been SIGKILLed
-
-    for proc in procs:
-        assert proc.wait(10) == -signal.SIGKILL
-    wait_for(lambda: not pid_alive(grandchild), "the host command's child to die with its group")
-    assert not record.exists()
-    assert hostcmds.kill_recorded(tmp_path / "b") == []
-
-
-def test_a_zombie_is_not_alive():
-    proc = subprocess.Popen(["sleep", "60"])
-    try:
-        assert hostcmds.pid_alive(proc.pid)
-        proc.kill()
-        # exited, not yet reaped by us: a zombie, which holds nothing any more
-        wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
-                 "the killed child to become a zombie")
-        assert not hostcmds.pid_alive(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
