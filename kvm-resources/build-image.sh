@@ -158,6 +158,8 @@ build_image() {
   install -m 755 "$HERE/guest-init.sh" "$rootfs/sbin/vmchecker-init"
   rm -rf "$rootfs/tmp/init.c" "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   echo vmchecker > "$rootfs/etc/hostname"
+  # The unprivileged user that runs the student's code (machines.*.student_user).
+  chroot "$rootfs" useradd --create-home --uid 1500 --user-group --shell /bin/bash student
   : > "$rootfs/etc/fstab"
   mkfs.ext4 -q -F -L vmchecker -d "$rootfs" "$TMP/base.raw" 2G
   qemu-img convert -O qcow2 "$TMP/base.raw" "$TMP/base.qcow2"

@@ -139,6 +139,8 @@ fi
 cp "$HERE/init.c" "$TMP/rootfs/tmp/vmchecker-init.c"
 chroot "$TMP/rootfs" gcc -O2 -Wall -o /sbin/vmchecker-init /tmp/vmchecker-init.c
 rm -f "$TMP/rootfs/tmp/vmchecker-init.c"
+# The unprivileged user that runs the student's code (machines.*.student_user).
+chroot "$TMP/rootfs" useradd --create-home --uid 1500 --user-group --shell /bin/bash student
 echo "$NAME" > "$TMP/rootfs/etc/hostname"
 
 # --------------------------------------------------------------------- config

@@ -101,7 +101,7 @@ class Machine:
     testers: list[str] = field(default_factory=list)
     snapshot: str = "clean"
     guest_user: str = "root"
-    guest_base_path: str = "/root/vmchecker"
+    guest_base_path: str = "/vmchecker"     # job/, course/, results/ below it (executor/payload.py)
     guest_shell: str = "/bin/bash"
     # The unprivileged guest user that runs the build and every program the tests
     # start: student code never runs as the identity that owns the course's files.

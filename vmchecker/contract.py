@@ -33,9 +33,11 @@ CHECK_SCRIPT = "check.sh"                  # the course's check step, run on the
 GRADE_VMR = "grade.vmr"                    # the grade lines, or a status word until graded
 RESULT_JSON = "result.json"                # the executor's account of the job, written last
 VMCHECKER_STDERR = "vmchecker-stderr.vmr"  # the executor's (or the storer's) own errors
+GUEST_GRADE_VMR = "guest-grade.vmr"      # with a check step: the guest's grade file, kept as output
 RUN_KM = "run-km.vmr"                      # kernel messages of the run, where configured
 STEP_FILES = {"build": ("build-stdout.vmr", "build-stderr.vmr"),
-              "run": ("run-stdout.vmr", "run-stderr.vmr")}
+              "run": ("run-stdout.vmr", "run-stderr.vmr"),
+              "check": ("check-stdout.vmr", "check-stderr.vmr")}
 RESULT_SUFFIX = ".vmr"
 
 # --------------------------------------------------------------------------- identifiers

@@ -18,11 +18,13 @@ from vmchecker.config import parse_machine
 
 BASE = "vmchecker-base"
 HELLO_BUILD = "make\n"
-# The course's run script: runs the program, compares its output, writes grade.vmr.
+# The course's run script: runs the student's program as the student (vmchecker-run),
+# compares its output, writes the grade file (no line: full points).
 HELLO_RUN = """\
-./hello > out.txt
-cat out.txt
-if cmp -s out.txt expected.txt; then echo "10 hello ok" > grade.vmr; else echo "0 wrong output" > grade.vmr; fi
+out="$VMCHECKER_RESULTS/out.txt"
+vmchecker-run ./hello > "$out"
+cat "$out"
+if cmp -s "$out" expected.txt; then echo "# hello ok" > "$VMCHECKER_GRADE"; else echo "-10: wrong output" > "$VMCHECKER_GRADE"; fi
 """
 HELLO_FILES = {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE}
 HELLO_TESTS = {"expected.txt": "Hello, world!\n"}

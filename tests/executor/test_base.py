@@ -39,9 +39,9 @@ class FolderVM(base.VM):
     def wait_ready(self, timeout):
         self._call("wait_ready")
 
-    def copy_to(self, src, guest_dir):
+    def copy_to(self, load, guest_dir):
         self._call("copy_to")
-        shutil.copytree(src, self.root / guest_dir.lstrip("/"))
+        shutil.copytree(load.root, self.root / guest_dir.lstrip("/"))
 
     def copy_from(self, guest_dir, dest, cap):
         self._call("copy_from")
@@ -50,9 +50,14 @@ class FolderVM(base.VM):
                 (dest / path.name).write_bytes(f.read(cap + 1))
 
     def run(self, argv, cwd, timeout, stdout, stderr):
+        """What vmchecker-step does, minus the users: ``argv`` is [sh, step program,
+        step, shell]; the step's script runs with the grade file in the environment."""
         self._call("run")
-        proc = subprocess.run(["/bin/sh", argv[1]], cwd=self.root / cwd.lstrip("/"), capture_output=True,
-                              timeout=timeout)
+        base_dir = self.root / Path(argv[1]).parent.parent.parent.relative_to("/")
+        env = {"PATH": "/usr/bin:/bin", "VMCHECKER_RESULTS": str(base_dir / "results"),
+               "VMCHECKER_GRADE": str(base_dir / "results" / "grade.vmr")}
+        proc = subprocess.run(["/bin/sh", str(base_dir / "course" / f"{argv[2]}.sh")], cwd=self.root / cwd.lstrip("/"),
+                              capture_output=True, timeout=timeout, env=env)
         stdout.write(proc.stdout)
         stderr.write(proc.stderr)
         return results.StepResult(exit_code=proc.returncode, wall_s=0.0)

@@ -12,16 +12,26 @@ What a backend shares with the others lives beside this module: :mod:`.guest` (g
 names, leftovers, the guest user, programs run in the guest), :mod:`.payload` (what
 enters the guest), :mod:`.interrupts` (critical sections a SIGTERM must not cut).
 
+The steps keep the grading contract (:mod:`.payload` lays the guest folder out): the
+build runs as the unprivileged student user; before the run every process it left is
+killed; ``run.sh`` runs from the copy the bundle carried, as the trusted guest user, and
+alone can write the grade file; results are copied out of a folder student code cannot
+write. Where the machine has a ``check_script``, the check step runs after the guest is
+gone, on this host, sandboxed (:mod:`.check`), and its grade file is the grade.
+
 Results (``BUNDLE_DIR/results/``, written through :mod:`.results`): ``build-stdout.vmr``,
-``build-stderr.vmr``, ``run-stdout.vmr``, ``run-stderr.vmr``, ``vmchecker-stderr.vmr``,
-``run-km.vmr`` when kernel-message commands are configured (by :mod:`.hostcmds`), the ``*.vmr`` files the run script left in the
-guest folder (``grade.vmr`` above all; the status word when there is none) and
-``result.json``, written last and atomically: a killed executor never leaves a
-``result.json`` that claims success.
+``build-stderr.vmr``, ``run-stdout.vmr``, ``run-stderr.vmr`` (``check-*.vmr``),
+``vmchecker-stderr.vmr``, ``run-km.vmr`` when kernel-message commands are configured (by
+:mod:`.hostcmds`), the ``*.vmr`` files ``run.sh`` wrote to its results folder
+(``grade.vmr`` above all, the tests' grade lines) and ``result.json``, written last and
+atomically: a killed executor never leaves a ``result.json`` that claims success. No
+grade is decided here: the storer weighs ``grade.vmr`` with ``result.json``
+(:mod:`vmchecker.evidence`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import tempfile
@@ -31,11 +41,11 @@ from pathlib import Path
 
 from vmchecker import bundle
 from vmchecker.config import Machine
-from vmchecker.contract import BUILD_SCRIPT, RUN_KM, RUN_SCRIPT, STEP_FILES, ResultStatus
+from vmchecker.contract import CHECK_SCRIPT, GRADE_VMR, GUEST_GRADE_VMR, RUN_KM, STEP_FILES, TESTS, ResultStatus
 from vmchecker.errors import Interrupted, VmcheckerError
 from vmchecker.executor.hostcmds import PGIDS_SUFFIX, HostCommands
 from vmchecker.executor.interrupts import uninterruptible
-from vmchecker.executor.payload import prepare_payload
+from vmchecker.executor.payload import GuestPaths, Payload, prepare_payload
 from vmchecker.executor.results import CappedWriter, JobResult, ResultFiles, StepResult
 
 log = logging.getLogger(__name__)
@@ -60,9 +70,10 @@ class VM:
         """Return when commands can run in the guest; raise ExecutorError after ``timeout``."""
         raise NotImplementedError
 
-    def copy_to(self, src: Path, guest_dir: str) -> None:
-        """Copy the contents of the host folder ``src`` into ``guest_dir`` (created),
-        owned by the machine's guest user."""
+    def copy_to(self, load: Payload, guest_dir: str) -> None:
+        """Copy the payload into ``guest_dir`` (created) with the owners and modes it
+        gives (:meth:`Payload.write`, GNU tar as root without ``--numeric-owner``), then
+        run ``vmchecker-step prepare`` as root there; raise ExecutorError if it fails."""
         raise NotImplementedError
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
@@ -73,7 +84,8 @@ class VM:
     def run(self, argv: list[str], cwd: str, timeout: float,
             stdout: CappedWriter, stderr: CappedWriter) -> StepResult:
         """Run ``argv`` in the guest as the guest user; on timeout kill every process
-        the step started inside the guest, and say so in the result."""
+        the step started inside the guest (the student's too), and say so in the
+        result."""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -113,7 +125,9 @@ class Host:
         try:
             with tempfile.TemporaryDirectory(prefix=f"vmchecker-{info.job_id[:40]}-") as tmp:
                 with job.phase("prepare"):
-                    payload = prepare_payload(bundle_dir, Path(tmp))
+                    load = prepare_payload(bundle_dir, Path(tmp), machine)
+                paths = GuestPaths(machine.guest_base_path.rstrip("/"))
+                job.memory_mb = machine.limits.memory_mb
                 vm = self.get_vm(machine, info.job_id)
                 job.vm = vm.name
                 env = {"VMCHECKER_VM": vm.name, "VMCHECKER_JOB_ID": info.job_id, "VMCHECKER_BACKEND": machine.type}
@@ -127,15 +141,18 @@ class Host:
                 job.guest_start_s = job.phases["start"]
                 host_commands.start(machine.host_commands, env, None)
                 with job.phase("copy_in"):
-                    vm.copy_to(payload, machine.guest_base_path)
-                self._steps(vm, machine, info, out, job)
+                    vm.copy_to(load, paths.base)
+                self._steps(vm, machine, info, out, job, paths)
                 guest_out = Path(tmp) / "out"
                 guest_out.mkdir()
                 with job.phase("copy_out"):
-                    vm.copy_from(machine.guest_base_path, guest_out, out.cap)
+                    vm.copy_from(paths.results, guest_out, out.cap)
                     out.take_guest_files(guest_out)
                 with job.phase("stop"):
                     vm.stop()
+                if machine.check_script:
+                    with job.phase("check"):
+                        self._check(bundle_dir, machine, info, out, job)
                 job.status = ResultStatus.DONE
         except VmcheckerError as exc:
             log.error("job %s: %s", info.job_id, exc.message, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -151,21 +168,46 @@ class Host:
                 self._finish(vm, out, job, (host_commands, kernel_messages), started)
         return job
 
-    def _steps(self, vm: VM, machine: Machine, info: bundle.BundleInfo, out: ResultFiles, job: JobResult) -> None:
-        """build, then run if the build succeeded; each under the assignment's timeout."""
-        for name, script in (("build", BUILD_SCRIPT), ("run", RUN_SCRIPT)):
+    def _steps(self, vm: VM, machine: Machine, info: bundle.BundleInfo, out: ResultFiles, job: JobResult,
+               paths: GuestPaths) -> None:
+        """build, then run if the build succeeded; each under the assignment's timeout,
+        each started through vmchecker-step (which user, which environment)."""
+        for name in ("build", "run"):
             stdout, stderr = (out.writer(n) for n in STEP_FILES[name])
             try:
                 if name == "run" and not job.steps["build"].succeeded:
                     job.steps[name] = StepResult(attempted=False)
                     continue
-                step = vm.run([machine.guest_shell, script], machine.guest_base_path, info.timeout, stdout, stderr)
-                job.steps[name] = step
+                step = vm.run(["/bin/sh", paths.step, name, machine.guest_shell], paths.job, info.timeout,
+                              stdout, stderr)
+                job.steps[name] = dataclasses.replace(step, timeout_s=info.timeout)
                 if step.timed_out:
                     out.error(f"the {name} step did not finish within {info.timeout} s and was killed")
             finally:
                 stdout.close()
                 stderr.close()
+
+    def _check(self, bundle_dir: Path, machine: Machine, info: bundle.BundleInfo, out: ResultFiles,
+               job: JobResult) -> None:
+        """The check step, on this host once the guest is gone: it reads the run's
+        results (the guest's grade file among them: output, not the grade) and writes
+        the grade lines, which replace the guest's."""
+        if not job.steps["run"].succeeded:
+            job.steps["check"] = StepResult(attempted=False)
+            return
+        from vmchecker.executor.check import run_check   # bubblewrap: only for machines with a check step
+
+        guest_grade = out.dir / GRADE_VMR
+        if guest_grade.is_file():
+            guest_grade.replace(out.dir / GUEST_GRADE_VMR)
+        stdout, stderr = (out.writer(n) for n in STEP_FILES["check"])
+        try:
+            step = run_check(bundle_dir / CHECK_SCRIPT, out.dir, bundle_dir / TESTS, guest_grade,
+                             info.timeout, machine.limits, stdout, stderr)
+        finally:
+            stdout.close()
+            stderr.close()
+        job.steps["check"] = dataclasses.replace(step, timeout_s=info.timeout)
 
     def _finish(self, vm: VM | None, out: ResultFiles, job: JobResult,
                 commands: tuple[HostCommands, ...], started: float) -> None:

@@ -43,8 +43,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 STEP_CGROUPS = "/sys/fs/cgroup/vmck"   # the guest's cgroup v2 folder for the steps' cgroups
 STEP_PL = guest.program("step.pl")
 
-# Root, before the first step: set the stale clock (a snapshot's), unpack the job's files.
-COPY_IN = 'date -u -s "@$2" >/dev/null; mkdir -p -- "$1" && tar --numeric-owner -xpf "$3" -C "$1"; rc=$?; rm -f "$3"; exit $rc'
+# Root, before the first step: set the stale clock (a snapshot's), unpack the job's files
+# (owners by name: the guest's passwd decides), check the guest can keep the contract.
+COPY_IN = ('date -u -s "@$2" >/dev/null; mkdir -p -- "$1" && tar -xpf "$3" -C "$1"; rc=$?; rm -f "$3";'
+           ' [ $rc = 0 ] && exec /bin/sh "$1"/course/bin/%s prepare; exit $rc' % payload.STEP_PROGRAM)
 
 
 @functools.cache
@@ -166,13 +168,12 @@ class KvmVM(base.VM):
         raise ExecutorError(f"guest {self.name} was not ready within {timeout} s (guest agent: {last});"
                             f" its serial console ends with:\n{tail(self._console_source)}")
 
-    def copy_to(self, src: Path, guest_dir: str) -> None:
+    def copy_to(self, load: payload.Payload, guest_dir: str) -> None:
         agent = self._require_agent()
         if self.machine.guest_user not in ("", "root"):
             self._user = self._guest_user(agent, self.machine.guest_user)
-        uid, gid, _home = self._user
         buf = io.BytesIO()
-        payload.write_payload(src, buf, uid, gid)
+        load.write(buf)
         agent.write_file(IN_TAR, buf.getvalue())
         agent.shell(COPY_IN, guest_dir, f"{time.time():.6f}", IN_TAR)
 

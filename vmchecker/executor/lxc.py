@@ -47,7 +47,8 @@ DROP_CAPS = ("sys_admin dac_read_search sys_ptrace sys_boot sys_resource sys_pac
 MOUNT_AUTO = "proc:mixed sys:mixed cgroup:ro"
 
 # Runs in the guest as root: unpack the tar stream on stdin into $1.
-COPY_IN = 'mkdir -p -- "$1" && cd -- "$1" && exec tar --numeric-owner -xpf -'
+COPY_IN = ('mkdir -p -- "$1" && cd -- "$1" && tar -xpf - && exec /bin/sh course/bin/%s prepare'
+           % payload.STEP_PROGRAM)
 
 
 # --------------------------------------------------------------------------- VM, Host
@@ -98,13 +99,11 @@ class LxcVM(base.VM):
             raise ExecutorError(f"LXC container {self.name} was not running after {timeout} s")
         self._cgroup = GuestCgroup(c.init_pid)
 
-    def copy_to(self, src: Path, guest_dir: str) -> None:
-        uid, gid, _home = self._user
-
+    def copy_to(self, load: payload.Payload, guest_dir: str) -> None:
         def write(stream: int, failure: list[BaseException]) -> None:
             try:
                 with os.fdopen(stream, "wb") as f:
-                    payload.write_payload(src, f, uid, gid)
+                    load.write(f)
             except (OSError, tarfile.TarError) as exc:
                 failure.append(exc)
 

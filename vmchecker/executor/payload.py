@@ -1,9 +1,26 @@
 """What enters the guest, in which order, owned by whom.
 
-The payload is one folder: the student's files, the assignment's tests unpacked over
-them, then the course's ``build.sh`` and ``run.sh``, so course files always win over
-student files of the same name. It travels to the guest as one tar stream whose files
-all belong to the guest user, whatever owns them on the host.
+The guest folder (``machine.guest_base_path``, *BASE*) is laid out so that the student's
+code can never reach the grade (the grading contract of ``docs/ARCHITECTURE.md``)::
+
+    BASE/            the guest user's (trusted, root by default), 0755
+      job/           the job folder, cwd of every step: 1777, sticky, so the student may
+                     add files but never remove or rename what is not its own
+        ...          the student's files, owned by the student user; the tests unpacked
+                     over them, owned by the guest user and read-only (0444/0555), in
+                     folders that are the guest user's and sticky as well
+      course/        the guest user's, 0755: build.sh, run.sh (check.sh) as the bundle
+                     carried them, the name of the student user, and bin/ with the
+                     programs the steps are started through (vmchecker-step,
+                     vmchecker-run): nothing here is writable by the student
+      results/       the guest user's, 0700: the grade file and the other results run.sh
+                     writes; the only folder results are copied out of
+
+Owners travel by name in the tar stream (the copy-in runs GNU tar as root without
+``--numeric-owner``), so the guest's own /etc/passwd decides the ids; a name the guest
+does not know falls back to ``nobody`` for the student, never to root. The copy-in ends
+with ``vmchecker-step prepare``, which checks the student user exists and can reach the
+job folder, so a guest that cannot keep the contract fails the job instead of grading it.
 """
 
 from __future__ import annotations
@@ -11,39 +28,125 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from vmchecker import archive
-from vmchecker.contract import ARCHIVE, BUILD_SCRIPT, RUN_SCRIPT, TESTS
+from vmchecker.config import Machine
+from vmchecker.contract import ARCHIVE, BUILD_SCRIPT, CHECK_SCRIPT, GRADE_VMR, RUN_SCRIPT, TESTS
 from vmchecker.errors import ArchiveError, BundleError
+from vmchecker.executor import guest
+
+JOB, COURSE, RESULTS = "job", "course", "results"
+STUDENT_FILE = "student"              # course/student: the student user's name
+STEP_PROGRAM = "vmchecker-step"       # course/bin/: starts each step (as the guest user)
+RUN_PROGRAM = "vmchecker-run"         # course/bin/: runs a command as the student user
+NOBODY = 65534                        # the student's id where the guest does not know its name
 
 
-def prepare_payload(bundle_dir: Path, work: Path) -> Path:
-    """The folder copied to the guest, built in ``work`` from the unpacked bundle in
-    ``bundle_dir``: student files, then tests over them, then the course's scripts."""
-    files, tests = work / "files", work / "tests"
-    for name, dest in ((ARCHIVE, files), (TESTS, tests)):
+@dataclass(frozen=True)
+class GuestPaths:
+    """Where the payload lands in the guest (see the module docstring)."""
+
+    base: str
+
+    @property
+    def job(self) -> str:
+        return f"{self.base}/{JOB}"
+
+    @property
+    def course(self) -> str:
+        return f"{self.base}/{COURSE}"
+
+    @property
+    def results(self) -> str:
+        return f"{self.base}/{RESULTS}"
+
+    @property
+    def step(self) -> str:
+        return f"{self.course}/bin/{STEP_PROGRAM}"
+
+    def script(self, name: str) -> str:
+        return f"{self.course}/{name}"
+
+    @property
+    def grade(self) -> str:
+        return f"{self.results}/{GRADE_VMR}"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The host folder copied into the guest, and who owns each of its entries there."""
+
+    root: Path
+    student: str                      # user names in the guest
+    trusted: str
+    student_paths: frozenset[str]     # arcnames ("job/a.c") that are the student's
+
+    def write(self, stream: IO[bytes]) -> None:
+        """Write the payload to ``stream`` as one tar stream with the guest owners and
+        modes of the module docstring, whatever owns the files on the host."""
+        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+            tf.add(self.root, arcname=".", filter=self._owned)
+
+    def _owned(self, info: tarfile.TarInfo) -> tarfile.TarInfo:
+        name = str(PurePosixPath(info.name))   # "." or "job/a.c"
+        if name in self.student_paths:
+            info.uid = info.gid = NOBODY
+            info.uname = info.gname = self.student
+            return info
+        info.uid = info.gid = 0
+        info.uname = info.gname = self.trusted
+        top = name.split("/", 1)[0]
+        if name == RESULTS:
+            info.mode = 0o700
+        elif name == JOB or (top == JOB and info.isdir()):
+            info.mode = 0o1777
+        elif info.isdir():
+            info.mode = 0o755
+        else:   # a course file or a test: read-only, executable where it was
+            info.mode = 0o555 if info.mode & 0o111 else 0o444
+        return info
+
+
+def prepare_payload(bundle_dir: Path, work: Path, machine: Machine) -> Payload:
+    """The payload, built in ``work`` from the unpacked bundle in ``bundle_dir``: the
+    student's files, the tests over them, the course's scripts and programs apart."""
+    student, tests = work / "student", work / "tests"
+    for name, dest in ((ARCHIVE, student), (TESTS, tests)):
         try:
             archive.safe_extract(bundle_dir / name, dest)
         except ArchiveError as exc:
             raise BundleError(f"cannot unpack {name}: {exc.message}") from None
-    _overlay(tests, files)
-    for name in (BUILD_SCRIPT, RUN_SCRIPT):
-        _remove(files / name)
-        shutil.copyfile(bundle_dir / name, files / name)
-    return files
+    root = work / "payload"
+    job, course = root / JOB, root / COURSE
+    (root / RESULTS).mkdir(parents=True)
+    trusted = _tree(tests, JOB)                       # every test entry and its folders
+    os.replace(student, job)
+    _overlay(tests, job)
+    (course / "bin").mkdir(parents=True)
+    for name in (BUILD_SCRIPT, RUN_SCRIPT, CHECK_SCRIPT):
+        if (bundle_dir / name).is_file():
+            shutil.copyfile(bundle_dir / name, course / name)
+    (course / STUDENT_FILE).write_text(machine.student_user + "\n", encoding="utf-8")
+    for program in (STEP_PROGRAM, RUN_PROGRAM):
+        path = course / "bin" / program
+        path.write_text(guest.program(program), encoding="utf-8")
+        path.chmod(0o755)
+    owned = frozenset(_tree(job, JOB) - trusted - {JOB})
+    return Payload(root, machine.student_user, machine.guest_user or "root", owned)
 
 
-def write_payload(src: Path, stream: IO[bytes], uid: int, gid: int) -> None:
-    """Write the folder ``src`` to ``stream`` as a tar stream whose files all belong to
-    ``uid:gid`` (the guest user), whatever owns them on the host."""
-    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
-        return info
-
-    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.GNU_FORMAT) as tf:
-        tf.add(src, arcname=".", filter=owned)
+def _tree(folder: Path, prefix: str) -> set[str]:
+    """The arcnames of every entry under ``folder`` (as if it were ``prefix``), with
+    the folders that lead to them."""
+    names = set()
+    for path in folder.rglob("*"):
+        rel = PurePosixPath(prefix, path.relative_to(folder).as_posix())
+        names.add(str(rel))
+        names.update(str(p) for p in rel.parents if str(p) not in (".", prefix))
+    return names
 
 
 def _remove(path: Path) -> None:

@@ -79,6 +79,8 @@ class StepResult:
     exit_code: int | None = None
     signal: int | None = None
     timed_out: bool = False
+    timeout_s: float | None = None      # the limit it ran under
+    oom_killed: bool | None = None      # None: the backend cannot tell
     wall_s: float | None = None
     cpu_s: float | None = None
     max_rss_kb: int | None = None
@@ -100,6 +102,8 @@ class JobResult:
     started_at: str = ""
     guest_start_s: float | None = None
     total_s: float | None = None
+    grade_file: bool = False            # the tests wrote their grade file (evidence.py)
+    memory_mb: int | None = None
     steps: dict[str, StepResult] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -146,8 +150,14 @@ class ResultFiles:
         self.errors.write(text.rstrip("\n").encode("utf-8", "replace") + b"\n")
 
     def take_guest_files(self, folder: Path) -> None:
-        """Move the ``*.vmr`` files copied out of the guest in, capped, never over ours."""
+        """Move the ``*.vmr`` files copied out of the guest in, capped, never over ours.
+        A name that is not printable UTF-8 is dropped here, so it never reaches the
+        storer (whose XML-RPC parser it would break) nor a log line it could forge."""
         for path in sorted(folder.iterdir())[:MAX_GUEST_VMRS]:
+            if not printable_name(path.name):
+                self.error(f"ignored a result file written by the guest: its name {path.name!r}"
+                           " is not printable UTF-8")
+                continue
             if path.name in RESERVED or not path.name.endswith(RESULT_SUFFIX):
                 self.error(f"ignored {path.name} written by the guest: the name is reserved")
                 continue
@@ -161,14 +171,22 @@ class ResultFiles:
             os.replace(path, self.dir / path.name)
 
     def finish(self, job: JobResult) -> None:
-        """Close every file, fill grade.vmr if the guest wrote none, write result.json."""
+        """Close every file, write result.json. ``grade.vmr`` is the tests' own (taken
+        from the guest's results folder) or absent: the storer weighs it with
+        result.json (:mod:`vmchecker.evidence`), so nothing here grants a grade."""
         for w in self._writers:
             w.close()
-        grade = self.dir / GRADE_VMR
-        if job.status != ResultStatus.DONE or not grade.is_file():
-            grade.unlink(missing_ok=True)
-            grade.write_text(f"{job.status}\n", encoding="utf-8")
+        job.grade_file = (self.dir / GRADE_VMR).is_file()
         fsutil.write_atomic(self.dir / RESULT_JSON, json.dumps(job.to_dict(), indent=2) + "\n")
+
+
+def printable_name(name: str) -> bool:
+    """Whether a file name is valid UTF-8 with no control characters."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:   # undecodable bytes, kept as surrogates
+        return False
+    return name.isprintable()
 
 
 def extract_vmrs(data: bytes, dest: Path, cap: int, guest: str) -> None:

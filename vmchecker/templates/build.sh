@@ -1,5 +1,7 @@
 #!/bin/bash
-# Runs in the guest, in the folder holding the unpacked submission and tests.
-# Its output is kept as build-stdout.vmr / build-stderr.vmr.
+# Runs in the guest as the unprivileged student user, in the job folder holding the
+# unpacked submission with the tests over it (the tests are read-only to it). A build
+# that exits non-zero scores points_on_failure. Its output is kept as
+# build-stdout.vmr / build-stderr.vmr.
 set -e
 make
