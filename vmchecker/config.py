@@ -1,6 +1,6 @@
 """The configuration schema: which keys each file has, and how the files fit together.
 
-Three kinds of file (DESIGN.md section 4):
+Three kinds of file (docs/ARCHITECTURE.md, "On disk"):
 
 * the global file (``$VMCHECKER_CONFIG``, default ``/etc/vmchecker/config.yaml``)
   maps course ids to course config files;

@@ -1,6 +1,6 @@
 """The storer's submission repository: the source of truth for every upload.
 
-Layout (DESIGN.md section 5)::
+Layout (docs/ARCHITECTURE.md, "On disk")::
 
     <repository>/<assignment>/<account>/<YYYY.MM.DD HH.MM.SS[.n]>/
         archive.zip              exactly what was uploaded

@@ -1,7 +1,7 @@
 """The repository's write side: storing an upload, and marking one for a recheck.
 
 :func:`submit` is the one path every upload takes (``vmchecker-submit``, later the web
-form). The order of work keeps the two promises of DESIGN.md section 1:
+form). The order of work keeps the two promises of the design (docs/ARCHITECTURE.md):
 
 1. checks that need no disk (assignment, size, time window) refuse before anything is
    written;

@@ -1,4 +1,4 @@
-"""The generic executor: the whole flow of one job, written once (DESIGN.md section 8).
+"""The generic executor: the whole flow of one job, written once (docs/ARCHITECTURE.md, "The executor").
 
 :meth:`Host.test_submission` runs: host kernel-message commands -> revert + start ->
 wait for the guest -> host commands -> copy in -> build (timeout) -> run (timeout) ->
@@ -195,7 +195,7 @@ class Host:
         if not job.steps["run"].succeeded:
             job.steps["check"] = StepResult(attempted=False)
             return
-        from vmchecker.executor.check import run_check   # bubblewrap: only for machines with a check step
+        from vmchecker.executor.check import run_check  # bubblewrap: only for machines with a check step
 
         guest_grade = out.dir / GRADE_VMR
         if guest_grade.is_file():

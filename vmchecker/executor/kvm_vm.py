@@ -46,7 +46,7 @@ STEP_PL = guest.program("step.pl")
 # Root, before the first step: set the stale clock (a snapshot's), unpack the job's files
 # (owners by name: the guest's passwd decides), check the guest can keep the contract.
 COPY_IN = ('date -u -s "@$2" >/dev/null; mkdir -p -- "$1" && tar -xpf "$3" -C "$1"; rc=$?; rm -f "$3";'
-           ' [ $rc = 0 ] && exec /bin/sh "$1"/course/bin/%s prepare; exit $rc' % payload.STEP_PROGRAM)
+           f' [ $rc = 0 ] && exec /bin/sh "$1"/course/bin/{payload.STEP_PROGRAM} prepare; exit $rc')
 
 
 @functools.cache

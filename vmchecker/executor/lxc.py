@@ -46,9 +46,9 @@ DROP_CAPS = ("sys_admin dac_read_search sys_ptrace sys_boot sys_resource sys_pac
 # raise its own memory, pids and CPU limits. Read-only, the limits stay the host's.
 MOUNT_AUTO = "proc:mixed sys:mixed cgroup:ro"
 
-# Runs in the guest as root: unpack the tar stream on stdin into $1.
-COPY_IN = ('mkdir -p -- "$1" && cd -- "$1" && tar -xpf - && exec /bin/sh course/bin/%s prepare'
-           % payload.STEP_PROGRAM)
+# Runs in the guest as root: unpack the tar stream on stdin into $1 (owners by name: the
+# guest's passwd decides), then check the guest can keep the grading contract.
+COPY_IN = f'mkdir -p -- "$1" && cd -- "$1" && tar -xpf - && exec /bin/sh course/bin/{payload.STEP_PROGRAM} prepare'
 
 
 # --------------------------------------------------------------------------- VM, Host

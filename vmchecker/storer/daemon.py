@@ -5,7 +5,7 @@ the dispatcher thread builds and sends the bundle. ``notify`` (only from the add
 of the tester the job was sent to, only with the job's key) pulls the named result
 files from that tester's ``done/<jobid>/`` into the submission and answers only once
 they are durable, so the tester may then delete them. ``status`` tells what waits
-where and when it should finish. See DESIGN.md sections 2, 6, 7 and 9.
+where and when it should finish. See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ file (a second reader such as a backup) delays a write instead of failing it.
 
 Durability: ``synchronous=FULL``. In WAL mode ``NORMAL`` may lose the last commits
 on a power cut, and a job whose id the caller already received must not vanish
-("nothing is lost", DESIGN.md section 1); FULL costs one fsync per transition.
+("nothing is lost"); FULL costs one fsync per transition.
 """
 
 from __future__ import annotations

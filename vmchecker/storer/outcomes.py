@@ -1,6 +1,6 @@
 """What the daemon writes into a submission as its job moves: status, results, errors.
 
-The submission folder is the source of truth (DESIGN.md section 5): its
+The submission folder is the source of truth (docs/ARCHITECTURE.md, "On disk"): its
 ``results/grade.vmr`` says queued, running or error, results pulled from a tester land
 in ``results/``, and a job given up writes every reason into
 ``results/vmchecker-stderr.vmr``. When results land, the final ``grade.vmr`` is

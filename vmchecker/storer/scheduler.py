@@ -1,4 +1,4 @@
-"""Which tester gets a job: estimated queue time, after the thesis (DESIGN.md section 7).
+"""Which tester gets a job: estimated queue time, after the thesis (docs/ARCHITECTURE.md).
 
 For tester *q* and assignment *a*, ``Et_q(a)`` is the running mean of the measured
 evaluation times of *a* on *q* (before any measurement: a configured guess, else the

@@ -1,6 +1,6 @@
 """The tester's queue manager: run the bundles that arrive in ``queue/``, never lose one.
 
-See DESIGN.md section 6. The storer uploads ``NAME.zip.part`` and renames
+See docs/ARCHITECTURE.md. The storer uploads ``NAME.zip.part`` and renames
 it, so a complete bundle shows up as an inotify ``IN_MOVED_TO`` (or ``IN_CLOSE_WRITE``
 when written in place). Up to ``slots`` jobs run at once, each a thread supervising one
 executor subprocess (:mod:`vmchecker.tester.jobs`). The order of the end of a job is what

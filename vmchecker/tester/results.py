@@ -1,6 +1,6 @@
 """A job's results on the tester: written in the work folder, made durable in ``done/``.
 
-A bundle may leave ``queue/`` only once its results survive a crash (DESIGN.md section 6),
+A bundle may leave ``queue/`` only once its results survive a crash,
 so :func:`commit` copies them into ``done/<jobid>/``, fsyncs every file and the folder,
 and writes the completion marker last. The marker also holds the notification to send,
 so a crash at any later point loses nothing: at start-up, a marked job whose bundle is
