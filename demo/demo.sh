@@ -221,16 +221,21 @@ start() {
     fi
     for _ in $(seq 1 50); do "$bin/vmchecker-status" demo >/dev/null 2>&1 && break; sleep 0.2; done
 
-    (cd "$here/sample/hello" && rm -f "$run/hello.zip" && zip -q "$run/hello.zip" hello.c Makefile)
-    local assignment results
+    local sample assignment account assignment_account results
+    for sample in hello broken; do
+        (cd "$here/sample/$sample" && rm -f "$run/$sample.zip" && zip -q "$run/$sample.zip" hello.c Makefile)
+    done
     for assignment in 1-hello 1-hello-kvm; do
         say "submitting the sample archive for $assignment as 'student'"
         "$bin/vmchecker-submit" --skip-time-checks demo "$assignment" student "$run/hello.zip"
     done
-    for assignment in 1-hello 1-hello-kvm; do
-        wait_graded "$assignment" student
-        say "results of demo/$assignment/student"
-        results="$course/repo/$assignment/student/current/results"
+    say "submitting a sample that does not compile for 1-hello as 'newbie' (it must score 0)"
+    "$bin/vmchecker-submit" --skip-time-checks demo 1-hello newbie "$run/broken.zip"
+    for assignment_account in 1-hello:student 1-hello-kvm:student 1-hello:newbie; do
+        assignment=${assignment_account%%:*} account=${assignment_account#*:}
+        wait_graded "$assignment" "$account"
+        say "results of demo/$assignment/$account"
+        results="$course/repo/$assignment/$account/current/results"
         for f in build-stdout build-stderr run-stdout run-stderr vmchecker-stderr grade; do
             [ -s "$results/$f.vmr" ] && { echo "--- $f.vmr"; head -c 2000 "$results/$f.vmr"; echo; }
         done
