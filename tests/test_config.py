@@ -78,6 +78,8 @@ def test_find_course_through_global_file(course):
          "expected a number"),
         ({"machines": {"linux": {"student_user": "Bad User"}}}, "machines.linux.student_user", "bad user name"),
         ({"machines": {"linux": {"limits": {"disk_mb": 0}}}}, "machines.linux.limits.disk_mb", "at least 1"),
+        ({"machines": {"linux": {"student_user": "root"}}}, "machines.linux.student_user",
+         "could write its own grade"),
     ],
 )
 def test_errors_name_file_key_and_reason(tmp_path, extra, key, reason):

@@ -248,6 +248,11 @@ def parse_machine(data: Any, file: Path | str, key: str = "machine") -> Machine:
                           f"bad user name {machine.student_user!r}: lower-case letters, digits, '_' and '-'")
     if machine.limits.disk_mb < 1:
         raise ConfigError(file, f"{key}.limits.disk_mb", "must be at least 1")
+    if machine.student_user in ("root", machine.guest_user or "root") and not machine.check_script:
+        raise ConfigError(file, f"{key}.student_user",
+                          f"{machine.student_user!r} is the trusted guest user: the student's code could write"
+                          " its own grade; use an unprivileged user, or give the machine a check_script"
+                          " (INSTALL, 'How a grade is earned')")
     return machine
 
 
