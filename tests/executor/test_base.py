@@ -87,14 +87,9 @@ def run_job(tmp_path: Path, host: FolderHost | None = None, **kwargs):
     return host.test_submission(bundle_dir, info.machine, info), bundle_dir, host
 
 
-
-
-
-
-
-
 def test_full_flow_in_order(tmp_path):
-    run = "echo out; echo err >&2; echo '7 points' > grade.vmr; echo note > extra.vmr\n"
+    run = ("echo out; echo err >&2; echo '-3: slow' > \"$VMCHECKER_GRADE\"; echo note > \"$VMCHECKER_RESULTS/extra.vmr\"\n"
+           "echo forged > grade.vmr; echo forged > job.vmr\n")   # the job folder's *.vmr are never results
     job, out, host = run_job(tmp_path, build="echo built\n", run=run)
     assert job.status == "done"
     assert host.vms[0].calls == ["revert", "start", "wait_ready", "copy_to", "run", "run", "copy_from", "stop",
@@ -102,19 +97,35 @@ def test_full_flow_in_order(tmp_path):
     assert not host.vms[0].cleaned_after_failure
     assert vmr(out, "build-stdout.vmr") == "built\n"
     assert vmr(out, "run-stdout.vmr") == "out\n" and vmr(out, "run-stderr.vmr") == "err\n"
-    assert vmr(out, "grade.vmr") == "7 points\n" and vmr(out, "extra.vmr") == "note\n"
+    assert vmr(out, "grade.vmr") == "-3: slow\n" and vmr(out, "extra.vmr") == "note\n"
+    assert not (out / "results" / "job.vmr").exists()
     data = json.loads(vmr(out, "result.json"))
     assert data["status"] == "done" and data["steps"]["run"]["exit_code"] == 0
+    assert data["grade_file"] is True and data["steps"]["run"]["timeout_s"] == 5
+
+
+def test_no_grade_file_is_said_in_result_json_and_nothing_stands_for_it(tmp_path):
+    job, out, _ = run_job(tmp_path, run="echo 10 > grade.vmr\n")
+    assert job.status == "done" and not (out / "results" / "grade.vmr").exists()
+    assert json.loads(vmr(out, "result.json"))["grade_file"] is False
+
+
+def test_a_failed_build_skips_the_run(tmp_path):
+    job, out, host = run_job(tmp_path, build="exit 2\n", run="echo ran > \"$VMCHECKER_GRADE\"\n")
+    assert job.status == "done" and host.vms[0].calls.count("run") == 1
+    data = json.loads(vmr(out, "result.json"))
+    assert data["steps"]["build"]["exit_code"] == 2 and data["steps"]["run"]["attempted"] is False
+    assert data["grade_file"] is False
 
 
 def test_a_guest_cannot_overwrite_the_executors_files(tmp_path):
-    job, out, _ = run_job(tmp_path, run="echo real\necho forged > run-stdout.vmr\n")
+    job, out, _ = run_job(tmp_path, run='echo real\necho forged > "$VMCHECKER_RESULTS/run-stdout.vmr"\n')
     assert vmr(out, "run-stdout.vmr") == "real\n"
     assert "ignored run-stdout.vmr" in vmr(out, "vmchecker-stderr.vmr")
 
 
 def test_guest_files_are_capped(tmp_path):
-    job, out, _ = run_job(tmp_path, run="head -c 5000 /dev/zero | tr '\\0' g > grade.vmr\n",
+    job, out, _ = run_job(tmp_path, run="head -c 5000 /dev/zero | tr '\\0' g > \"$VMCHECKER_GRADE\"\n",
                           limits={"output_kb": 1})
     text = vmr(out, "grade.vmr")
     assert text.startswith("g" * 1024) and text[1024:] == results.truncation_line(1024).decode()
@@ -128,8 +139,9 @@ def test_a_failed_start_is_an_error_and_the_guest_is_cleaned(tmp_path):
     assert host.vms[0].cleaned_after_failure  # the backend may keep the guest...
     assert "did not start" in vmr(out, "vmchecker-stderr.vmr")
     assert "guest kept for inspection in /somewhere" in vmr(out, "vmchecker-stderr.vmr")  # ...and say where
-    assert vmr(out, "grade.vmr") == "error\n"
-    assert json.loads(vmr(out, "result.json"))["status"] == "error"
+    assert not (out / "results" / "grade.vmr").exists()   # no status word: result.json says it
+    data = json.loads(vmr(out, "result.json"))
+    assert data["status"] == "error" and data["grade_file"] is False
 
 
 def test_an_unexpected_exception_is_an_error_with_its_name(tmp_path):
@@ -198,7 +210,7 @@ def test_a_sigterm_during_the_final_cleanup_still_writes_the_results(tmp_path):
             return vm
 
     host = InterruptedInCleanup(tmp_path / "guest")
-    bundle_dir, info = make_bundle(tmp_path / "bundle", run="echo ran > grade.vmr\n")
+    bundle_dir, info = make_bundle(tmp_path / "bundle", run='echo ran > "$VMCHECKER_GRADE"\n')
     with pytest.raises(Interrupted):
         host.test_submission(bundle_dir, info.machine, info)
     assert host.vms[0].calls[-1] == "cleanup"   # the guest was removed...

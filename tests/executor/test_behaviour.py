@@ -126,9 +126,9 @@ def test_hello_builds_and_passes(backend, tmp_path):
     assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
     assert vmr(out, "run-stdout.vmr") == "Hello, world!\n"
     assert "gcc" in vmr(out, "build-stdout.vmr")
-    assert vmr(out, "grade.vmr") == "10 hello ok\n"
+    assert vmr(out, "grade.vmr") == "# hello ok\n"
     data = result_json(out)
-    assert data["status"] == "done" and data["backend"] == backend.name
+    assert data["status"] == "done" and data["backend"] == backend.name and data["grade_file"] is True
     assert data["steps"]["build"]["exit_code"] == 0 and data["steps"]["run"]["exit_code"] == 0
     assert data["steps"]["run"]["timed_out"] is False
     assert data["steps"]["build"]["cpu_s"] > 0 and data["steps"]["build"]["max_rss_kb"] > 0
@@ -144,7 +144,7 @@ def test_compile_error_skips_run(backend, tmp_path):
     assert job.steps["build"].exit_code != 0
     assert not job.steps["run"].attempted
     assert vmr(out, "run-stdout.vmr") == "" and vmr(out, "run-stderr.vmr") == ""
-    assert vmr(out, "grade.vmr") == "done\n"
+    assert not (out / "results" / "grade.vmr").exists() and result_json(out)["grade_file"] is False
 
 
 def test_course_scripts_cannot_be_shadowed(backend, tmp_path):
@@ -152,7 +152,7 @@ def test_course_scripts_cannot_be_shadowed(backend, tmp_path):
     job, out = backend.run(tmp_path / "b", files=files)
     assert job.steps["build"].exit_code == 0
     assert "student build" not in vmr(out, "build-stdout.vmr")
-    assert vmr(out, "grade.vmr") == "10 hello ok\n"   # tests.zip's expected.txt won
+    assert vmr(out, "grade.vmr") == "# hello ok\n"   # tests.zip's expected.txt won
 
 
 def test_infinite_loop_is_killed_and_next_job_runs(backend, tmp_path):
@@ -168,7 +168,7 @@ def test_infinite_loop_is_killed_and_next_job_runs(backend, tmp_path):
 
 def test_leftover_background_process_is_killed(backend, tmp_path):
     # The run script returns while a child keeps the output pipe open and runs on.
-    run = "(sleep 100; echo late) &\necho started > grade.vmr\n"
+    run = '(sleep 100; echo late) &\necho started > "$VMCHECKER_GRADE"\n'
     job, out = backend.run(tmp_path / "b", run=run, timeout=30)
     assert job.status == "done"
     assert not job.steps["run"].timed_out and job.steps["run"].exit_code == 0
@@ -189,10 +189,13 @@ def test_fork_bomb_is_contained(backend, tmp_path):
 def test_memory_hog_is_contained(backend, tmp_path):
     hog = c_program("for (size_t i = 0; i < 4096; i++) { char *p = malloc(1 << 20); if (!p) return 3;"
                     " memset(p, 1, 1 << 20); } puts(\"survived\"); return 0;")
-    job, out = backend.run(tmp_path / "hog", files=hog, run="exec ./hello\n", limits={"memory_mb": 64})
+    job, out = backend.run(tmp_path / "hog", files=hog, run="exec vmchecker-run ./hello\n",
+                           limits={"memory_mb": 64})
     assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
     assert "survived" not in vmr(out, "run-stdout.vmr")
-    assert job.steps["run"].signal == signal.SIGKILL   # the OOM killer, inside the step's cgroup
+    # the OOM killer, inside the step's cgroup; vmchecker-run says so
+    assert job.steps["run"].exit_code == 128 + signal.SIGKILL
+    assert "./hello was killed by signal 9 (KILL)" in vmr(out, "run-stderr.vmr")
     assert not job.steps["run"].timed_out
     assert job.steps["run"].max_rss_kb <= backend.hog_peak_kb   # far from the 4 GiB it asked for
 
@@ -200,7 +203,7 @@ def test_memory_hog_is_contained(backend, tmp_path):
 def test_output_flood_is_capped(backend, tmp_path):
     stdout, stderr, grade = backend.flood
     run = (f"head -c {stdout} /dev/zero | tr '\\0' x\nhead -c {stderr} /dev/zero >&2\n"
-           f"echo big > grade.vmr\nhead -c {grade} /dev/zero >> grade.vmr\n")
+           f'echo big > "$VMCHECKER_GRADE"\nhead -c {grade} /dev/zero >> "$VMCHECKER_GRADE"\n')
     job, out = backend.run(tmp_path / "b", run=run, timeout=60, limits={"output_kb": 16})
     assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
     for name in ("run-stdout.vmr", "run-stderr.vmr", "grade.vmr"):
@@ -231,7 +234,7 @@ def test_two_jobs_at_once(backend, tmp_path, monkeypatch):
 
     def one(name: str) -> None:
         try:
-            results[name] = backend.run(tmp_path / name, backend.parallel, run="./hello\n", job_id=name, timeout=30)
+            results[name] = backend.run(tmp_path / name, backend.parallel, run="vmchecker-run ./hello\n", job_id=name, timeout=30)
         finally:
             barrier.abort()   # the partner is past the barrier already, or must not wait for this job
 

@@ -113,7 +113,7 @@ def test_executor_command_runs_a_bundle_folder(lxc_host, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("job job1: done (build exit 0, run exit 0)")
-    assert vmr(bundle_dir, "grade.vmr") == "10 hello ok\n"
+    assert vmr(bundle_dir, "grade.vmr") == "# hello ok\n"
 
 
 def test_bad_bundle_gives_an_error_result(lxc_host, tmp_path):
@@ -161,13 +161,31 @@ exec ./hello
 
 
 def test_a_symlinked_vmr_is_not_copied_out(lxc_host, tmp_path):
-    # the student is not root, the copy-out is: it must not follow the link to a root-only file
-    run = "ln -s /etc/shadow grade.vmr\nln -s /etc/shadow leak.vmr\ncat /etc/shadow; echo \"cat: $?\"\n"
-    job, out = run_job(lxc_host, tmp_path / "b", run=run, guest_user="nobody", guest_base_path="/tmp/job")
+    # The student cannot read a root-only file nor link into the results folder; the
+    # job folder's *.vmr are never copied; and the copy-out, which is root, does not
+    # follow a link even where run.sh (trusted) left one among the results.
+    student = ('ln -s /etc/shadow grade.vmr; ln -s /etc/shadow leak.vmr; ln -s /etc/shadow "$VMCHECKER_RESULTS/x.vmr";'
+               ' cat /etc/shadow; echo "cat: $?"')
+    run = (f"vmchecker-run sh -c '{student}'\n"
+           'ln -s /etc/shadow "$VMCHECKER_RESULTS/leak.vmr"\necho "# ok" > "$VMCHECKER_GRADE"\n')
+    job, out = run_job(lxc_host, tmp_path / "b", run=run)
     assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
     assert "cat: 1" in vmr(out, "run-stdout.vmr")   # the student cannot read it...
-    assert not (out / "results" / "leak.vmr").exists()   # ...nor have it copied out
-    assert vmr(out, "grade.vmr") == "done\n"
+    assert "Permission denied" in vmr(out, "run-stderr.vmr")   # ...nor reach the results...
+    assert not {"leak.vmr", "x.vmr"} & set(os.listdir(out / "results"))   # ...nor have it copied out
+    assert vmr(out, "grade.vmr") == "# ok\n"
+
+
+def test_a_guest_user_that_is_not_root_runs_the_students_code_itself(lxc_host, tmp_path):
+    # Only root can become the student: with another guest_user (INSTALL: no separation)
+    # every step, and what vmchecker-run starts, runs as that user; grading still works.
+    run = 'id -un\nvmchecker-run id -un\necho "# graded by $(id -un)" > "$VMCHECKER_GRADE"\n'
+    job, out = run_job(lxc_host, tmp_path / "b", build="id -un\nmake\n", run=run, guest_user="nobody",
+                       guest_base_path="/tmp/job")
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    assert vmr(out, "build-stdout.vmr").startswith("nobody\n") and job.steps["build"].exit_code == 0
+    assert vmr(out, "run-stdout.vmr") == "nobody\nnobody\n"
+    assert vmr(out, "grade.vmr") == "# graded by nobody\n"
 
 
 def test_host_commands_of_a_sigkilled_executor_can_be_killed(lxc_host, tmp_path, executor_pids):
