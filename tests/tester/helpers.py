@@ -18,6 +18,13 @@ from vmchecker.bundle import BundleInfo, build_bundle, bundle_name
 FAKE_EXECUTOR = Path(__file__).with_name("fake_executor.py")
 FAKE_COMMAND = [sys.executable, str(FAKE_EXECUTOR)]
 KEY = "0123456789abcdef0123456789abcdef"
+# The course's run script for a hello bundle: the student's program runs as the student
+# (vmchecker-run); an empty grade file is full points, a line takes them away.
+HELLO_RUN = """\
+#!/bin/bash
+out=$(vmchecker-run ./hello); echo "$out"
+if [ "$out" = "Hello, world!" ]; then : > "$VMCHECKER_GRADE"; else echo "-10: wrong output" > "$VMCHECKER_GRADE"; fi
+"""
 
 
 def make_tester(root: Path, slots: int = 2, executor_timeout: int = 60, storer_daemon: str = "",
@@ -33,7 +40,7 @@ def make_tester(root: Path, slots: int = 2, executor_timeout: int = 60, storer_d
 
 def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machine_type: str = "lxc",
                 notify_url: str = "", archive_members: dict | None = None,
-                build_sh: str = "#!/bin/bash\nmake\n", run_sh: str = "#!/bin/bash\n./hello\n",
+                build_sh: str = "#!/bin/bash\nmake\n", run_sh: str = HELLO_RUN,
                 timeout: int = 30, boot_timeout: int = 120) -> Path:
     """A real bundle (vmchecker.bundle.build_bundle) whose archive holds ``fake.json``."""
     work = dest_dir.parent / f".src-{job_id}"

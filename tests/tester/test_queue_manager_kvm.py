@@ -36,6 +36,7 @@ def test_kvm_bundle_graded_by_the_queue_manager(tmp_path, kvm_host):  # noqa: F8
     job_dir = cfg.done_dir / job_id
     assert results.read_marker(job_dir) is not None, proc.stderr
     result = json.loads((job_dir / "result.json").read_text())
-    assert result["status"] == "done" and result["backend"] == "kvm", result
+    assert result["status"] == "done" and result["backend"] == "kvm" and result["grade_file"] is True, result
     assert "Hello, world!" in (job_dir / "run-stdout.vmr").read_text()
+    assert (job_dir / "grade.vmr").read_text() == ""   # the tests' grade file: full points
     assert list(cfg.queue_dir.iterdir()) == []

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import lxc_unusable
-from tests.tester.helpers import make_bundle, make_tester
+from tests.tester.helpers import HELLO_RUN, make_bundle, make_tester
 from tests.util import HELLO_C, HELLO_MAKEFILE, wait_for
 from vmchecker.contract import STEP_FILES
 from vmchecker.tester import processes, results
@@ -45,7 +45,7 @@ def clones_of(job_id: str) -> list[str]:
     return [n for n in out if n.startswith(f"{CLONE_PREFIX}{tag}-")]
 
 
-def hello_bundle(queue_dir: Path, job_id: str, run_sh: str = "#!/bin/bash\n./hello\n") -> Path:
+def hello_bundle(queue_dir: Path, job_id: str, run_sh: str = HELLO_RUN) -> Path:
     return make_bundle(queue_dir, job_id, None, archive_members={"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE},
                        build_sh="#!/bin/bash\nmake\n", run_sh=run_sh)
 
@@ -70,8 +70,9 @@ def assert_hello_done(cfg, job_id: str) -> None:
     job_dir = cfg.done_dir / job_id
     assert results.read_marker(job_dir) is not None, f"no complete results in {job_dir}"
     result = json.loads((job_dir / "result.json").read_text())
-    assert result["status"] == "done", result
+    assert result["status"] == "done" and result["grade_file"] is True, result
     assert "Hello, world!" in (job_dir / "run-stdout.vmr").read_text()
+    assert (job_dir / "grade.vmr").read_text() == ""   # the tests' grade file: full points
     assert list(cfg.queue_dir.iterdir()) == []
     assert list(cfg.work_dir.iterdir()) == []
 
@@ -93,7 +94,7 @@ def test_kill_9_mid_job_leaves_no_clone_and_restart_produces_results(tmp_path):
     cfg = lxc_tester(tmp_path)
     job_id = f"qmkill{secrets.token_hex(4)}"
     # this run step never ends by itself, so the kill comes in the middle of it
-    hello_bundle(cfg.queue_dir, job_id, run_sh="#!/bin/bash\n./hello\nexec sleep 1000\n")
+    hello_bundle(cfg.queue_dir, job_id, run_sh=HELLO_RUN + "exec sleep 1000\n")
 
     proc = queue_manager(cfg)
     try:
