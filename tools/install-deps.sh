@@ -6,6 +6,7 @@ packages=(
   lxc lxc-dev debootstrap mmdebstrap pkg-config gcc make   # LXC backend + binding build
   openssh-server openssh-client                           # storer <-> tester transport
   iproute2 procps psmisc zip unzip sqlite3                # namespaces, process tools
+  bubblewrap util-linux                                   # the check step's sandbox (bwrap, prlimit)
   chromium chromium-driver slapd ldap-utils               # web: browser tests, LDAP server for tests
   qemu-system-x86 qemu-utils libvirt-daemon-system        # KVM backend (TCG where no hardware
   libvirt-clients libvirt-dev busybox-static e2fsprogs    #   virtualization) and its guest image
