@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: the executor's own overhead per job, per backend.
 
-Runs N jobs of a small C assignment (build with make, run, compare output, write
-grade.vmr) one after the other through the executor directly, on the LXC base
+Runs N jobs of a small C assignment (build with make, run it as the student with
+vmchecker-run, compare output, write the grade file) one after the other through the executor directly, on the LXC base
 container; then the queue manager's throughput with 1, 2 and 4 slots (LXC); then jobs
 on the KVM guest kvm-resources/build-image.sh builds, with ``revert: snapshot`` (the
 RAM snapshot loaded per job) and ``revert: overlay`` (a transient guest booted per job
@@ -41,8 +41,9 @@ from vmchecker.executor import base, get_host  # noqa: E402
 
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("Hello, world!"); return 0; }\n'
 MAKEFILE = "hello: hello.c\n\tgcc -Wall -o hello hello.c\n"
-RUN = ('./hello > out.txt\n'
-       'if cmp -s out.txt expected.txt; then echo "10 ok" > grade.vmr; else echo "0 wrong" > grade.vmr; fi\n')
+# The course's run.sh: an empty grade file is full points.
+RUN = ('if vmchecker-run ./hello | cmp -s - expected.txt; then : > "$VMCHECKER_GRADE";'
+       ' else echo "-10: wrong output" > "$VMCHECKER_GRADE"; fi\n')
 KVM_BASE = "vmchecker-kvm-base"
 KVM_STATE = "/var/lib/vmchecker/kvm"
 
@@ -111,8 +112,9 @@ def time_jobs(host: base.Host, machine: dict, jobs: int, label: str, timeout: in
             start = time.monotonic()
             job = host.test_submission(folder, info.machine, info)
             total = time.monotonic() - start
-            if job.status != "done" or not job.steps["run"].succeeded:
-                raise SystemExit(f"bench job {label} {i} failed: {job.status} {job.message}")
+            if job.status != "done" or not job.steps["run"].succeeded or not job.grade_file:
+                raise SystemExit(f"bench job {label} {i} failed: {job.status} {job.message}"
+                                 f" (grade file: {job.grade_file})")
             if i == 0:
                 continue
             t = JobTimes(total, job.steps["build"].wall_s, job.steps["run"].wall_s, dict(job.phases))

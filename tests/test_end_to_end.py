@@ -35,10 +35,12 @@ from vmchecker.repo import Repository
 pytestmark = [pytest.mark.lxc, pytest.mark.netns, pytest.mark.sshd]
 
 BASE = "vmchecker-base"
+# The student's programs run as the student (vmchecker-run); an empty grade file is full points.
 RUN_SH = """#!/bin/bash
-if [ -f spin ]; then ./spin; fi
-out=$(./hello)
-if [ "$out" = "Hello, world!" ]; then echo PASS; else echo FAIL; echo "-10: wrong output" > grade.vmr; fi
+if [ -f spin ]; then vmchecker-run ./spin; fi
+out=$(vmchecker-run ./hello)
+if [ "$out" = "Hello, world!" ]; then echo PASS; : > "$VMCHECKER_GRADE"
+else echo FAIL; echo "-10: wrong output" > "$VMCHECKER_GRADE"; fi
 """
 SPIN_C = ("#include <stdio.h>\nint main(void){volatile unsigned long x=0;"
           " for(unsigned long i=0;i<400000000UL;i++) x+=i; return x==1;}\n")
@@ -229,9 +231,10 @@ def test_graded_end_to_end(lab):
         assert "PASS" in (sub.results_dir / "run-stdout.vmr").read_text()
         assert (sub.results_dir / "result.json").exists()
         assert _tester_of(sub) in ("fast", "slow")
-    grades = subprocess.run([sys.executable, "-m", "vmchecker.cli.grades", "e2e", "--format", "csv"],
+    grades = subprocess.run([sys.executable, "-m", "vmchecker.cli.grades", "e2e", "--format", "json"],
                             env=lab.storer.env, capture_output=True, text=True, check=True).stdout
-    assert all(a in grades for a in accounts)
+    rows = {r["account"]: r for r in json.loads(grades) if r["assignment"] == "1-hello"}
+    assert [(rows[a]["grade"], rows[a]["reason"]) for a in accounts] == [(10, None)] * 2, rows
 
 
 def _sent(lab, assignment: str, account: str) -> bool:

@@ -28,6 +28,7 @@ COURSE_YAML = textwrap.dedent("""\
       upload_active_until: 2026-06-30 23:59:00
       holidays: [{{start: 2026-04-10 00:00:00, end: 2026-04-20 00:00:00}}]
       admins: [alice]
+      students: [bob, carol]
       public_results: true
     storer:
       daemon: http://127.0.0.1:19999/
@@ -76,7 +77,7 @@ def write_course(root: Path, course_id: str = "so", extra: dict | None = None) -
     path = course / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     (course / "build.sh").write_text("#!/bin/bash\nmake\n")
-    (course / "run.sh").write_text("#!/bin/bash\n./hello\n")
+    (course / "run.sh").write_text("#!/bin/bash\nvmchecker-run ./hello\n")
     (course / "tests").mkdir(exist_ok=True)
     glob = root / "global.yaml"
     courses = {}

@@ -27,8 +27,9 @@ from tests.web.test_browser import log_in, page, shot  # noqa: F401  (page is a 
 BASE = "vmchecker-base"
 pytestmark = [pytest.mark.browser, pytest.mark.lxc, pytest.mark.sshd]
 
-RUN_SH = ('#!/bin/bash\nout=$(./hello)\nif [ "$out" = "Hello, world!" ]; then echo "PASS: hello";'
-          ' else echo FAIL; echo "-10: wrong output" > grade.vmr; fi\n')
+# The student's program runs as the student (vmchecker-run); an empty grade file is full points.
+RUN_SH = ('#!/bin/bash\nout=$(vmchecker-run ./hello)\nif [ "$out" = "Hello, world!" ]; then echo "PASS: hello";'
+          ' : > "$VMCHECKER_GRADE"; else echo FAIL; echo "-10: wrong output" > "$VMCHECKER_GRADE"; fi\n')
 
 
 class Process:
