@@ -89,6 +89,7 @@ course:
   upload_active_from: 2026-01-01 00:00:00
   upload_active_until: 2030-12-31 23:59:00
   admins: [grader]
+  students: [student, newbie]           # nobody else may see the course or upload
   public_results: false
 storer:
   daemon: http://127.0.0.1:$daemon_port/
@@ -244,7 +245,7 @@ start() {
     "$bin/vmchecker-grades" demo
     say "the demo keeps running"
     cat <<EOF
-  $bin/vmchecker-submit demo 1-hello ACCOUNT ARCHIVE.zip
+  $bin/vmchecker-submit demo 1-hello student ARCHIVE.zip   # ACCOUNT: a student of demo (course.students)
   $bin/vmchecker-status demo
   $bin/vmchecker-grades demo --format json
 EOF

@@ -217,5 +217,9 @@ def test_init_course_commands(tmp_path: Path) -> None:
     assert tester_config.load_tester(tmp_path / "t/config.yaml").queue_dir == tmp_path / "t/queue"
 
     archive = make_zip(tmp_path / "hello.zip", {"hello.c": HELLO_C})
+    stranger = run("submit", "--skip-time-checks", "so", "1-hello", "bob", archive, env_config=glob)
+    assert stranger.returncode == 3 and "'bob' is not a student of course so" in stranger.stderr  # closed by default
+    course_yaml = tmp_path / "so/config.yaml"
+    course_yaml.write_text(course_yaml.read_text().replace("  students: []", "  students: [bob]", 1))
     saved = run("submit", "--skip-time-checks", "so", "1-hello", "bob", archive, env_config=glob)
     assert saved.returncode == 0, saved.stderr

@@ -195,6 +195,7 @@ def lab(tmp_path_factory):
             data = yaml.safe_load((course_dir / "config.yaml").read_text())
             # queue_task from the storer's own bridge address is local: no queue_task_from needed
             data["storer"].update(daemon=storer.url, retry_delay=1)
+            data["course"]["open_to_all_users"] = True   # its students are s001, s002, ... made on the spot
             data["testers"] = {t.name: t.course_entry() for t in testers}
             data["machines"] = {"linux": {"type": "lxc", "vm": BASE, "testers": ["fast", "slow"],
                                           "limits": {"memory_mb": 256, "pids": 128, "cpus": 1, "output_kb": 64}}}

@@ -22,11 +22,13 @@ import ipaddress
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vmchecker.confparse import Size, When, build, read_yaml
+from vmchecker.contract import ACCOUNT_RE
 from vmchecker.errors import ConfigError, NotFound
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ DEFAULT_GLOBAL_CONFIG = "/etc/vmchecker/config.yaml"
 MACHINE_TYPES = ("lxc", "kvm", "vmware")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # course, assignment, machine, tester ids
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a guest user name, as useradd takes it
+DN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*=[^=]")    # the start of an LDAP DN: attr=value
+# (group DN, account) -> is the account a member: how vmchecker-web asks its LDAP
+GroupCheck = Callable[[str, str], bool]
 
 
 # --------------------------------------------------------------------------- schema
@@ -56,6 +61,12 @@ class CourseInfo:
     holidays: list[Holiday] = field(default_factory=list)
     admins: list[str] = field(default_factory=list)
     public_results: bool = False
+    # Who takes part (sees the course, uploads): the admins and the students named by
+    # the next three keys; nobody else, unless open_to_all_users (CourseConfig.admits).
+    students: list[str] = field(default_factory=list)
+    students_file: str = ""             # one account per line, relative to the course folder
+    students_ldap_group: str = ""       # a group's DN, looked up through vmchecker-web's LDAP
+    open_to_all_users: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,8 @@ class CourseConfig:
     testers: dict[str, Tester]
     machines: dict[str, Machine]
     assignments: dict[str, Assignment]
+    # course.students and the accounts of course.students_file, read when the config loads
+    listed_students: frozenset[str] = frozenset()
 
     @property
     def id(self) -> str:
@@ -205,6 +218,17 @@ class CourseConfig:
 
     def is_admin(self, account: str) -> bool:
         return account in self.course.admins
+
+    def admits(self, account: str, in_group: GroupCheck | None = None) -> bool:
+        """May ``account`` see this course and upload to it? Its admins and its listed
+        students may; so may the members of ``course.students_ldap_group`` when
+        ``in_group`` can ask LDAP (vmchecker-web); everyone may with
+        ``course.open_to_all_users``. Closed by default: a course that names no students
+        admits its admins alone, not every account the web's password file or LDAP knows."""
+        info = self.course
+        if info.open_to_all_users or self.is_admin(account) or account in self.listed_students:
+            return True
+        return bool(info.students_ldap_group and in_group is not None and in_group(info.students_ldap_group, account))
 
 
 @dataclass(frozen=True)
@@ -320,7 +344,54 @@ def load_course(path: Path | str) -> CourseConfig:
                                   f"names tester {tester!r}, which is not under testers")
         machines[name] = machine
     assignments = _load_assignments(data.get("assignments"), path, machines)
-    return CourseConfig(path, course, storer, testers, machines, assignments)
+    return CourseConfig(path, course, storer, testers, machines, assignments, _load_students(course, path))
+
+
+def _check_account(name: str, file: Path | str, key: str) -> None:
+    if not ACCOUNT_RE.match(name):
+        raise ConfigError(file, key, f"bad account name {name!r}: use letters, digits, '_', '-', '.', '@'"
+                                     " (the name as the account logs in)")
+
+
+def _load_students(course: CourseInfo, path: Path) -> frozenset[str]:
+    """The accounts ``course.students`` and ``course.students_file`` name, checked, with
+    the other ways of saying who takes part: a bad name, a missing file or a group that
+    is not a DN stops the course here, not at a student's first upload."""
+    for key, names in (("course.admins", course.admins), ("course.students", course.students)):
+        for i, name in enumerate(names):
+            _check_account(name, path, f"{key}[{i}]")
+    group = course.students_ldap_group
+    if group and not DN_RE.match(group):
+        raise ConfigError(path, "course.students_ldap_group",
+                          f"{group!r} is not an LDAP DN: expected one such as cn=so-students,ou=groups,dc=example,dc=org")
+    if course.open_to_all_users and (course.students or course.students_file or group):
+        raise ConfigError(path, "course.open_to_all_users",
+                          "is true, so every account that can log in is a student and students, students_file"
+                          " and students_ldap_group would be ignored: keep one or the other")
+    listed = set(course.students)
+    if course.students_file:
+        listed |= read_students_file(path.parent / course.students_file, path)
+    return frozenset(listed)
+
+
+def read_students_file(file: Path, config_file: Path | str) -> set[str]:
+    """The accounts of a students file: one per line; blank lines and ``#`` comments
+    are skipped. Errors name the config key, the file and the line."""
+    key = "course.students_file"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(config_file, key, f"{file}: no such file (the path is relative to the course"
+                                            " folder; write one account per line)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(config_file, key, f"{file}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    names = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if name:
+            _check_account(name, config_file, f"{key} ({file} line {number})")
+            names.add(name)
+    return names
 
 
 def _load_assignments(section: Any, path: Path, machines: dict[str, Machine]) -> dict[str, Assignment]:

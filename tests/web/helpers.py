@@ -16,6 +16,7 @@ from vmchecker.storer.web.passwords import hash_password
 
 HELLO = {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE}
 PASSWORDS = {"student": "student-pw", "bob": "bob-pw", "alice": "alice-pw"}  # alice is the admin
+STUDENTS = ["student", "bob", "carol", "Erin"]   # the course's students (carol, Erin: from LDAP)
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "screenshots"
 SERVER_WAIT = 30.0
@@ -25,10 +26,11 @@ def open_course(root: Path, daemon_url: str, *, testers: dict | None = None,
                 **assignment: object) -> config.CourseConfig:
     """Course ``so`` open for uploads until 2099: ``1-hello`` (deadline far ahead, no minimum
     interval), ``0-past`` (deadline passed), ``9-hidden`` (hidden). Registered in root/global.yaml.
+    Its students: ``student``, ``bob`` and the LDAP tests' ``carol`` and ``Erin``; ``alice`` is its admin.
     ``testers`` is merged into the course's testers (t1 on 127.0.0.1 by default)."""
     extra = {
         "course": {"upload_active_from": "2020-01-01 00:00:00", "upload_active_until": "2099-12-31 23:59:00",
-                   "admins": ["alice"], "public_results": True},
+                   "admins": ["alice"], "students": STUDENTS, "public_results": True},
         "storer": {"daemon": daemon_url},
         "assignments": {
             "1-hello": {"title": "Hello, world", "deadline": "2099-03-01 23:55:00", "machine": "linux",

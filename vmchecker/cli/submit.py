@@ -3,6 +3,12 @@
 The same :func:`vmchecker.submit.submit` the web form calls, so every check applies;
 ``--skip-time-checks`` lets a grader store an upload outside the window, after a hard
 deadline or sooner than the minimum interval.
+
+ACCOUNT must take part in the course, as on the web: one of its students
+(``course.students``, ``course.students_file``) or admins, unless the course is
+``open_to_all_users``. An LDAP group of students (``course.students_ldap_group``) is
+known only to ``vmchecker-web``, which has the LDAP connection; for such a student
+``--not-listed`` says the grader has checked.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ from pathlib import Path
 
 from vmchecker import config, confparse
 from vmchecker.cli import common
+from vmchecker.config import CourseConfig
+from vmchecker.errors import SubmissionRefused
 from vmchecker.queueing import queue_submission
+from vmchecker.repo import check_account
 from vmchecker.submit import submit
 
 PROG = "vmchecker-submit"
@@ -33,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-time-checks", action="store_true",
                    help="accept outside the upload window, after a hard deadline and sooner than"
                         " the minimum interval (graders)")
+    p.add_argument("--not-listed", action="store_true",
+                   help="store it even if ACCOUNT is not listed as a student of the course (a member of"
+                        " the course's LDAP group, which this command cannot look up)")
     p.add_argument("--upload-time", type=upload_time, metavar="'YYYY-MM-DD HH:MM:SS'",
                    help="the upload time to record (default: now)")
     p.add_argument("--no-queue", action="store_true",
@@ -44,8 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_student(course: CourseConfig, account: str) -> None:
+    """Refuse an account that does not take part in the course, saying how to fix it."""
+    check_account(account)
+    if course.admits(account):
+        return
+    group = course.course.students_ldap_group
+    if group:
+        raise SubmissionRefused(
+            f"{account!r} is not listed as a student of course {course.id} (course.students, course.students_file"
+            f" in {course.path}); the course also admits the LDAP group {group}, which {PROG} cannot look up:"
+            f" if {account} is a member, run again with --not-listed")
+    raise SubmissionRefused(
+        f"{account!r} is not a student of course {course.id}: add it to course.students or course.students_file"
+        f" in {course.path} (or set course.open_to_all_users: true)")
+
+
 def work(args: argparse.Namespace) -> int:
     course = config.find_course(args.course, args.config)
+    if not args.not_listed:
+        check_student(course, args.account)
     sub = submit(course, args.assignment, args.account, args.archive,
                  upload_time=args.upload_time, skip_time_checks=args.skip_time_checks)
     print(f"saved {course.id}/{sub.assignment}/{sub.account} upload of"

@@ -7,14 +7,16 @@ GET  /api/session                                      -                   anyon
 POST /api/login   {"username", "password"}             login               anyone
 POST /api/logout                                       logout              logged in
 GET  /api/courses                                      getCourses          logged in
-GET  /api/courses/C/assignments                        getAssignments      logged in
-POST /api/courses/C/assignments/A/upload  (archive)    uploadAssignment    logged in
+GET  /api/courses/C/assignments                        getAssignments      student / admin
+POST /api/courses/C/assignments/A/upload  (archive)    uploadAssignment    student / admin
 GET  /api/courses/C/assignments/A/results[?account=]   getUserResults      own / admin
 GET  /api/courses/C/grades                             getAllGrades        admin / public
 POST /api/courses/C/assignments/A/accounts/U/submissions/S/recheck         admin
 =====================================================  ==================  ===============
 
-Every POST but login needs the session's CSRF token in ``X-CSRF-Token``.
+Every POST but login needs the session's CSRF token in ``X-CSRF-Token``. A course's
+calls answer 403 to an account that is neither one of its students nor an admin
+(``/api/courses`` lists only the courses the account takes part in).
 Errors are ``{"error": message}`` with the HTTP status.
 """
 
@@ -80,7 +82,7 @@ def logout():
 @login_required(api=True)
 def courses():
     return jsonify([{"id": c.id, "name": c.course.name, "admin": model.is_admin(c, g.user),
-                     "public_results": c.course.public_results} for c in context.all_courses()])
+                     "public_results": c.course.public_results} for c in context.my_courses()])
 
 
 @bp.route("/courses/<course_id>/assignments")

@@ -1,5 +1,6 @@
 """Per-request helpers shared by the pages and the API: the app's settings, the
-course and assignment named in the URL (404 otherwise), the clock and the queue."""
+course and assignment named in the URL (404 otherwise; 403 for a course the user
+does not take part in), the clock and the queue."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 from flask import abort, current_app, g
 
 from vmchecker import config
-from vmchecker.config import Assignment, CourseConfig
+from vmchecker.config import Assignment, CourseConfig, GroupCheck
 from vmchecker.errors import ConfigError, NotFound
-from vmchecker.storer.web import jobs, model
+from vmchecker.storer.web import auth, jobs, model
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,30 @@ def all_courses() -> list[CourseConfig]:
     return found
 
 
+def group_check() -> GroupCheck | None:
+    """How this app asks whether an account is in an LDAP group (None: no LDAP)."""
+    ldap = auth.authenticator().ldap
+    return ldap.in_group if ldap is not None else None
+
+
+def my_courses() -> list[CourseConfig]:
+    """The courses the logged-in user takes part in, as a student or an admin."""
+    return [c for c in all_courses() if model.takes_part(c, g.user, group_check())]
+
+
 def course_or_404(course_id: str) -> CourseConfig:
-    """The course, loaded fresh (an edited config shows at once); 404 if unknown."""
+    """The course, loaded fresh (an edited config shows at once); 404 if unknown, 403
+    if the logged-in user is neither one of its students nor an admin. Every course
+    page and API call starts here, so none can forget the check."""
     try:
-        return config.find_course(course_id, settings().global_config)
+        course = config.find_course(course_id, settings().global_config)
     except NotFound:
         abort(404, description=f"There is no course {course_id!r}.")
+    if not model.takes_part(course, g.user, group_check()):
+        log.info("%s is not a student of %s: refused", g.user, course.id)
+        abort(403, description=f"You ({g.user}) are not a student of course {course.id}."
+                               " If you should be, ask the course's staff to add your account.")
+    return course
 
 
 def assignment_or_404(course: CourseConfig, assignment_id: str) -> Assignment:

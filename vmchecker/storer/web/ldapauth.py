@@ -15,12 +15,21 @@ answer is LDAP's word: ``unwillingToPerform`` for a disabled account, an ACL ref
 a missing search base all refuse the login, so a cached password of an account LDAP
 now refuses does not work. A refused *search* bind (the service account's password)
 says nothing about the user and also lets the cache decide; it is logged as an error.
+
+A course may name its students as an LDAP group (``course.students_ldap_group``):
+:meth:`LdapAuthenticator.in_group` asks whether an account is a member, by the group
+entry's ``member`` or ``uniqueMember`` (the user's DN: groupOfNames, groupOfUniqueNames)
+or ``memberUid`` (the user's name: posixGroup). Answers are kept for
+:data:`GROUP_TTL` seconds, since every course page asks; while LDAP cannot answer,
+the last answer this process got stands (none: not a member).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +40,7 @@ from ldap3.core.exceptions import (
     LDAPCommunicationError,
     LDAPException,
     LDAPInvalidCredentialsResult,
+    LDAPNoSuchObjectResult,
     LDAPResponseTimeoutError,
     LDAPUnavailableResult,
 )
@@ -45,6 +55,7 @@ log = logging.getLogger(__name__)
 # Errors that mean LDAP could not give an answer (the cache decides); any other
 # LDAPException is an answer, and a refusal.
 UNREACHABLE = (LDAPCommunicationError, LDAPResponseTimeoutError, LDAPBusyResult, LDAPUnavailableResult)
+GROUP_TTL = 60.0   # seconds a group membership answer is reused
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,9 @@ class LdapAuthenticator:
     def __init__(self, settings: LdapSettings):
         self.settings = settings
         self.cache = LoginCache(settings.cache_file, settings.cache_ttl) if settings.cache_file else None
+        self._groups: dict[tuple[str, str], tuple[bool, float]] = {}   # (group, account) -> (member, when)
+        self._groups_lock = threading.Lock()
+        self.clock = time.monotonic
 
     def _server(self) -> ldap3.Server:
         return ldap3.Server(self.settings.url, connect_timeout=self.settings.timeout, get_info=ldap3.NONE)
@@ -106,6 +120,46 @@ class LdapAuthenticator:
             log.warning("LDAP: %s matched %s but its %s is %r; refusing", entry.entry_dn, query, s.user_attr, values)
             return None
         return LdapUser(entry.entry_dn, spelled[0])
+
+    def in_group(self, group_dn: str, account: str) -> bool:
+        """Is ``account`` a member of the group entry ``group_dn``? Refusals and errors
+        are "no"; while LDAP cannot be reached, the last answer (if any) stands."""
+        key = (group_dn.casefold(), account)
+        with self._groups_lock:
+            known = self._groups.get(key)
+        if known is not None and self.clock() - known[1] < GROUP_TTL:
+            return known[0]
+        try:
+            member = self._member(group_dn, account)
+        except (LdapUnavailable, *UNREACHABLE) as exc:
+            log.warning("LDAP unavailable (%s): is %s in %s? %s", exc, account, group_dn,
+                        "the last answer stands" if known else "no answer yet: not a member")
+            return known[0] if known else False
+        except LDAPException as exc:
+            log.warning("LDAP: looking %s up in the group %s failed: %s", account, group_dn, exc)
+            member = False
+        with self._groups_lock:
+            self._groups[key] = (member, self.clock())
+        return member
+
+    def _member(self, group_dn: str, account: str) -> bool:
+        user = self.find_user(account)
+        if user is None or user.name != account:     # LDAP's own spelling is the account
+            return False
+        dn, uid = escape_filter_chars(user.dn), escape_filter_chars(user.name)
+        query = f"(|(member={dn})(uniqueMember={dn})(memberUid={uid}))"
+        s = self.settings
+        conn = self._connection(s.bind_dn or None, s.bind_password or None)
+        try:
+            conn.bind()
+            try:
+                conn.search(group_dn, query, search_scope=ldap3.BASE, attributes=[], size_limit=1)
+            except LDAPNoSuchObjectResult:
+                log.error("LDAP: the students' group %s does not exist (course.students_ldap_group)", group_dn)
+                return False
+            return bool(conn.entries)
+        finally:
+            conn.unbind()
 
     def check(self, name: str, password: str) -> str | None:
         """The account's name (as LDAP spells it) when LDAP accepts ``password``, None

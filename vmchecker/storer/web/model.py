@@ -3,11 +3,13 @@ from the course config, the repository and the daemon's queue.
 
 Access rules live here too, so the pages and the API cannot disagree:
 
+* only the course's students and admins see a course at all (:func:`takes_part`,
+  ``CourseConfig.admits``): it is not in their list of courses, and its pages say 403;
 * a student sees the assignments that are not hidden, and only their own submissions;
 * a course admin (``course.admins``) sees hidden assignments, everyone's submissions
   and grades, and may recheck;
-* ``course.public_results`` lets every logged-in user see the grades table (grades
-  only: another student's results and sources stay private).
+* ``course.public_results`` lets every student of the course see the grades table
+  (grades only: another student's results and sources stay private).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from vmchecker import grades, penalty
-from vmchecker.config import Assignment, CourseConfig
+from vmchecker.config import Assignment, CourseConfig, GroupCheck
 from vmchecker.confparse import format_datetime
 from vmchecker.contract import GRADE_VMR, SubmissionStatus
 from vmchecker.repo import Repository, Submission
@@ -32,6 +34,12 @@ WAITING = (SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUN
 
 
 # --------------------------------------------------------------------------- access
+
+
+def takes_part(course: CourseConfig, user: str, in_group: GroupCheck | None) -> bool:
+    """May ``user`` see the course at all (a student or an admin of it)? ``in_group``
+    answers for an LDAP group of students (None: the web has no LDAP)."""
+    return course.admits(user, in_group)
 
 
 def is_admin(course: CourseConfig, user: str) -> bool:

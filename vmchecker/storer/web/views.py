@@ -61,7 +61,7 @@ def logout():
 @bp.route("/courses")
 @login_required()
 def courses():
-    shown = [(c, model.is_admin(c, g.user)) for c in context.all_courses()]
+    shown = [(c, model.is_admin(c, g.user)) for c in context.my_courses()]
     return render_template("courses.html", courses=shown)
 
 
