@@ -5,6 +5,8 @@ temporary folder; the directory is loaded with ``slapadd`` before start:
 ``dc=vmchecker,dc=test`` with ``ou=people`` (users under it, ``uid`` + ``userPassword``
 hashed by ``slappasswd``) and a service account ``cn=reader`` allowed to search.
 Anonymous binds may search too, so both ways of finding a user can be tested.
+``groups`` adds groupOfNames entries under ``ou=groups`` (``member``: the users'
+DNs), ``posix_groups`` posixGroup entries (``memberUid``: their names).
 ``extra_conf`` adds global ``slapd.conf`` lines (e.g. ``disallow bind_simple``, which
 makes slapd answer every user bind with ``unwillingToPerform``).
 
@@ -28,6 +30,7 @@ SLAPADD = "/usr/sbin/slapadd"
 SLAPPASSWD = "/usr/sbin/slappasswd"
 SUFFIX = "dc=vmchecker,dc=test"
 PEOPLE = f"ou=people,{SUFFIX}"
+GROUPS = f"ou=groups,{SUFFIX}"
 READER_DN = f"cn=reader,{SUFFIX}"
 READER_PASSWORD = "reader-pw"
 READY_WAIT = 15.0
@@ -71,9 +74,11 @@ def _entry(dn: str, *lines: str) -> str:
 
 
 class Slapd:
-    """``with Slapd(users={"carol": "pw"}) as s: s.start()``; ``stop()``, ``close()``; ``url``."""
+    """``with Slapd(users={"carol": "pw"}) as s: s.start()``; ``stop()``, ``close()``; ``url``;
+    ``group_dn(cn)`` names a group of ``groups`` or ``posix_groups``."""
 
-    def __init__(self, users: dict[str, str], extra_conf: str = ""):
+    def __init__(self, users: dict[str, str], extra_conf: str = "", groups: dict[str, list[str]] | None = None,
+                 posix_groups: dict[str, list[str]] | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="vmck-slapd-"))
         self.proc: subprocess.Popen | None = None
         self.log = None
@@ -86,10 +91,14 @@ class Slapd:
             self.conf = self.dir / "slapd.conf"
             self.conf.write_text(CONF.format(dir=self.dir, suffix=SUFFIX, rootpw=hashed("root-pw"),
                                              extra=extra_conf))
-            self._load(users)
+            self._load(users, groups or {}, posix_groups or {})
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
+
+    @staticmethod
+    def group_dn(cn: str) -> str:
+        return f"cn={cn},{GROUPS}"
 
     def __enter__(self) -> Slapd:
         return self
@@ -97,7 +106,7 @@ class Slapd:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _load(self, users: dict[str, str]) -> None:
+    def _load(self, users: dict[str, str], groups: dict[str, list[str]], posix_groups: dict[str, list[str]]) -> None:
         ldif = _entry(SUFFIX, "objectClass: dcObject", "objectClass: organization", "o: vmchecker", "dc: vmchecker")
         ldif += _entry(PEOPLE, "objectClass: organizationalUnit", "ou: people")
         ldif += _entry(READER_DN, "objectClass: organizationalRole", "objectClass: simpleSecurityObject",
@@ -105,6 +114,14 @@ class Slapd:
         for uid, password in users.items():
             ldif += _entry(f"uid={uid},{PEOPLE}", "objectClass: inetOrgPerson", f"uid: {uid}", f"cn: {uid}",
                            f"sn: {uid}", f"userPassword: {hashed(password)}")
+        if groups or posix_groups:
+            ldif += _entry(GROUPS, "objectClass: organizationalUnit", "ou: groups")
+        for cn, members in groups.items():   # groupOfNames needs one member at least
+            ldif += _entry(f"cn={cn},{GROUPS}", "objectClass: groupOfNames", f"cn: {cn}",
+                           *(f"member: uid={m},{PEOPLE}" for m in members))
+        for gid, (cn, members) in enumerate(posix_groups.items(), 5000):
+            ldif += _entry(f"cn={cn},{GROUPS}", "objectClass: posixGroup", f"cn: {cn}", f"gidNumber: {gid}",
+                           *(f"memberUid: {m}" for m in members))
         (self.dir / "data.ldif").write_text(ldif)
         subprocess.run([SLAPADD, "-f", str(self.conf), "-l", str(self.dir / "data.ldif")],
                        check=True, capture_output=True)
