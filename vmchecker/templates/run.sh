@@ -14,6 +14,7 @@
 #
 # This template: for each tests/NAME.in, run ./main with it on standard input and
 # compare what it prints with tests/NAME.out; each failed test costs POINTS_PER_TEST.
+# The whole contract, with a worked example: docs/course-authors.md in vmchecker's source.
 set -u
 PROGRAM=./main
 POINTS_PER_TEST=2
