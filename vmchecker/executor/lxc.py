@@ -1,9 +1,10 @@
 """LXC backend: each job runs in an ephemeral overlay clone of the machine's base container.
 
-Revert is free (the clone's writes go to an overlay upper folder that ``destroy``
-removes; the base never changes), commands run through the binding's attach (no guest
-network or SSH), files travel as one tar stream through attach. Limits (memory, pids,
-CPU) are cgroup items set on the clone before it starts (:mod:`.cgroups`). A step that
+Revert is free (the clone's writes go to an overlay upper folder, on a tmpfs of the
+job's disk quota, that cleanup unmounts; the base never changes), commands run through
+the binding's attach (no guest network or SSH), files travel as one tar stream through
+attach. Limits (memory, pids, CPU) are cgroup items set on the clone before it starts
+(:mod:`.cgroups`); its capabilities, mounts and disk quota are :mod:`.lxc_clone`'s. A step that
 outlives its timeout, and whatever a step leaves running, is killed through the clone's
 cgroup; the pipes of an attached process are read by :mod:`.lxc_process`.
 
@@ -28,23 +29,13 @@ import lxc  # the LXC binding (absolute: this module is vmchecker.executor.lxc)
 from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor import base, guest, interrupts, payload, results
-from vmchecker.executor.cgroups import GuestCgroup, limit_items
+from vmchecker.executor.cgroups import GuestCgroup
+from vmchecker.executor.lxc_clone import config_items, mount_disk, unmount_disk
 from vmchecker.executor.lxc_process import Buffer, pump, step_result
 
 log = logging.getLogger(__name__)
 
 PREFIX = guest.GUEST_PREFIX
-# The clone is a privileged container and the student may be its root: drop every
-# capability that reaches past the container (mounts and cgroup release agents,
-# open_by_handle_at, ptrace, raw devices, kernel tunables...). CHOWN, DAC_OVERRIDE,
-# SETUID... stay: they act on the guest's own files and processes. NET_ADMIN stays
-# for the guest's init, which brings up loopback in the clone's own network namespace.
-DROP_CAPS = ("sys_admin dac_read_search sys_ptrace sys_boot sys_resource sys_pacct sys_tty_config syslog"
-             " linux_immutable mknod setfcap ipc_lock lease wake_alarm block_suspend audit_control"
-             " audit_read bpf perfmon checkpoint_restore sys_module sys_rawio sys_time mac_admin mac_override").split()
-# common.conf mounts the clone's own cgroups read-write (cgroup:mixed): its root could
-# raise its own memory, pids and CPU limits. Read-only, the limits stay the host's.
-MOUNT_AUTO = "proc:mixed sys:mixed cgroup:ro"
 
 # Runs in the guest as root: unpack the tar stream on stdin into $1 (owners by name: the
 # guest's passwd decides), then check the guest can keep the grading contract.
@@ -80,11 +71,8 @@ class LxcVM(base.VM):
         if not clone:
             raise ExecutorError(f"cloning LXC container {self.machine.vm!r} into {self.name!r} failed")
         self._c = clone
-        items = [("lxc.uts.name", "vmchecker"), ("lxc.net", ""), ("lxc.net.0.type", "empty"),
-                 ("lxc.mount.auto", ""), ("lxc.mount.auto", MOUNT_AUTO),
-                 ("lxc.cap.drop", sorted(set(clone.get_config_item("lxc.cap.drop") or []) | set(DROP_CAPS))),
-                 *limit_items(self.machine.limits)]
-        for key, value in items:
+        mount_disk(clone, self.machine.limits.disk_mb)
+        for key, value in config_items(clone, self.machine):
             if not clone.set_config_item(key, value):
                 raise ExecutorError(f"LXC rejected {key} = {value} for {self.name}")
 
@@ -255,6 +243,7 @@ def _destroy(c: lxc.Container) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(c.init_pid, signal.SIGKILL)
         c.wait("STOPPED", 5)
+    unmount_disk(c)
     if not c.destroy():
         raise ExecutorError(f"LXC container {c.name} could not be destroyed")
 
