@@ -170,7 +170,7 @@ class LxcVM(base.VM):
         try:
             with interrupts.uninterruptible():
                 pid = self._container().attach(
-                    lxc.attach_run_command, argv, initial_cwd=cwd, uid=uid, gid=gid,
+                    _run_with_default_signals, argv, initial_cwd=cwd, uid=uid, gid=gid,
                     env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
                     extra_env_vars=[f"PATH={guest.GUEST_PATH}", f"HOME={home}", "LANG=C.UTF-8", "TERM=dumb"],
                     stdin=stdin if stdin is not None else null, stdout=stdout, stderr=stderr)
@@ -217,6 +217,16 @@ class LxcVM(base.VM):
             if feeder is not None:
                 feeder.join()
         return status, timed_out, errors.text()
+
+
+def _run_with_default_signals(argv: list[str]) -> int:
+    """In the attached child, before the exec: SIGPIPE and SIGXFSZ back to their
+    defaults. Python ignores both and an attached process inherits that, so without this
+    ``prog | head`` in a guest floods until the time limit instead of ending on SIGPIPE
+    (and no shell can undo a signal ignored when it started)."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    return lxc.attach_run_command(argv)
 
 
 def _guest_user(parent: lxc.Container, user: str) -> tuple[int, int, str]:
