@@ -7,6 +7,8 @@ import gzip
 import io
 import stat
 import tarfile
+import time
+import tracemalloc
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -284,6 +286,58 @@ def test_zip_header_understating_size_is_not_trusted(tmp_path: Path) -> None:
 def test_tar_header_bomb_is_stopped_by_the_stream_cap(tmp_path: Path) -> None:
     """A 2 MiB long-name header is read through the capped stream, not trusted."""
     src = _tar(tmp_path / "h.tgz", [(_member("n" * (2 * 1024 * 1024)), b"x")], fmt=tarfile.GNU_FORMAT)
-    with pytest.raises(ArchiveError, match="more than"):
+    with pytest.raises(ArchiveError, match="extension header .* of 2097153 bytes; at most 65536"):
         safe_extract(src, tmp_path / "out", ArchiveLimits(max_total_size=1000, max_members=1))
     assert not (tmp_path / "out").exists()
+
+
+def _extension_bomb(path: Path, kind: bytes, size: int) -> Path:
+    """A tar.gz whose first header declares a ``kind`` extension header (pax, GNU long
+    name) of ``size`` bytes, followed by that many bytes: a few KB on disk."""
+    head = tarfile.TarInfo("././@PaxHeader" if kind in (tarfile.XHDTYPE, tarfile.XGLTYPE) else "././@LongLink")
+    head.type, head.size = kind, size
+    with gzip.GzipFile(path, "wb", compresslevel=9) as gz:
+        gz.write(head.tobuf(tarfile.USTAR_FORMAT))
+        chunk = b"%d path=" % size + b"a" * (1024 * 1024)
+        for _ in range(size // len(chunk)):
+            gz.write(chunk)
+    return path
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME,
+                                  tarfile.GNUTYPE_LONGLINK])
+def test_huge_extension_header_is_refused_unread(tmp_path: Path, kind: bytes) -> None:
+    """A 64 KB upload whose pax (or GNU long name) header declares 64 MiB: tarfile would
+    read it whole; the size field is checked first, so memory and time stay small."""
+    src = _extension_bomb(tmp_path / "bomb.tgz", kind, 64 * 1024 * 1024)
+    assert src.stat().st_size < 128 * 1024
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ArchiveError, match="extension header"):
+            safe_extract(src, tmp_path / "out")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"peak {peak} bytes"
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_chain_of_extension_headers_is_refused(tmp_path: Path) -> None:
+    """Many small pax headers in a row: tarfile holds each while it recurses."""
+    with gzip.GzipFile(tmp_path / "chain.tgz", "wb") as gz:
+        for _ in range(50):
+            record = b"30 comment=" + b"c" * 18 + b"\n"
+            head = tarfile.TarInfo("././@PaxHeader")
+            head.type, head.size = tarfile.XHDTYPE, len(record)
+            gz.write(head.tobuf(tarfile.USTAR_FORMAT) + record.ljust(512, b"\0"))
+    with pytest.raises(ArchiveError, match="extension headers .* in a row"):
+        safe_extract(tmp_path / "chain.tgz", tmp_path / "out")
+
+
+def test_ordinary_pax_and_gnu_long_names_still_unpack(tmp_path: Path) -> None:
+    deep = "d" * 120 + "/" + "f" * 150 + ".c"
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        src = _tar(tmp_path / f"ok{fmt}.tgz", [(_member(deep), b"int x;\n")], fmt=fmt)
+        assert safe_extract(src, tmp_path / f"out{fmt}") == [deep]

@@ -237,6 +237,74 @@ def test_minimum_interval_says_how_long_to_wait(course: CourseConfig) -> None:
     assert Repository(course).history("1-hello", "bob") == [first, second]
 
 
+def _spy_unpacking(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record every archive submit unpacks (and unpack it as usual)."""
+    import vmchecker.submit as submit_module
+    seen: list[Path] = []
+    real = submit_module.safe_extract
+
+    def spy(path: Path, dest: Path, *args: object) -> list[str]:
+        seen.append(path)
+        return real(path, dest, *args)
+    monkeypatch.setattr(submit_module, "safe_extract", spy)
+    return seen
+
+
+def test_interval_is_checked_before_unpacking(course: CourseConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bomb within the interval is refused for the interval, never unpacked."""
+    unpacked = _spy_unpacking(monkeypatch)
+    submit(course, "1-hello", "bob", zip_bytes(HELLO), upload_time=T)
+    assert len(unpacked) == 1
+    bomb = zip_bytes({"zeros": bytes(5 * 1024 * 1024)})
+    with pytest.raises(SubmissionRefused, match="120 s apart: wait 110 more seconds"):
+        submit(course, "1-hello", "bob", bomb, upload_time=T + dt.timedelta(seconds=10))
+    assert len(unpacked) == 1
+
+
+def test_refused_uploads_are_throttled_too(course: CourseConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive refused while unpacking counts toward the interval: a stream of bombs
+    costs the storer one unpack per min_interval, not one per request."""
+    unpacked = _spy_unpacking(monkeypatch)
+    bomb = zip_bytes({"zeros": bytes(5 * 1024 * 1024)})
+    with pytest.raises(ArchiveError, match="compression ratio"):
+        submit(course, "1-hello", "bob", bomb, upload_time=T)
+    for seconds in (1, 60, 119):
+        with pytest.raises(SubmissionRefused, match="1-hello at 2026-02-20 10:00:00 was refused; uploads, refused ones too, must be 120 s apart"):
+            submit(course, "1-hello", "bob", bomb, upload_time=T + dt.timedelta(seconds=seconds))
+    assert len(unpacked) == 1
+    assert Repository(course).accounts("1-hello") == []                      # no account folder appeared
+    submit(course, "1-hello", "carol", zip_bytes(HELLO), upload_time=T + dt.timedelta(seconds=1))  # others go on
+    sub = submit(course, "1-hello", "bob", zip_bytes(HELLO), upload_time=T + dt.timedelta(seconds=120))
+    assert Repository(course).history("1-hello", "bob") == [sub]
+
+
+def test_account_storage_quota(tmp_path: Path) -> None:
+    """course.max_account_storage sums the account's submissions over every assignment;
+    the refusal names the limit and the use."""
+    extra = {"course": {"max_account_storage": "40K"},
+             "assignments": {"defaults": {"min_interval": 0},
+                             "2-more": {"deadline": "2026-04-01 23:55:00", "machine": "linux"}}}
+    course = config.load_course(write_course(tmp_path, extra=extra))
+    assert course.course.max_account_storage == 40 * 1024
+    payload = {"data.bin": os.urandom(12 * 1024)}      # archive + unpacked: about 24 KiB per upload
+    submit(course, "1-hello", "bob", zip_bytes(payload), upload_time=T)
+    before = snapshot(course.repository)
+    with pytest.raises(SubmissionRefused) as err:
+        submit(course, "2-more", "bob", zip_bytes(payload), upload_time=T + dt.timedelta(minutes=1))
+    message = err.value.message
+    assert "max_account_storage" in message and str(40 * 1024) in message and "already take" in message
+    used = int(message.split("already take ")[1].split()[0])
+    assert 24 * 1024 <= used < 40 * 1024
+    assert snapshot(course.repository) == before
+    submit(course, "1-hello", "carol", zip_bytes(payload), upload_time=T)     # per account
+    # the archive alone fits but its unpacked files do not: refused after unpacking, nothing kept
+    small = zip_bytes({"zeros": bytes(30 * 1024)})
+    with pytest.raises(SubmissionRefused, match="max_account_storage"):
+        submit(course, "2-more", "bob", small, upload_time=T + dt.timedelta(minutes=2))
+    assert snapshot(course.repository)["1-hello/bob/current"] == before["1-hello/bob/current"]
+    assert not (course.repository / "2-more" / "bob").exists()
+
+
 def test_hidden_and_unknown_assignments_read_the_same(tmp_path: Path) -> None:
     course = special_course(tmp_path)
     messages = []

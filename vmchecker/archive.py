@@ -14,6 +14,11 @@ nothing here uses ``extractall``. Each member is checked and written by hand:
 * sizes: the member count, the total unpacked size and the compression ratio are
   checked on the declared sizes first and again on the bytes really written (headers
   are never trusted); a tar stream is also capped as a whole, so header bombs stop;
+* tar extension headers (pax, GNU long names and links) are read whole by ``tarfile``,
+  so their declared size is checked in the header block first: one larger than
+  :data:`MAX_TAR_EXTENSION` or a chain of more than :data:`MAX_TAR_EXTENSION_CHAIN`
+  of them is refused before a byte of it is read (memory stays bounded whatever the
+  archive declares);
 * files are created with ``O_EXCL | O_NOFOLLOW`` and get mode 0644, or 0755 when the
   archive gave them an exec bit; folders 0755. No setuid, setgid or sticky bit survives.
 
@@ -48,6 +53,12 @@ _TAR_BLOCK = 512
 # Bytes a tar stream may hold beyond its file data: headers, padding, long names.
 _TAR_OVERHEAD_PER_MEMBER = 8 * 1024
 _TAR_OVERHEAD = 1 * MiB
+# A pax header or a GNU long name/link larger than this is refused unread: real ones
+# hold a name, a link target and a few times, far below it.
+MAX_TAR_EXTENSION = 64 * 1024
+MAX_TAR_EXTENSION_CHAIN = 8    # extension headers in a row before one member
+_TAR_EXTENSIONS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                   tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 # Errors of the archive libraries that mean "this archive is broken".
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
             EOFError, gzip.BadGzipFile, NotImplementedError, UnicodeDecodeError, ValueError)
@@ -314,6 +325,31 @@ class _CappedReader:
         self.src.close()
 
 
+class _CappedTarInfo(tarfile.TarInfo):
+    """A tar header whose extension headers are size-checked before ``tarfile`` reads them.
+
+    ``tarfile`` reads a pax header or a GNU long name whole into memory (and a chain of
+    them recursively, holding each), trusting the size field of its header block. Here
+    that field and the length of the chain are checked first; a sparse member is refused
+    before its extension blocks are read."""
+
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _refuse(self.name, "is a sparse file (not accepted)")
+        if self.type not in _TAR_EXTENSIONS:
+            tf._vmchecker_chain = 0  # type: ignore[attr-defined]
+            return super()._proc_member(tf)  # type: ignore[misc]
+        chain = getattr(tf, "_vmchecker_chain", 0) + 1
+        tf._vmchecker_chain = chain  # type: ignore[attr-defined]
+        if self.size > MAX_TAR_EXTENSION:
+            raise ArchiveError(f"the archive has a tar extension header (pax or long name) of {self.size}"
+                               f" bytes; at most {MAX_TAR_EXTENSION} are accepted")
+        if chain > MAX_TAR_EXTENSION_CHAIN:
+            raise ArchiveError(f"the archive has more than {MAX_TAR_EXTENSION_CHAIN} tar extension headers"
+                               " (pax or long name) in a row")
+        return super()._proc_member(tf)  # type: ignore[misc]
+
+
 def _extract_tar(path: Path, tree: _Tree) -> None:
     lim = tree.limits
     cap = lim.max_total_size + lim.max_members * _TAR_OVERHEAD_PER_MEMBER + _TAR_OVERHEAD
@@ -322,7 +358,8 @@ def _extract_tar(path: Path, tree: _Tree) -> None:
         raw_file.seek(0)
         stream: IO[bytes] = gzip.GzipFile(fileobj=raw_file) if gz else raw_file
         reader = _CappedReader(stream, cap)
-        with tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape") as tf:
+        with tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape",
+                          tarinfo=_CappedTarInfo) as tf:
             for member in tf:
                 _extract_tar_member(tf, member, tree)
 

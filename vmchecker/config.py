@@ -67,6 +67,9 @@ class CourseInfo:
     students_file: str = ""             # one account per line, relative to the course folder
     students_ldap_group: str = ""       # a group's DN, looked up through vmchecker-web's LDAP
     open_to_all_users: bool = False
+    # Disk one account's submissions may take in this course, all assignments together
+    # (archives, unpacked files, results); 0: no limit. Checked at every upload.
+    max_account_storage: Size = Size(0)
 
 
 @dataclass(frozen=True)

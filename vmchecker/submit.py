@@ -3,14 +3,20 @@
 :func:`submit` is the one path every upload takes (``vmchecker-submit``, later the web
 form). The order of work keeps the two promises of the design (docs/ARCHITECTURE.md):
 
-1. checks that need no disk (assignment, size, time window) refuse before anything is
-   written;
+1. the cheap checks refuse before the upload is read or unpacked: assignment, size (a
+   file's is stat'ed, not read), time window, minimum interval and the account's disk
+   quota (``course.max_account_storage``). Unpacking is the costly step, so an account
+   cannot make the storer unpack more than once per ``min_interval``;
 2. the upload is written and unpacked into ``<repository>/.incoming-XXXX/`` outside
-   the lock, so a hostile archive leaves nothing in an account's folder;
+   the lock, so a hostile archive leaves nothing in an account's folder. An archive
+   refused while unpacking still counts toward the minimum interval: its time is kept
+   in ``<repository>/.refused/<assignment>/<account>`` (only when the assignment has
+   a minimum interval), so refused uploads are throttled like stored ones;
 3. under the per-assignment lock the time checks are repeated (the clock moved), the
-   minimum interval is checked against the account's stored uploads, the folder gets
-   its name (``.n`` when the second is taken), is renamed into place, and ``current``
-   is swapped. Any refusal removes the incoming folder and an account folder it created.
+   minimum interval is checked against the account's stored uploads, the quota against
+   the unpacked size, the folder gets its name (``.n`` when the second is taken), is
+   renamed into place, and ``current`` is swapped. Any refusal removes the incoming
+   folder and an account folder it created.
 
 ``archive.zip`` is fsynced before the rename and the rename before ``current`` moves,
 so a crash leaves the previous state or the new one. ``files/`` is not fsynced: it can
@@ -32,9 +38,9 @@ from pathlib import Path
 from vmchecker import fsutil
 from vmchecker.archive import safe_extract
 from vmchecker.config import Assignment, CourseConfig
-from vmchecker.confparse import format_datetime
+from vmchecker.confparse import format_datetime, parse_datetime
 from vmchecker.contract import ARCHIVE, GRADE_VMR, SUBMISSION_CONFIG, SubmissionStatus
-from vmchecker.errors import NotFound, SubmissionRefused, VmcheckerError
+from vmchecker.errors import ArchiveError, NotFound, SubmissionRefused, VmcheckerError
 from vmchecker.repo import (
     CURRENT,
     Repository,
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 
 HARD_DEADLINE_GRACE = dt.timedelta(seconds=60)
 INCOMING_PREFIX = ".incoming-"
+REFUSED_DIR = ".refused"    # <repository>/.refused/<assignment>/<account>: last unpack refused
 
 Notify = Callable[[Submission], None]
 
@@ -71,11 +78,20 @@ def submit(
     Raises SubmissionRefused (ArchiveError for a bad archive) with nothing written."""
     check_account(account)
     task = _assignment(course, assignment, account)
-    data = _read_upload(archive, task)
-    if not skip_time_checks:
-        _check_window(course, task, upload_time or _now())
+    size = _upload_size(archive, task)
     repo = Repository(course)
-    incoming = _prepare_incoming(repo.root, data)
+    if not skip_time_checks:
+        when = upload_time or _now()
+        _check_window(course, task, when)
+        _check_interval(repo, task, account, when)
+    _check_quota(course, account_usage(repo, account), size)
+    data = _read_upload(archive, task)
+    try:
+        incoming = _prepare_incoming(repo.root, data)
+    except ArchiveError:
+        if not skip_time_checks:
+            _mark_refused(repo, task, account, upload_time or _now())
+        raise
     try:
         with repo.lock(assignment):
             sub = _store(repo, task, account, incoming, len(data), upload_time, skip_time_checks)
@@ -128,7 +144,8 @@ def _assignment(course: CourseConfig, assignment: str, account: str) -> Assignme
     return task
 
 
-def _read_upload(upload: Path | bytes, task: Assignment) -> bytes:
+def _upload_size(upload: Path | bytes, task: Assignment) -> int:
+    """The upload's size, refused over the assignment's limit before anything reads it."""
     limit = task.max_submission_size
     if isinstance(upload, bytes):
         size = len(upload)
@@ -139,6 +156,11 @@ def _read_upload(upload: Path | bytes, task: Assignment) -> bytes:
             raise NotFound(f"{upload}: no such file") from None
     if size > limit:
         raise SubmissionRefused(f"the archive is {size} bytes; {task.id} accepts at most {limit} bytes")
+    return size
+
+
+def _read_upload(upload: Path | bytes, task: Assignment) -> bytes:
+    limit = task.max_submission_size
     if isinstance(upload, bytes):
         return upload
     try:
@@ -164,16 +186,72 @@ def _check_window(course: CourseConfig, task: Assignment, when: dt.datetime) -> 
                                 f" uploads are no longer accepted (upload time {format_datetime(when)})")
 
 
-def _check_interval(previous: list[Submission], task: Assignment, when: dt.datetime) -> None:
-    if not previous or task.min_interval <= 0:
+def _check_interval(repo: Repository, task: Assignment, account: str, when: dt.datetime) -> None:
+    """Refuse within ``min_interval`` of the account's last upload, stored or refused
+    while unpacking."""
+    if task.min_interval <= 0:
         return
-    last = max(s.upload_time for s in previous)
+    stored = [s.upload_time for s in repo.history(task.id, account)]
+    refused = _last_refused(repo, task, account)
+    if not stored and refused is None:
+        return
+    last = max([*stored, *([refused] if refused else [])])
     elapsed = (when - last).total_seconds()
     if elapsed < task.min_interval:
         wait = math.ceil(task.min_interval - max(elapsed, 0))
+        if stored and last == max(stored):
+            what = f"you uploaded {task.id} at {format_datetime(last)}; uploads"
+        else:
+            what = f"your upload of {task.id} at {format_datetime(last)} was refused; uploads, refused ones too,"
+        raise SubmissionRefused(f"{what} must be {task.min_interval} s apart: wait {wait} more seconds")
+
+
+def _refused_mark(repo: Repository, task: Assignment, account: str) -> Path:
+    return repo.root / REFUSED_DIR / task.id / account
+
+
+def _last_refused(repo: Repository, task: Assignment, account: str) -> dt.datetime | None:
+    try:
+        return parse_datetime(_refused_mark(repo, task, account).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _mark_refused(repo: Repository, task: Assignment, account: str, when: dt.datetime) -> None:
+    """Keep the time of an upload refused while unpacking: it counts toward the interval."""
+    if task.min_interval <= 0:
+        return
+    mark = _refused_mark(repo, task, account)
+    try:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.write_atomic(mark, format_datetime(when) + "\n")
+    except OSError as exc:
+        log.warning("cannot record the refused upload of %s/%s: %s", task.id, account, exc.strerror)
+
+
+def account_usage(repo: Repository, account: str) -> int:
+    """Bytes the account's submissions take in the course, every assignment together."""
+    return sum(_disk_bytes(repo.root / task_id / account) for task_id in repo.course.assignments)
+
+
+def _disk_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass   # removed while we counted
+    return total
+
+
+def _check_quota(course: CourseConfig, used: int, adding: int) -> None:
+    limit = course.course.max_account_storage
+    if limit and used + adding > limit:
         raise SubmissionRefused(
-            f"you uploaded {task.id} at {format_datetime(last)}; uploads must be"
-            f" {task.min_interval} s apart: wait {wait} more seconds")
+            f"your submissions to {course.id} already take {used} bytes of the {limit} bytes each account"
+            f" may store (max_account_storage); this upload needs {adding} bytes more. Ask the course's"
+            " staff to remove old submissions or to raise the limit")
 
 
 # --------------------------------------------------------------------------- writing
@@ -202,7 +280,8 @@ def _store(repo: Repository, task: Assignment, account: str, incoming: Path, siz
     when = upload_time or _now()
     if not skip_time_checks:
         _check_window(repo.course, task, when)
-        _check_interval(repo.history(task.id, account), task, when)
+        _check_interval(repo, task, account, when)
+    _check_quota(repo.course, account_usage(repo, account), _disk_bytes(incoming))
     account_dir = repo.account_dir(task.id, account)
     info = SubmissionInfo(course=repo.course.id, assignment=task.id, account=account,
                           upload_time=when, machine=task.machine, size=size)
