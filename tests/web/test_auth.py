@@ -219,8 +219,24 @@ def test_throttle_counts_bad_names_against_the_address_only() -> None:
 def test_throttle_names_are_case_insensitive() -> None:
     t = Throttle(Limits(per_account=2, per_address=100, window=60), clock=lambda: 1000.0)
     t.failed("Carol", "192.0.2.1")
-    t.failed("CAROL", "192.0.2.2")
-    assert t.retry_after("carol", "192.0.2.3") > 0
+    t.failed("CAROL", "192.0.2.1")
+    assert t.retry_after("carol", "192.0.2.1") > 0
+
+
+def test_throttle_counts_an_account_per_client() -> None:
+    """Failures for bob from one client hold that client back, not bob elsewhere: a
+    classmate cannot lock bob out."""
+    t = Throttle(Limits(per_account=5, per_address=20, window=900), clock=lambda: 1000.0)
+    for _ in range(10):
+        t.failed("bob", "192.0.2.1")
+    assert t.retry_after("bob", "192.0.2.1") > 0
+    assert t.retry_after("bob", "192.0.2.2") == 0
+    t.succeeded("bob", "192.0.2.2")                    # bob's own login clears nothing of A's
+    assert t.retry_after("bob", "192.0.2.1") > 0
+    for i in range(10):                                # A goes on with other names: its own limit
+        t.failed(f"user{i}", "192.0.2.1")
+    assert t.retry_after("carol", "192.0.2.1") > 0
+    assert t.retry_after("carol", "192.0.2.2") == 0
 
 
 def test_throttle_sweeps_expired_keys() -> None:

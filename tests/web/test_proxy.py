@@ -22,6 +22,7 @@ from vmchecker import config
 
 PROXY = "127.0.0.2"
 PER_ADDRESS = 20   # vmchecker-web's default Limits().per_address
+PER_ACCOUNT = 5    # and Limits().per_account (per account and client)
 
 
 @pytest.fixture
@@ -59,6 +60,19 @@ def test_throttling_is_per_forwarded_client(server: WebServer) -> None:
         assert api_login(server, "no such user!", "guess", "127.0.0.1", "198.51.100.3") == 401
     assert api_login(server, "student", "student-pw", "127.0.0.1", "198.51.100.4") == 429
     assert api_login(server, "student", "student-pw", PROXY, "198.51.100.3") == 200
+
+
+def test_wrong_passwords_for_a_classmate_do_not_lock_them_out(server: WebServer) -> None:
+    """Client A tries bob's password many times: A is held back, bob logs in from B."""
+    attacker, victim = "198.51.100.7", "198.51.100.8"
+    for _ in range(PER_ACCOUNT):
+        assert api_login(server, "bob", "guess", PROXY, attacker) == 401
+    for _ in range(3):
+        assert api_login(server, "bob", "guess", PROXY, attacker) == 429
+    assert api_login(server, "bob", "bob-pw", PROXY, attacker) == 429       # A: even the right password waits
+    assert api_login(server, "bob", "bob-pw", PROXY, victim) == 200         # bob from B: fine
+    assert api_login(server, "bob", "bob-pw", "127.0.0.1") == 200           # and directly
+    assert api_login(server, "bob", "bob-pw", PROXY, attacker) == 429       # A still waits
 
 
 def test_trusted_proxy_is_documented_and_checked() -> None:

@@ -101,7 +101,7 @@ class Authenticator:
             log.info("failed login for %s from %s", shown(name), address)
             return LoginResult(False, "Wrong user name or password.")
         user, source = found
-        self.throttle.succeeded(user)
+        self.throttle.succeeded(user, address)
         log.info("login %s (%s) from %s", user, source, address)
         return LoginResult(True, user=user, source=source)
 

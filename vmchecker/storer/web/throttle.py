@@ -1,5 +1,12 @@
-"""Login throttling: too many failures for one account or from one address, and
-further attempts are refused for a while, right password or not.
+"""Login throttling: too many failures for one account from one client, or from one
+client in all, and further attempts from that client are refused for a while, right
+password or not.
+
+An account is counted per client, never alone: a count per account name would let
+anybody lock a classmate out (five wrong passwords for ``bob`` and bob could not log
+in from anywhere, the night of a deadline). A guesser is held back by the per-client
+limits; behind a reverse proxy the client is the forwarded address
+(``vmchecker-web --trusted-proxy``).
 
 Counts live in memory (one web process, many threads); a restart forgets them, which
 only gives a guesser a few more tries. Failures older than the window stop counting.
@@ -27,21 +34,25 @@ PRUNE_EVERY = 60.0   # seconds between sweeps of expired keys (at most; sooner f
 
 @dataclass(frozen=True)
 class Limits:
-    """At most ``per_account`` failures for one account and ``per_address`` from one
-    address within ``window`` seconds."""
+    """At most ``per_account`` failures for one account from one address, and
+    ``per_address`` from one address in all, within ``window`` seconds."""
 
     per_account: int = 5
     per_address: int = 20
     window: float = 900.0
 
 
-Key = tuple[str, str]
+Key = tuple[str, ...]
+
+
+def _account_key(account: str, address: str) -> Key:
+    return ("account", account.casefold(), address)
 
 
 def _keys(account: str | None, address: str) -> list[Key]:
-    keys = [("address", address)]
+    keys: list[Key] = [("address", address)]
     if account is not None:
-        keys.append(("account", account.casefold()))
+        keys.append(_account_key(account, address))
     return keys
 
 
@@ -105,7 +116,8 @@ class Throttle:
             for key in _keys(account, address):
                 self._failures.setdefault(key, deque()).append(now)
 
-    def succeeded(self, account: str) -> None:
-        """A right password clears the account's count (not the address's)."""
+    def succeeded(self, account: str, address: str) -> None:
+        """A right password clears the account's count from that address (not the
+        address's own)."""
         with self._lock:
-            self._failures.pop(("account", account.casefold()), None)
+            self._failures.pop(_account_key(account, address), None)
