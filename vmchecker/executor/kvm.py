@@ -101,9 +101,9 @@ class KvmHost(base.Host):
             stems = sorted({p.stem for p in jobs.glob(f"{PREFIX}*") if p.suffix in (".qcow2", ".console")}
                            - still_defined)
 
-            def remove(stem: str, jobs: Path = jobs) -> None:
-                for suffix in (".qcow2", ".console"):
-                    (jobs / f"{stem}{suffix}").unlink(missing_ok=True)
+            def remove(stem: str, jobs: Path = jobs) -> None:   # with the console's rotated copies
+                for path in (jobs / f"{stem}.qcow2", jobs / f"{stem}.console", *jobs.glob(f"{stem}.console.*")):
+                    path.unlink(missing_ok=True)
 
             removed += [s for s in guest.remove_leftovers(stems, remove, f"files in {jobs} of guest")
                         if s not in removed]

@@ -24,7 +24,8 @@ import libvirt_qemu
 from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor.kvm_agent import Agent
-from vmchecker.executor.kvm_vm import NAME_RE, KvmVM, base_image, domain_type, serial_path
+from vmchecker.executor.kvm_guard import disk_path, serial_path
+from vmchecker.executor.kvm_vm import NAME_RE, KvmVM, base_image, domain_type
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class SnapshotVM(KvmVM):
             self._lock_domain()
             root = ET.fromstring(dom.XMLDesc(0))
             self._check_type(root.get("type"))
-            self._console_source = serial_path(root)
+            self._console_source, self._disk = serial_path(root), disk_path(root)
             self._base = dom
         return self._base
 
@@ -136,7 +137,7 @@ class OverlayVM(KvmVM):
 
     def __init__(self, machine: Machine, name: str, conn: libvirt.virConnect):
         super().__init__(machine, name, conn)
-        self.overlay = self.jobs / f"{name}.qcow2"
+        self.overlay = self._disk = self.jobs / f"{name}.qcow2"
 
     def prepare_console(self) -> None:
         self.console.unlink(missing_ok=True)

@@ -7,11 +7,14 @@ in every Debian guest), which puts the step in a cgroup v2 of its own with the m
 memory, pids and CPU limits, keeps the first bytes of its output and counts the rest,
 kills the whole cgroup at the timeout and when the step's main process ends, and reports
 exit code or signal, CPU time and peak memory. The host keeps its own deadline too: if
-the wrapper does not report in time, the host kills the cgroup through the agent.
+the wrapper does not report in time, the host kills the cgroup through the agent. From
+boot to cleanup :mod:`.kvm_guard` keeps the serial console log under the output cap and
+pauses a guest whose disk file grew past the disk quota.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -19,7 +22,7 @@ import os
 import re
 import secrets
 import time
-import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -29,6 +32,7 @@ from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor import base, guest, payload, results
 from vmchecker.executor.kvm_agent import Agent, describe, output
+from vmchecker.executor.kvm_guard import GuestWatch, tail
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,6 @@ HOST_GRACE = 15.0           # seconds past a step's timeout before the host kill
 KILL_GRACE = 15.0           # seconds for the wrapper to report once the host killed the step
 MAX_STREAM = 6 * 1024 * 1024   # bytes of a step's stdout or stderr brought back (agent limit 16 MiB)
 IN_TAR, OUT_TAR = "/run/vmck-in.tar", "/run/vmck-out.tar"
-TAIL_BYTES = 4096
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 STEP_CGROUPS = "/sys/fs/cgroup/vmck"   # the guest's cgroup v2 folder for the steps' cgroups
 STEP_PL = guest.program("step.pl")
@@ -81,25 +84,6 @@ def base_image(machine: Machine) -> Path:
     return Path(machine.base_image) if machine.base_image else Path(DEFAULT_STATE) / "base.qcow2"
 
 
-def tail(path: Path | None) -> str:
-    """The last lines of a serial console log (for error messages)."""
-    if path is None:
-        return "(no serial console log)"
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(f.seek(0, os.SEEK_END) - TAIL_BYTES, 0))
-            text = f.read().decode("utf-8", "replace")
-    except OSError as exc:
-        return f"(cannot read the serial console log {path}: {exc.strerror})"
-    return text.strip() or "(the serial console log is empty)"
-
-
-def serial_path(domain_xml: ET.Element) -> Path | None:
-    """The file a domain's serial console is logged to, if any."""
-    source = domain_xml.find("devices/serial[@type='file']/source")
-    return Path(source.get("path")) if source is not None else None
-
-
 def _parse_report(status: dict) -> tuple[list[str], bytes, bytes]:
     """Split the step wrapper's output into its report fields, kept stdout, kept stderr."""
     data = output(status)
@@ -130,6 +114,8 @@ class KvmVM(base.VM):
         self._dom: libvirt.virDomain | None = None
         self._agent: Agent | None = None
         self._console_source: Path | None = None
+        self._disk: Path | None = None   # the file the guest's writes grow
+        self._watch: GuestWatch | None = None
         self._user = (0, 0, "/root")
         self._steps = 0
 
@@ -154,6 +140,9 @@ class KvmVM(base.VM):
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         dom = self._domain()
+        if self._watch is None:   # from boot: the console and the disk grow from now on
+            self._watch = GuestWatch(self.name, self._console_source, self.machine.limits.output_kb << 10,
+                                     self._disk, self.machine.limits.disk_mb, self._stop_for_quota)
         last = ""
         while time.monotonic() < deadline:
             if not dom.isActive():
@@ -178,13 +167,22 @@ class KvmVM(base.VM):
         agent.shell(COPY_IN, guest_dir, f"{time.time():.6f}", IN_TAR)
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
+        with self._quota():
+            self._copy_from(guest_dir, dest, cap)
+
+    def run(self, argv: list[str], cwd: str, timeout: float,
+            stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
+        with self._quota():
+            return self._run(argv, cwd, timeout, stdout, stderr)
+
+    def _copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         agent = self._require_agent()
         agent.shell(guest.COPY_OUT, guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS), OUT_TAR)
         data = agent.read_file(OUT_TAR, results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
         results.extract_vmrs(data, dest, cap, self.name)
 
-    def run(self, argv: list[str], cwd: str, timeout: float,
-            stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
+    def _run(self, argv: list[str], cwd: str, timeout: float,
+             stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
         agent = self._require_agent()
         self._steps += 1
         cgroup = f"step{self._steps}-{secrets.token_hex(3)}"
@@ -222,15 +220,38 @@ class KvmVM(base.VM):
             max_rss_kb=None if peak is None else peak // 1024)
 
     def cleanup(self, failed: bool = False) -> str | None:
+        if self._watch is not None:
+            self._watch.stop()
         note = self._keep_failed() if failed and self.machine.keep_failed else None
         try:
             self._release()
         finally:
-            if self.kept is None:
-                self.console.unlink(missing_ok=True)
+            if self.kept is None:   # with the copies virtlogd rotated out of the console log
+                for path in (self.console, *self.jobs.glob(f"{self.name}.console.*")):
+                    path.unlink(missing_ok=True)
         return note
 
     # -- helpers
+
+    @contextlib.contextmanager
+    def _quota(self) -> Iterator[None]:
+        """Whatever a guest stopped for its disk quota made fail, the job fails for the quota."""
+        try:
+            yield
+        except ExecutorError:
+            if self._watch is not None:
+                self._watch.check()
+            raise
+        if self._watch is not None:
+            self._watch.check()
+
+    def _stop_for_quota(self) -> None:
+        """Pause the guest: it writes no more, the agent fails at once, and a snapshot
+        domain is left as between two jobs (the next one's revert loads the snapshot)."""
+        try:
+            self._domain().suspend()
+        except (ExecutorError, libvirt.libvirtError) as exc:
+            log.warning("%s: stopping the guest over its disk quota failed: %s", self.name, exc)
 
     def _keep_failed(self) -> str | None:
         """Keep a failed job's disk; the line that says where, or why it could not."""
