@@ -362,6 +362,11 @@ def _machine(conv: _Converter, section: str, testers: dict, vmware_by_tester: di
     if "vm" not in machine:
         machine["vm"] = section
         conv.warn(section, "vmpath", f"missing; using the machine name {section!r} as the VM name")
+    base = machine.get("guest_base_path", "")
+    if base == "/root" or base.startswith("/root/"):
+        del machine["guest_base_path"]   # closed to the student user, who builds there now
+        conv.warn(section, "guestbasepath", f"{base} is inside /root, which the unprivileged student user"
+                                            " cannot enter; the default guest_base_path (/vmchecker) is used")
     if "testers" not in machine:
         machine["testers"] = sorted(testers)
         if testers:
