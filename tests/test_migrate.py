@@ -183,6 +183,7 @@ def test_realistic_config_migrates_and_loads(tmp_path):
     # the original's /root/vmchecker is closed to the student user: the default instead, said
     assert (linux.guest_user, linux.guest_base_path, linux.guest_shell) == ("root", "/vmchecker", "/bin/bash")
     assert "[so-linux] guestbasepath: /root/vmchecker is inside /root" in err
+    assert "admits only its admins until its students are listed" in err
     assert win.type == "vmware"                                   # the original's default type
     assert win.vm == "[datastore1] so-win/so-win.vmx"
     assert (win.build_script, win.run_script) == ("build-win.sh", "run-win.sh")

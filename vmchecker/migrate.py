@@ -328,6 +328,9 @@ def convert(parser: configparser.ConfigParser, course_id: str, source: str = "<i
     if holidays:
         course["holidays"] = holidays
     course.setdefault("public_results", True)          # the original's default
+    conv.warn("vmchecker", "", "the original let every authenticated user submit; the migrated course admits"
+                               " only its admins until its students are listed (course.students,"
+                               " students_file or students_ldap_group) or open_to_all_users is set")
 
     storer = conv.convert("storer", _STORER, conv.own("storer"))
 
