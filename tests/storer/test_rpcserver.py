@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
-import select
 import socket
 import threading
 import xmlrpc.client
@@ -123,42 +123,67 @@ def test_oversized_request_refused_before_parsing(server):
     assert server.calls == []
 
 
-def test_stalled_clients_cannot_exhaust_the_server():
-    srv = rpcserver.RestrictedServer(("127.0.0.1", 0), max_concurrent=4)
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (what it answered first is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while data := sock.recv(65536):
+            del data
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def test_one_client_past_its_cap_loses_its_most_idle_connections():
+    """Connections being read are capped per address; past the cap the one quiet longest
+    goes, so the newest (a real call) always gets in."""
+    srv = rpcserver.RestrictedServer(("127.0.0.1", 0), max_per_client=4)
     srv.register("echo", lambda address, value: value, rpcserver.loopback_or([]))
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    stalled = []
+    idle: list[socket.socket] = []
     try:
-        for _ in range(12):  # headers promising a body that never comes
-            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-            stalled.append(s)
-        def hung_up() -> int:   # readable with nothing to read (or reset): the server closed it
-            count = 0
-            for s in select.select(stalled, [], [], 0)[0]:
-                try:
-                    count += s.recv(1, socket.MSG_PEEK) == b""
-                except ConnectionError:
-                    count += 1
-            return count
-
-        # the server hangs up on those past the cap (when it gets to them), and holds the rest
-        wait_for(lambda: hung_up() >= 8, "the server to hang up on the connections past its cap")
-        assert hung_up() == 8
-
-        def served() -> bool:
-            try:
-                return _proxy(srv).echo("back") == "back"
-            except (ConnectionError, xmlrpc.client.ProtocolError, http.client.HTTPException):
-                return False
-
-        for s in stalled:
-            s.close()
-        wait_for(served, "calls to be served again once the stalled clients are gone")
+        for n in range(10):
+            idle.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+            wait_for(lambda n=n: srv.connections_being_read() == min(n + 1, 4), "the server to read the connection")
+        wait_for(lambda: all(_hung_up(s) for s in idle[:6]), "the six most idle connections to be dropped")
+        assert not any(_hung_up(s) for s in idle[6:])
+        assert _proxy(srv).echo("still served") == "still served"
+        assert sum(_hung_up(s) for s in idle[6:]) == 1  # the real call took the place of the oldest
     finally:
-        for s in stalled:
+        for s in idle:
             s.close()
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "x-gzip"])
+def test_an_encoded_body_is_refused_without_inflating(server, encoding):
+    body = gzip.compress(xmlrpc.client.dumps(("x" * 100_000,), "echo").encode())
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("POST", "/", body=body, headers={"Content-Type": "text/xml", "Content-Encoding": encoding})
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 415
+    assert server.calls == []
+    assert _proxy(server).echo("after") == "after"
+
+
+def test_a_request_past_the_slots_is_answered_503(server):
+    """Slots are taken by complete requests only; with none free the caller is told at once."""
+    for _ in range(rpcserver.MAX_CONCURRENT_REQUESTS):
+        assert server._slots.acquire(blocking=False)
+    try:
+        with pytest.raises(xmlrpc.client.ProtocolError) as info:
+            _proxy(server).echo("x")
+        assert info.value.errcode == 503
+    finally:
+        for _ in range(rpcserver.MAX_CONCURRENT_REQUESTS):
+            server._slots.release()
+    assert _proxy(server).echo("x") == "x"

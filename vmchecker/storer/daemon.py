@@ -30,7 +30,7 @@ from vmchecker.storer import outcomes
 from vmchecker.storer.courses import Course, Courses, tester_done_dir
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, Journal, check_key
-from vmchecker.storer.rpcserver import RestrictedServer, anyone, loopback_or
+from vmchecker.storer.rpcserver import REQUEST_DEADLINE, RestrictedServer, anyone, loopback_or
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,9 @@ class StorerDaemon(Service):
 
     def __init__(self, global_config: Path | str | None = None, *, listen: str | None = None,
                  state_dir: Path | str | None = None, poll: float = 2.0, pid_file: Path | str | None = None,
-                 saved_sweep: float = 300.0, once: bool = False):
-        """``once``: drain and return (``--once``); see :meth:`serve`."""
+                 saved_sweep: float = 300.0, once: bool = False, rpc_deadline: float = REQUEST_DEADLINE):
+        """``once``: drain and return (``--once``); see :meth:`serve`. ``rpc_deadline``: seconds
+        a caller has to send its whole request (tests make it short)."""
         super().__init__(pid_file=pid_file, once=once)
         glob = config.load_global(global_config)
         self.global_path = glob.path
@@ -73,7 +74,7 @@ class StorerDaemon(Service):
         self.dispatcher = Dispatcher(self.journal, self.courses, self.state_dir / "bundles", poll=poll,
                                      sweep=self.queue_saved_submissions, sweep_every=saved_sweep)
         self._local_rule = loopback_or(self._storer_addresses)
-        self.server = RestrictedServer(self.listen)
+        self.server = RestrictedServer(self.listen, request_deadline=rpc_deadline)
         self.server.register(rpc.QUEUE_TASK, self.queue_task, self.is_local_caller)
         self.server.register(rpc.STATUS, self.status, self.is_local_caller)
         self.server.register(rpc.NOTIFY, self.notify, anyone)  # checks the caller per job
