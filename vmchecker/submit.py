@@ -189,9 +189,9 @@ def _check_window(course: CourseConfig, task: Assignment, when: dt.datetime) -> 
 def _check_interval(repo: Repository, task: Assignment, account: str, when: dt.datetime) -> None:
     """Refuse within ``min_interval`` of the account's last upload, stored or refused
     while unpacking."""
+    stored = [s.upload_time for s in repo.history(task.id, account)]   # read always: a broken one stops here
     if task.min_interval <= 0:
         return
-    stored = [s.upload_time for s in repo.history(task.id, account)]
     refused = _last_refused(repo, task, account)
     if not stored and refused is None:
         return

@@ -5,6 +5,7 @@
                    [--ldap-bind-dn DN --ldap-bind-password-file FILE]
                    [--ldap-cache FILE] [--ldap-cache-days 7]]
                   [--secret-file FILE] [--secure-cookies] [--trusted-proxy ADDR] [--threads 8]
+                  [--connection-limit 100] [--channel-timeout 30]
 
     vmchecker-web --users FILE --add-user NAME < password
 
@@ -17,6 +18,12 @@ Behind a reverse proxy every request comes from the proxy's address, so login
 throttling per address would be one bucket shared by everybody. ``--trusted-proxy ADDR``
 names the proxy: for requests from ADDR (only) the client's address is taken from the
 last hop of ``X-Forwarded-For``; from anyone else that header is removed unread.
+
+A request body may be as large as the largest upload any course accepts (the largest
+``max_submission_size``, read at start: restart after raising one) plus
+:data:`FORM_MARGIN` for the form around it; a larger Content-Length is answered 413
+before the body is read, and a large body without a session 401
+(:mod:`vmchecker.storer.web.gate`).
 """
 
 from __future__ import annotations
@@ -29,12 +36,10 @@ import secrets
 import sys
 from pathlib import Path
 
-import waitress
-
 from vmchecker import config, confparse
 from vmchecker.cli import common
-from vmchecker.errors import VmcheckerError
-from vmchecker.storer.web import create_app
+from vmchecker.errors import ConfigError, NotFound, VmcheckerError
+from vmchecker.storer.web import create_app, gate
 from vmchecker.storer.web.ldapauth import LdapSettings
 from vmchecker.storer.web.passwords import PasswordFile
 
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PROG = "vmchecker-web"
 DEFAULT_LISTEN = "127.0.0.1:8080"
+FORM_MARGIN = 1024 * 1024   # a multipart form's bytes beyond the archive it carries
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -77,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                         " for all); the header is removed from every other request. Default: no proxy,"
                         " the header is never trusted")
     p.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
+    p.add_argument("--connection-limit", type=int, default=gate.CONNECTION_LIMIT,
+                   help=f"open connections at most (default {gate.CONNECTION_LIMIT})")
+    p.add_argument("--channel-timeout", type=int, default=gate.CHANNEL_TIMEOUT,
+                   help=f"seconds a silent connection is kept (default {gate.CHANNEL_TIMEOUT})")
     ldap = p.add_argument_group("LDAP")
     ldap.add_argument("--ldap-url", metavar="URL", help="ldap://HOST:PORT or ldaps://HOST:PORT")
     ldap.add_argument("--ldap-base", metavar="DN", help="search base for users")
@@ -136,10 +146,25 @@ def add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def max_request_body(glob: config.GlobalConfig) -> int:
+    """The largest upload any course's assignment accepts, plus the form around it.
+    A course that does not load is left out (its pages say why)."""
+    largest = 0
+    for course_id in glob.courses:
+        try:
+            course = config.find_course(course_id, glob.path)
+        except (ConfigError, NotFound) as exc:
+            log.warning("course %s left out of the upload size limit: %s", course_id, exc.message)
+            continue
+        largest = max([largest, *(a.max_submission_size for a in course.assignments.values())])
+    return largest + FORM_MARGIN
+
+
 def serve(args: argparse.Namespace) -> int:
-    config.load_global(args.config)  # a broken global file stops us here, not on the first page
+    glob = config.load_global(args.config)  # a broken global file stops us here, not on the first page
+    max_body = max_request_body(glob)
     app = create_app(args.config, args.users, ldap_settings(args), read_secret(args.secret_file),
-                     secure_cookies=args.secure_cookies)
+                     secure_cookies=args.secure_cookies, max_body=max_body)
     host, port = args.listen
     shown = f"[{host}]" if ":" in host else host
     print(f"{PROG}: serving http://{shown}:{port}/", flush=True)
@@ -148,7 +173,8 @@ def serve(args: argparse.Namespace) -> int:
         proxy = {"trusted_proxy": args.trusted_proxy, "trusted_proxy_headers": {"x-forwarded-for"},
                  "clear_untrusted_proxy_headers": True}
         log.info("trusting X-Forwarded-For from %s", args.trusted_proxy)
-    waitress.serve(app, host=host, port=port, threads=args.threads, ident=PROG, **proxy)
+    gate.serve(app, host, port, max_body, PROG, threads=args.threads, connection_limit=args.connection_limit,
+               channel_timeout=args.channel_timeout, **proxy)
     return 0
 
 

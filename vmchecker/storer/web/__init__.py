@@ -38,9 +38,10 @@ SECURITY_HEADERS = {
 def create_app(global_config_path: Path | str | None, users_file: Path | str | None,
                ldap_settings: LdapSettings | None = None, secret_key: str | bytes | None = None,
                throttle_limits: Limits | None = None, secure_cookies: bool = False,
-               daemon_timeout: float = 2.0) -> Flask:
+               daemon_timeout: float = 2.0, max_body: int = MAX_UPLOAD_BYTES) -> Flask:
     """The WSGI application. ``secret_key`` signs the session cookies: without one a random
-    key is made, and every session ends when the process does."""
+    key is made, and every session ends when the process does. ``max_body`` caps a
+    request's body (``vmchecker-web``: the largest upload plus its form)."""
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=secret_key or secrets.token_bytes(32),
@@ -49,7 +50,7 @@ def create_app(global_config_path: Path | str | None, users_file: Path | str | N
         SESSION_COOKIE_SECURE=secure_cookies,
         SESSION_COOKIE_NAME="vmchecker_session",
         PERMANENT_SESSION_LIFETIME=auth.SESSION_LIFETIME,   # the cookie's; the login's own age is checked too
-        MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,
+        MAX_CONTENT_LENGTH=max_body,
     )
     app.extensions["vmchecker_settings"] = WebSettings(config.global_config_path(global_config_path),
                                                        daemon_timeout)

@@ -169,6 +169,15 @@ def current_user() -> str | None:
     return g.session_user
 
 
+LOGIN_MARK = "vmchecker_login_required"   # on a view: True for the API's 401, False for a redirect
+
+
+def _anonymous(api: bool) -> Any:
+    if api:
+        abort(401)
+    return redirect(url_for("pages.login", next=request.full_path))
+
+
 def login_required(api: bool = False) -> Callable:
     """Pages send an anonymous visitor to the login page; the API answers 401."""
     def decorate(view: Callable) -> Callable:
@@ -176,14 +185,25 @@ def login_required(api: bool = False) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             user = current_user()
             if user is None:
-                if api:
-                    abort(401)
-                return redirect(url_for("pages.login", next=request.full_path))
+                return _anonymous(api)
             g.user = user
             return view(*args, **kwargs)
+        setattr(wrapper, LOGIN_MARK, api)
         return wrapper
     return decorate
 
 
+def _login_before_body() -> Any:
+    """Refuse an anonymous request to a login-only view before anything reads its body
+    (the CSRF check parses the form: for an upload, a multipart body)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    api = getattr(view, LOGIN_MARK, None)
+    if api is None or current_user() is not None:
+        return None
+    return _anonymous(api)
+
+
 def init_app(app: Flask, auth: Authenticator) -> None:
+    """Called before the CSRF hook is installed, so the login check runs first."""
     app.extensions["vmchecker_auth"] = auth
+    app.before_request(_login_before_body)
