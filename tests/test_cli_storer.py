@@ -77,9 +77,10 @@ def test_submit_refusals_exit_3_with_the_reason(course: CourseConfig, glob: Path
     text.write_text("hello\n")
     cases = [
         (["--upload-time", "2026-07-02 00:00:00", "so", "1-hello", "bob", good], "closed at 2026-06-30 23:59:00"),
-        (["--upload-time", IN_WINDOW, "so", "1-hello", "bob", hostile], "archive refused: archive member"),
         (["--upload-time", IN_WINDOW, "so", "1-hello", "bob", text], "not a zip or tar.gz archive"),
         (["--upload-time", IN_WINDOW, "so", "2-none", "bob", good], "has no assignment '2-none'"),
+        # last: an archive refused while unpacking counts toward the minimum interval
+        (["--upload-time", IN_WINDOW, "so", "1-hello", "bob", hostile], "archive refused: archive member"),
     ]
     for args, message in cases:
         done = run("submit", *args, env_config=glob)

@@ -36,11 +36,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmchecker import fsutil
-from vmchecker.archive import safe_extract
+from vmchecker.archive import detect_format, safe_extract
 from vmchecker.config import Assignment, CourseConfig
 from vmchecker.confparse import format_datetime, parse_datetime
 from vmchecker.contract import ARCHIVE, GRADE_VMR, SUBMISSION_CONFIG, SubmissionStatus
-from vmchecker.errors import ArchiveError, NotFound, SubmissionRefused, VmcheckerError
+from vmchecker.errors import NotFound, SubmissionRefused, VmcheckerError
 from vmchecker.repo import (
     CURRENT,
     Repository,
@@ -86,12 +86,8 @@ def submit(
         _check_interval(repo, task, account, when)
     _check_quota(course, account_usage(repo, account), size)
     data = _read_upload(archive, task)
-    try:
-        incoming = _prepare_incoming(repo.root, data)
-    except ArchiveError:
-        if not skip_time_checks:
-            _mark_refused(repo, task, account, upload_time or _now())
-        raise
+    refused = None if skip_time_checks else lambda: _mark_refused(repo, task, account, upload_time or _now())
+    incoming = _prepare_incoming(repo.root, data, refused)
     try:
         with repo.lock(assignment):
             sub = _store(repo, task, account, incoming, len(data), upload_time, skip_time_checks)
@@ -257,16 +253,24 @@ def _check_quota(course: CourseConfig, used: int, adding: int) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def _prepare_incoming(repo_root: Path, data: bytes) -> Path:
-    """Write and unpack the upload in a fresh folder of the repository root."""
+def _prepare_incoming(repo_root: Path, data: bytes, on_unpack_refused: Callable[[], None] | None) -> Path:
+    """Write and unpack the upload in a fresh folder of the repository root.
+    ``on_unpack_refused`` is called when a zip or tar is refused while unpacking (the
+    costly refusal; a file that is no archive at all costs nothing)."""
     repo_root.mkdir(parents=True, exist_ok=True)
     incoming = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=repo_root))
     try:
         os.chmod(incoming, 0o755)
         fsutil.write_atomic(incoming / ARCHIVE, data)
         try:
+            detect_format(incoming / ARCHIVE)
+        except SubmissionRefused as exc:
+            raise type(exc)(f"archive refused: {exc.message}") from None
+        try:
             safe_extract(incoming / ARCHIVE, incoming / "files")
         except SubmissionRefused as exc:
+            if on_unpack_refused is not None:
+                on_unpack_refused()
             raise type(exc)(f"archive refused: {exc.message}") from None
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
