@@ -1,0 +1,423 @@
+"""Nothing is lost or graded twice while the daemon, queue managers, sshds and links fail.
+
+The two-tester namespace lab of tests/test_end_to_end.py, everything real: the storer
+daemon on our bridge's address, two tester namespaces each with its own sshd and queue
+manager running LXC guests, submissions through ``vmchecker-submit`` (a correct hello,
+graded by the current contract: run.sh writes ``$VMCHECKER_GRADE``). A stream of
+submissions (at most ``--max-in-flight`` not final at once, so a backlog never hides the
+faults) runs while one fault at a time strikes at random moments (seeded RNG, the seed
+printed first):
+
+* kill -9 of the storer daemon, restarted at once;
+* kill -9 of a tester's queue manager, restarted at once;
+* kill -9 of a tester's sshd listener, restarted after a pause (its open sessions live on,
+  as OpenSSH's do);
+* a tester's link cut (``ip link set eth0 down`` in its namespace), up after a pause.
+
+The first three count as ``kills``, the last as ``outages``. Then it waits (bounded) until
+every submission is final and checks each one.
+
+Definitions (the last line's figures):
+
+* ``final``: the submission's status is ``done`` or ``error``.
+* ``lost``: a submission that is not ``done`` with its results intact: still not final at
+  the end, ended in ``error``, ``results/result.json`` missing or not an account of a
+  complete run (:func:`vmchecker.evidence.failure_reason`), ``run-stdout.vmr`` without
+  the program's PASS, or a final ``grade.vmr`` that is a failure line (the hello is correct,
+  so anything but full points is a loss the faults caused).
+* ``graded_twice``: a submission whose results landed more than once from different runs:
+  the journal holds more than one job in ``done`` for it, or the daemon's log says
+  ``job <id> done`` more than once for its job (each is one journal ``sent -> done``,
+  written after the results moved into ``results/``), or a ``results.N`` folder exists
+  (results moved aside). A notify repeated after a lost answer for the same run is not a
+  second grade (the same files land again and the journal says ``done`` once).
+* ``recovery_max_s``: for each fault, the time from the restart (or the link coming up)
+  until every submission not final at that moment is final; the largest over all faults
+  (polled every 0.25 s). A fault whose submissions never became final counts until the end
+  of the final wait.
+
+Network rule: every address used is in the lab's own bridge or namespaces, checked with the
+lab's route helper before traffic and again after each link comes up. Everything made is
+removed at the end, also on failure: namespaces, sshds, queue managers, the daemon, job
+clones left by a killed queue manager, the temporary folder.
+
+Run as root from the repository root: ``.venv/bin/python bench/chaos.py [--quick]``.
+Ends with ``submitted=... final=... lost=... graded_twice=... kills=... outages=...
+recovery_max_s=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml  # noqa: E402
+
+from tests.lab import lxc_unusable, netns, sshd  # noqa: E402
+from tests.test_end_to_end import BASE, RUN_SH, LabTester, Storer  # noqa: E402
+from tests.util import HELLO_C, HELLO_MAKEFILE, make_zip  # noqa: E402
+from vmchecker import config, evidence, repo  # noqa: E402
+from vmchecker.contract import GRADE_VMR, RESULT_JSON  # noqa: E402
+from vmchecker.storer.outcomes import read_result  # noqa: E402
+
+ASSIGNMENT = "1-hello"
+POLL = 0.25
+FINAL = ("done", "error")
+DONE_LINE = re.compile(r"job (\S+) done on \S+ in ")   # the daemon's line, once per sent -> done
+
+
+@dataclass
+class Sub:
+    """One submission and when it was first seen final."""
+
+    account: str
+    path: Path
+    submitted: float
+    final_at: float | None = None
+    status: str = "saved"
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    back_at: float                 # restart / link up (monotonic)
+    pending: list[Sub] = field(default_factory=list)
+
+    def recovery(self, end: float) -> float:
+        times = [(s.final_at if s.final_at is not None else end) - self.back_at for s in self.pending]
+        return max([0.0, *times])
+
+
+class Tracker:
+    """Watches every submission's status from its folder (a thread polling grade.vmr)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.subs: list[Sub] = []
+
+    def add(self, sub: Sub) -> None:
+        with self.lock:
+            self.subs.append(sub)
+
+    def not_final(self) -> list[Sub]:
+        with self.lock:
+            return [s for s in self.subs if s.final_at is None]
+
+    def poll_once(self) -> None:
+        for sub in self.not_final():
+            try:
+                status = repo.load_submission(sub.path).status().value
+            except Exception:   # a half-written folder: look again next time
+                continue
+            sub.status = status
+            if status in FINAL:
+                sub.final_at = time.monotonic()
+
+    def watch(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.poll_once()
+            stop.wait(POLL)
+
+
+class Lab:
+    """The storer, two testers and the course, built like tests/test_end_to_end.py's lab."""
+
+    def __init__(self, network: netns.LabNetwork, root: Path, retry_delay: float):
+        from tests.util import free_port
+
+        self.network, self.root, self.retry_delay = network, root, retry_delay
+        self.storer = Storer(root, network.gateway, free_port(network.gateway))
+        self.testers: list[LabTester] = []
+        self.qm_pids: set[int] = set()
+
+    def build(self) -> None:
+        """The course, the testers' sshds, and the checked routes between them."""
+        network, root = self.network, self.root
+        course_dir = self.storer.init_course()
+        pub = (course_dir / "keys" / "id_ed25519.pub").read_text().strip()
+        for name in ("t1", "t2"):
+            self.testers.append(LabTester(network, name, self.storer.url, pub, root))
+        for t in self.testers:
+            network.check_route(t.host.address)
+            t.host.check_route(network.gateway)
+        (course_dir / "keys" / "known_hosts").write_text("".join(t.ssh.host_key_line() + "\n" for t in self.testers))
+        (course_dir / "build.sh").write_text("#!/bin/bash\nset -e\nmake\n")
+        (course_dir / "run.sh").write_text(RUN_SH)
+        data = yaml.safe_load((course_dir / "config.yaml").read_text())
+        data["storer"].update(daemon=self.storer.url, retry_delay=self.retry_delay)
+        data["course"]["open_to_all_users"] = True
+        data["testers"] = {t.name: t.course_entry() for t in self.testers}
+        data["machines"] = {"linux": {"type": "lxc", "vm": BASE, "testers": [t.name for t in self.testers],
+                                      "limits": {"memory_mb": 256, "pids": 128, "cpus": 1, "output_kb": 64}}}
+        data["assignments"] = {"defaults": {"timeout": 30, "min_interval": 0},
+                               ASSIGNMENT: {"deadline": "2030-01-01 00:00:00", "machine": "linux"}}
+        (course_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        config.load_course(course_dir / "config.yaml")
+        self.hello = make_zip(root / "hello.zip", {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE})
+
+    def start(self) -> None:
+        self.storer.start()
+        for t in self.testers:
+            self.start_qm(t)
+
+    def start_qm(self, t: LabTester) -> None:
+        t.start()
+        assert t.proc is not None
+        self.qm_pids.add(t.proc.pid)
+
+    def submit(self) -> Sub:
+        account = self.storer.submit(ASSIGNMENT, self.hello)
+        path = self.storer.submission(ASSIGNMENT, account).path
+        return Sub(account, path, time.monotonic())
+
+    def close(self) -> None:
+        for t in self.testers:
+            try:
+                t.close()
+            except Exception as exc:   # keep closing the rest
+                print(f"closing tester {t.name}: {exc}", file=sys.stderr)
+        self.storer.close()
+        _destroy_our_clones(self.qm_pids)
+
+
+def _destroy_our_clones(owners: set[int]) -> None:
+    """Job clones a killed queue manager of ours left (their name carries its pid)."""
+    names = subprocess.run(["lxc-ls", "-1"], capture_output=True, text=True).stdout.split()
+    ours = [n for n in names if (m := re.match(r"^vmck-[A-Za-z0-9]*-(\d+)-[0-9a-f]+$", n)) and int(m[1]) in owners]
+    if not ours:
+        return
+    from vmchecker.executor.lxc import LxcHost
+
+    host = LxcHost()
+    for name in ours:
+        print(f"removing job clone {name} left by a killed queue manager", file=sys.stderr)
+        try:
+            host.destroy_clone(name)
+        except Exception as exc:
+            print(f"could not remove {name}: {exc}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def strike(lab: Lab, kind: str, rng: random.Random, pause: tuple[float, float]) -> tuple[str, float]:
+    """Do one fault and undo it; (target, the moment it was undone)."""
+    if kind == "kill_storer":
+        lab.storer.kill(signal.SIGKILL)
+        lab.storer.start()
+        return "storer", time.monotonic()
+    t = rng.choice(lab.testers)
+    if kind == "kill_qm":
+        t.kill(signal.SIGKILL)
+        lab.start_qm(t)
+    elif kind == "kill_sshd":
+        listener = t.ssh._proc
+        assert listener is not None
+        listener.send_signal(signal.SIGKILL)
+        listener.wait(30)
+        time.sleep(rng.uniform(*pause))
+        t.ssh.start()
+    elif kind == "outage":
+        t.host.link_down()
+        time.sleep(rng.uniform(*pause))
+        t.host.link_up()
+        t.host.check_route(lab.network.gateway)
+    else:
+        raise ValueError(kind)
+    return t.name, time.monotonic()
+
+
+def chaos(lab: Lab, tracker: Tracker, args: argparse.Namespace, rng: random.Random, faults: list[Fault],
+          done: threading.Event) -> None:
+    kinds = ["kill_storer", "kill_qm", "kill_sshd"] * (args.kills // 3 + 1)
+    plan = kinds[:args.kills] + ["outage"] * args.outages
+    rng.shuffle(plan)
+    try:
+        for i, kind in enumerate(plan, 1):
+            time.sleep(rng.uniform(args.gap_min, args.gap_max))
+            target, back = strike(lab, kind, rng, (args.pause_min, args.pause_max))
+            faults.append(Fault(kind, target, back, tracker.not_final()))
+            print(f"[{i}/{len(plan)}] {kind} {target}", flush=True)
+    finally:
+        done.set()
+
+
+def submitter(lab: Lab, tracker: Tracker, args: argparse.Namespace, stop: threading.Event) -> None:
+    gaps = random.Random(args.seed + 1)   # its own stream: the faults' plan does not depend on its pace
+    while not stop.is_set() and len(tracker.subs) < args.jobs:
+        stop.wait(gaps.uniform(0, 2 * args.submit_gap))
+        if len(tracker.not_final()) >= args.max_in_flight:
+            stop.wait(POLL)
+            continue
+        try:
+            tracker.add(lab.submit())
+        except AssertionError as exc:   # refused at upload: the student was told, nothing to grade
+            print(f"submit refused: {exc}", flush=True)
+            stop.wait(1)
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def check(lab: Lab, tracker: Tracker) -> dict[str, list[str]]:
+    """Every submission's problems, by kind (see the module's definitions)."""
+    problems: dict[str, list[str]] = collections.defaultdict(list)
+    done_lines = collections.Counter(DONE_LINE.findall((lab.root / "daemon.log").read_text(errors="replace")))
+    db = sqlite3.connect(f"file:{lab.root / 'state' / 'journal.db'}?mode=ro", uri=True)
+    rows = db.execute("SELECT account, state, COUNT(*) FROM jobs GROUP BY account, state").fetchall()
+    db.close()
+    done_rows = {account: n for account, state, n in rows if state == "done"}
+    for sub in tracker.subs:
+        s = repo.load_submission(sub.path)
+        status = s.status().value
+        if status not in FINAL:
+            problems["not_final"].append(sub.account)
+        elif status == "error":
+            problems["error"].append(sub.account)
+        else:
+            result = read_result(s.results_dir / RESULT_JSON)
+            grade = (s.results_dir / GRADE_VMR).read_text(errors="replace")
+            stdout = s.results_dir / "run-stdout.vmr"
+            if result is None or evidence.failure_reason(result) is not None:
+                problems["results_broken"].append(sub.account)
+            elif grade.lstrip().startswith("-") or not stdout.exists() or "PASS" not in stdout.read_text():
+                problems["wrong_grade"].append(sub.account)
+        if done_rows.get(sub.account, 0) > 1 or done_lines.get(s.info.job_id or "", 0) > 1 or s.earlier_results():
+            problems["graded_twice"].append(sub.account)
+    return problems
+
+
+def journal_note(lab: Lab, account: str) -> str:
+    db = sqlite3.connect(f"file:{lab.root / 'state' / 'journal.db'}?mode=ro", uri=True)
+    row = db.execute("SELECT state, tester, attempts, reasons FROM jobs WHERE account = ?", (account,)).fetchone()
+    db.close()
+    return f"journal: {row}" if row else "no journal row"
+
+
+# ---------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 1-2 minute run: 8 kills, 2 outages")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=300, help="at most this many submissions")
+    parser.add_argument("--submit-gap", type=float, default=1.5, help="mean seconds between submissions")
+    parser.add_argument("--kills", type=int, default=51)
+    parser.add_argument("--outages", type=int, default=10)
+    parser.add_argument("--gap-min", type=float, default=2.0, help="seconds between faults, at least")
+    parser.add_argument("--gap-max", type=float, default=8.0)
+    parser.add_argument("--pause-min", type=float, default=2.0, help="an sshd or link down this long, at least")
+    parser.add_argument("--pause-max", type=float, default=10.0)
+    parser.add_argument("--max-in-flight", type=int, default=4)
+    parser.add_argument("--retry-delay", type=float, default=1.0, help="the course's storer.retry_delay")
+    parser.add_argument("--keep", action="store_true", help="keep the logs' folder (printed)")
+    parser.add_argument("--final-wait", type=float, default=300.0, help="seconds to wait for the last jobs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.kills, args.outages, args.jobs, args.submit_gap = 8, 2, min(args.jobs, 40), 1.0
+        args.gap_min, args.gap_max, args.pause_max = 2.0, 5.0, 6.0
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 32)
+    return args
+
+
+def run(args: argparse.Namespace, network: netns.LabNetwork, root: Path) -> int:
+    rng = random.Random(args.seed)
+    lab = Lab(network, root, args.retry_delay)
+    tracker, faults = Tracker(), []
+    stop_watch, chaos_done = threading.Event(), threading.Event()
+    try:
+        lab.build()
+        lab.start()
+        watcher = threading.Thread(target=tracker.watch, args=(stop_watch,), daemon=True)
+        watcher.start()
+        feeder = threading.Thread(target=submitter, args=(lab, tracker, args, chaos_done), daemon=True)
+        feeder.start()
+        started = time.monotonic()
+        chaos(lab, tracker, args, rng, faults, chaos_done)
+        feeder.join()
+        print(f"faults over in {time.monotonic() - started:.0f} s; waiting for {len(tracker.not_final())}"
+              " submission(s) to be final", flush=True)
+        deadline = time.monotonic() + args.final_wait
+        while tracker.not_final() and time.monotonic() < deadline:
+            time.sleep(POLL)
+        end = time.monotonic()
+        stop_watch.set()
+        watcher.join()
+        problems = check(lab, tracker)
+    finally:
+        stop_watch.set()
+        lab.close()
+    return report(lab, args, tracker, faults, problems, end, started)
+
+
+def report(lab: Lab, args: argparse.Namespace, tracker: Tracker, faults: list[Fault],
+           problems: dict[str, list[str]], end: float, started: float) -> int:
+    subs = tracker.subs
+    final = sum(1 for s in subs if s.status in FINAL)
+    lost = len({a for kind, accounts in problems.items() if kind != "graded_twice" for a in accounts})
+    for kind, accounts in problems.items():
+        print(f"{kind}: {len(accounts)} {' '.join(accounts[:10])}")
+        for account in accounts[:3]:
+            print(f"  {account}: {journal_note(lab, account)}")
+    kills = sum(1 for f in faults if f.kind != "outage")
+    outages = len(faults) - kills
+    by_kind = collections.defaultdict(list)
+    for f in faults:
+        by_kind[f.kind].append(f.recovery(end))
+    for kind, times in sorted(by_kind.items()):
+        print(f"recovery {kind}: n={len(times)} median={sorted(times)[len(times) // 2]:.1f} s max={max(times):.1f} s")
+    slowest = sorted(faults, key=lambda f: f.recovery(end), reverse=True)[:3]
+    for f in slowest:
+        late = max(f.pending, key=lambda s: s.final_at or end, default=None)
+        note = f"; last {late.account} ({journal_note(lab, late.account)})" if late else ""
+        print(f"slow recovery: {f.kind} {f.target} {f.recovery(end):.1f} s, {len(f.pending)} in flight{note}")
+    latencies = sorted((s.final_at or end) - s.submitted for s in subs)
+    if latencies:
+        print(f"latency submit->final: median={latencies[len(latencies) // 2]:.1f} s max={latencies[-1]:.1f} s;"
+              f" run {end - started:.0f} s; seed={args.seed}")
+    recovery_max = max([0.0, *(f.recovery(end) for f in faults)])
+    print(f"submitted={len(subs)} final={final} lost={lost} graded_twice={len(problems.get('graded_twice', []))} "
+          f"kills={kills} outages={outages} recovery_max_s={recovery_max:.1f}")
+    return 0 if lost == 0 and not problems.get("graded_twice") else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    print(f"seed={args.seed} kills={args.kills} outages={args.outages} jobs<={args.jobs}", flush=True)
+    reason = netns.available() or sshd.available() or lxc_unusable(BASE)
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="vmck-bench-chaos-"))
+    try:
+        with netns.LabNetwork() as network:
+            return run(args, network, root)
+    finally:
+        left = netns.leftovers() + sshd.leftovers()
+        if left:
+            print(f"left behind: {left}", file=sys.stderr)
+        if args.keep:
+            print(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
