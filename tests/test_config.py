@@ -129,3 +129,19 @@ def test_parse_size_and_datetime():
     assert confparse.parse_datetime("2026-03-01 23:55:00") == dt.datetime(2026, 3, 1, 23, 55)
     with pytest.raises(ValueError):
         confparse.parse_datetime("2026-03-01")
+
+
+def test_tester_notifies_where_the_bundle_says_and_falls_back_to_its_own_key(tmp_path, caplog):
+    """One address: the storer's bundles carry its daemon's URL; tester.storer_daemon is
+    only for a bundle that carries none, and a disagreement is logged with both values."""
+    from vmchecker import tester_config
+
+    path = tmp_path / "tester.yaml"
+    path.write_text(yaml.safe_dump({"tester": {"storer_daemon": "http://10.0.0.1:1/"}}))
+    cfg = tester_config.load_tester(path)
+    assert cfg.notify_url("") == "http://10.0.0.1:1/"
+    with caplog.at_level("WARNING"):
+        assert cfg.notify_url("http://10.0.0.9:19999/") == "http://10.0.0.9:19999/"
+    assert "bundles say notify http://10.0.0.9:19999/" in caplog.text and "storer_daemon http://10.0.0.1:1/" in caplog.text
+    path.write_text(yaml.safe_dump({"tester": {}}))
+    assert tester_config.load_tester(path).notify_url("http://10.0.0.9:19999/") == "http://10.0.0.9:19999/"

@@ -17,7 +17,7 @@ import pytest
 from werkzeug.datastructures import FileStorage
 
 from tests.fixtures import RunningDaemon
-from tests.util import free_port, make_zip, zip_bytes
+from tests.util import make_zip, zip_bytes
 from tests.web.helpers import HELLO, open_course
 from vmchecker import config, fsutil, grades, rpc
 from vmchecker.cli import resubmit
@@ -36,7 +36,7 @@ def course_and_daemon(tmp_path: Path, running_daemon, monkeypatch) -> tuple[conf
     """Course ``so`` whose ``1-hello`` is submit-only and ``0-past`` is tested, served by
     the real daemon (its ``storer.daemon`` points at it)."""
     root = tmp_path / "up"
-    open_course(root, f"http://127.0.0.1:{free_port()}/", testers=TESTERS)   # the daemon needs the files
+    open_course(root, "", testers=TESTERS)   # the daemon needs the files (no storer.daemon: its own address)
     daemon = running_daemon(root / "global.yaml")
     course = open_course(root, daemon.url, testers=TESTERS, submit_only=True)
     monkeypatch.setenv("VMCHECKER_CONFIG", str(root / "global.yaml"))

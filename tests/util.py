@@ -31,7 +31,6 @@ COURSE_YAML = textwrap.dedent("""\
       students: [bob, carol]
       public_results: true
     storer:
-      daemon: http://127.0.0.1:19999/
       ssh_key: keys/id_ed25519
       known_hosts: keys/known_hosts
     testers:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmchecker.confparse import Size, When, build, read_yaml
+from vmchecker.confparse import Size, When, build, parse_host_port, read_yaml
 from vmchecker.contract import ACCOUNT_RE
 from vmchecker.errors import ConfigError, NotFound
 
@@ -74,7 +74,10 @@ class CourseInfo:
 
 @dataclass(frozen=True)
 class StorerSettings:
-    daemon: str = "http://127.0.0.1:19999/"
+    # Where testers call notify() and local commands queue_task(). Empty (the default):
+    # the URL of the global file's daemon.listen, so the address is written in one place;
+    # the daemon refuses a course whose value does not reach its listen address.
+    daemon: str = ""
     ssh_key: str = "keys/id_ed25519"
     known_hosts: str = "keys/known_hosts"
     queue_task_from: list[str] = field(default_factory=list)
@@ -245,6 +248,15 @@ class GlobalConfig:
     path: Path
     courses: dict[str, Path]
     daemon: DaemonSettings
+
+    @property
+    def daemon_url(self) -> str:
+        """The daemon's URL, from ``daemon.listen``: what a course without
+        ``storer.daemon`` uses."""
+        try:
+            return daemon_url(self.daemon.listen)
+        except ValueError as exc:
+            raise ConfigError(self.path, "daemon.listen", str(exc)) from None
 
     def course_path(self, course_id: str) -> Path:
         try:
@@ -487,4 +499,34 @@ def find_course(course_id: str, global_path: Path | str | None = None) -> Course
     if config.id != course_id:
         raise ConfigError(config.path, "course.id",
                           f"is {config.id!r} but {glob.path} registers this file as {course_id!r}")
+    if not config.storer.daemon:
+        try:
+            config = with_daemon_url(config, glob.daemon_url)
+        except ConfigError as exc:  # only a call to the daemon needs it, and fails saying so
+            log.debug("course %s has no daemon URL: %s", course_id, exc.message)
     return config
+
+
+# --------------------------------------------------------------------------- the daemon's address
+
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+
+def daemon_url(listen: str) -> str:
+    """``http://HOST:PORT/`` for a listen address ``HOST:PORT``. ValueError for a bad
+    address or a wildcard host, which no client can call."""
+    host, port = parse_host_port(listen)
+    if host in WILDCARD_HOSTS:
+        raise ValueError(f"{listen} listens on every address, so it does not say which one testers call:"
+                         " listen on the address they reach, or set storer.daemon in each course")
+    return f"http://{join_host_port(host, port)}/"
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets: the inverse of parse_host_port."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def with_daemon_url(config: CourseConfig, url: str) -> CourseConfig:
+    """``config`` with ``storer.daemon`` set to ``url``."""
+    return dataclasses.replace(config, storer=dataclasses.replace(config.storer, daemon=url))

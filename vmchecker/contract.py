@@ -39,6 +39,8 @@ STEP_FILES = {"build": ("build-stdout.vmr", "build-stderr.vmr"),
               "run": ("run-stdout.vmr", "run-stderr.vmr"),
               "check": ("check-stdout.vmr", "check-stderr.vmr")}
 RESULT_SUFFIX = ".vmr"
+TESTER_INFO = ".tester.json"               # a tester's own name and slots, in its queue/: written
+                                           #   by its queue manager, checked by the storer
 
 # --------------------------------------------------------------------------- identifiers
 

@@ -10,6 +10,7 @@ config, into frozen objects; errors name the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,13 @@ from typing import Any
 
 from vmchecker.config import Machine, machine_to_dict
 from vmchecker.confparse import build, deep_merge, read_yaml
+from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import ConfigError
+from vmchecker.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
+
+_warned: set[tuple[str, str]] = set()  # (bundle's URL, tester's) pairs already logged
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class TesterSettings:
     done: str = "done"
     slots: int = 2
     executor_timeout: int = 600
+    # Only for a bundle that carries no notify URL (one too broken to read): the storer
+    # puts its daemon's URL in every bundle, and that one is used.
     storer_daemon: str = ""
     state: str = "state"
 
@@ -65,6 +72,29 @@ class TesterConfig:
     def state_dir(self) -> Path:
         return self._dir(self.tester.state)
 
+    def notify_url(self, bundled: str) -> str:
+        """Where to notify the storer for a bundle that says ``bundled``: the bundle's URL
+        (the storer's daemon, written once in its global file), else ``storer_daemon``.
+        Both set and different: the bundle's wins, and the log says so."""
+        fallback = self.tester.storer_daemon
+        if bundled and fallback and bundled != fallback and (bundled, fallback) not in _warned:
+            _warned.add((bundled, fallback))
+            log.warning("the storer's bundles say notify %s, but %s says tester.storer_daemon %s: using the"
+                        " bundle's; remove storer_daemon (or correct it) so the two do not disagree",
+                        bundled, self.path, fallback)
+        return bundled or fallback
+
+    def identity(self) -> dict[str, Any]:
+        """What this tester tells the storer about itself (its queue/TESTER_INFO)."""
+        return {"name": self.tester.name, "slots": self.tester.slots, "config": str(self.path)}
+
+    def publish_identity(self) -> Path:
+        """Write :meth:`identity` into queue/ (the storer's account can read it there), so
+        the storer can check that the course's name and slots for this tester are its own."""
+        path = self.queue_dir / TESTER_INFO
+        write_atomic(path, json.dumps(self.identity(), sort_keys=True) + "\n", 0o644)
+        return path
+
     def machine(self, bundled: Machine) -> Machine:
         """The bundle's machine with this tester's instance overrides applied."""
         overrides = self.machines.get(bundled.name)
@@ -99,3 +129,36 @@ def load_tester(path: Path | str) -> TesterConfig:
             if k not in names:
                 raise ConfigError(path, f"machines.{mname}.{k}", "unknown machine key")
     return TesterConfig(path, tester, {str(k): v for k, v in machines.items()})
+
+
+def parse_identity(raw: bytes | str) -> dict[str, Any] | None:
+    """A tester's published identity (its queue/TESTER_INFO): ``name``, ``slots`` and
+    ``config``; None when it is not one."""
+    try:
+        info = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+        return None
+    slots = info.get("slots")
+    if isinstance(slots, bool) or not isinstance(slots, int):
+        return None
+    return info
+
+
+def identity_disagreement(raw: bytes | str, name: str, slots: int) -> str | None:
+    """How a tester's published identity disagrees with the course's ``name`` and
+    ``slots`` for it, with both values; None when it agrees."""
+    info = parse_identity(raw)
+    if info is None:
+        return f"its {TESTER_INFO} is not valid: restart its queue manager, which writes it"
+    where = f" in {info['config']}" if isinstance(info.get("config"), str) else ""
+    problems = []
+    if info["name"] != name:
+        problems.append(f"the course calls it {name!r} but it calls itself {info['name']!r} (tester.name{where})")
+    if info["slots"] != slots:
+        problems.append(f"the course gives it {slots} slot(s) but it runs {info['slots']} (tester.slots{where})")
+    if not problems:
+        return None
+    return ("; ".join(problems) + ": make the course's testers entry and the tester's config agree"
+            " (then restart the queue manager if its config changed)")

@@ -27,6 +27,7 @@ import pytest
 from tests.tester.helpers import FAKE_COMMAND, KEY, RecordingStorer, make_bundle, make_tester
 from tests.util import free_port, make_zip, pid_alive, wait_for
 from vmchecker import rpc
+from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import RpcError
 from vmchecker.tester import jobs, processes, queue_manager, results
 from vmchecker.tester.notifier import Journal
@@ -108,7 +109,7 @@ def test_once_runs_the_backlog_oldest_first_and_cleans_up(tmp_path):
     for job in ("j1", "j2", "j3"):
         assert_finished(cfg, job, "done")
         assert (cfg.done_dir / job / "run-stdout.vmr").read_text() == f"ran {job}\n"
-    assert sorted(p.name for p in cfg.queue_dir.iterdir()) == [".hidden.zip", "so_1-hello_bob_j9.zip.part"]
+    assert sorted(p.name for p in cfg.queue_dir.iterdir()) == [".hidden.zip", TESTER_INFO, "so_1-hello_bob_j9.zip.part"]
     assert list(cfg.work_dir.iterdir()) == []
 
 
@@ -337,7 +338,7 @@ def test_inotify_picks_up_renamed_and_written_bundles(tmp_path):
                  "both bundles to be run")
     assert_finished(cfg, "j1", "done")
     assert_finished(cfg, "j2", "done")
-    assert [p.name for p in cfg.queue_dir.iterdir()] == ["so_1-hello_bob_j3.zip.part"]
+    assert sorted(p.name for p in cfg.queue_dir.iterdir()) == [TESTER_INFO, "so_1-hello_bob_j3.zip.part"]
     assert not (cfg.done_dir / "j3").exists()
 
 

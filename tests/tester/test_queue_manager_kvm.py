@@ -17,6 +17,7 @@ import pytest
 from tests.executor.kvm_fixtures import kvm_host, kvm_machine  # noqa: F401  (kvm_host is a fixture)
 from tests.tester.helpers import make_bundle, make_tester
 from tests.util import HELLO_C, HELLO_MAKEFILE
+from vmchecker.contract import TESTER_INFO
 from vmchecker.tester import results
 
 pytestmark = pytest.mark.kvm
@@ -39,4 +40,4 @@ def test_kvm_bundle_graded_by_the_queue_manager(tmp_path, kvm_host):  # noqa: F8
     assert result["status"] == "done" and result["backend"] == "kvm" and result["grade_file"] is True, result
     assert "Hello, world!" in (job_dir / "run-stdout.vmr").read_text()
     assert (job_dir / "grade.vmr").read_text() == ""   # the tests' grade file: full points
-    assert list(cfg.queue_dir.iterdir()) == []
+    assert [p.name for p in cfg.queue_dir.iterdir()] == [TESTER_INFO]

@@ -21,7 +21,7 @@ import pytest
 from tests.lab import lxc_unusable
 from tests.tester.helpers import HELLO_RUN, make_bundle, make_tester
 from tests.util import HELLO_C, HELLO_MAKEFILE, wait_for
-from vmchecker.contract import STEP_FILES
+from vmchecker.contract import STEP_FILES, TESTER_INFO
 from vmchecker.tester import processes, results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def assert_hello_done(cfg, job_id: str) -> None:
     assert result["status"] == "done" and result["grade_file"] is True, result
     assert "Hello, world!" in (job_dir / "run-stdout.vmr").read_text()
     assert (job_dir / "grade.vmr").read_text() == ""   # the tests' grade file: full points
-    assert list(cfg.queue_dir.iterdir()) == []
+    assert [p.name for p in cfg.queue_dir.iterdir()] == [TESTER_INFO]
     assert list(cfg.work_dir.iterdir()) == []
 
 

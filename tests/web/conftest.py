@@ -25,7 +25,7 @@ def daemon(tmp_path: Path, running_daemon) -> RunningDaemon:
     serving course ``so`` in tmp_path/up; ``daemon.course`` is that course, its
     ``storer.daemon`` pointing at the daemon."""
     root = tmp_path / "up"
-    open_course(root, f"http://127.0.0.1:{free_port()}/", testers=TESTERS)   # the daemon needs the files
+    open_course(root, "", testers=TESTERS)   # the daemon needs the files (no storer.daemon: its own address)
     d = running_daemon(root / "global.yaml")
     d.course = open_course(root, d.url, testers=TESTERS)
     return d

@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = common.parser(PROG, "Print the storer daemon's view: every waiting and running job with its tester"
                             " and estimated finish, and each tester's health.")
     p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
-    p.add_argument("--url", help="daemon URL (default: storer.daemon of COURSE, else of the first course)")
+    p.add_argument("--url", help="daemon URL (default: from daemon.listen of the global config, unless COURSE,"
+                                 " else the first course, sets storer.daemon)")
     p.add_argument("course", metavar="COURSE", nargs="?", help="only this course")
     return p
 
@@ -31,9 +32,7 @@ def fetch(args: argparse.Namespace) -> dict:
     if url is None:
         glob = config.load_global(args.config)
         course_id = args.course or next(iter(sorted(glob.courses)), None)
-        if course_id is None:
-            raise config.NotFound(f"{glob.path}: no course registered; give --url")
-        url = config.find_course(course_id, args.config).storer.daemon
+        url = config.find_course(course_id, args.config).storer.daemon if course_id else glob.daemon_url
     status = rpc.Client(url).status()
     if args.course:
         status["jobs"] = [j for j in status["jobs"] if j["course"] == args.course]
@@ -56,6 +55,10 @@ def render(status: dict) -> str:
         health = "healthy" if t["healthy"] else f"failing ({t['failures']}): {t['last_failure']}"
         lines.append(f"tester {t['course']}/{t['tester']}: {t['in_flight']}/{t['slots']} slots busy,"
                      f" {t['done']} done, {health}")
+        if t.get("link_error"):  # why the storer cannot use it now, in words to act on
+            lines.append(f"  unreachable: {t['link_error']}")
+        elif t.get("reachable") is None:
+            lines.append("  not contacted yet")
     for e in status.get("errors", []):  # courses the daemon cannot use now
         where = f"course {e['course']}" if e["course"] else "the global config"
         lines.append(f"{where} is unusable: {e['error']}")

@@ -9,10 +9,13 @@ config and is logged). Estimates live in the journal, so a reload loses none.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from vmchecker import config
 from vmchecker.errors import ConfigError, NotFound
@@ -64,8 +67,44 @@ class Course:
 
 def _same_endpoint(link: TesterLink, cfg: config.CourseConfig, name: str) -> bool:
     t = cfg.testers[name]
-    return ((link.host, link.port, link.user, link.key_file, link.known_hosts)
-            == (t.host, t.port, t.user, cfg.resolve(cfg.storer.ssh_key), cfg.resolve(cfg.storer.known_hosts)))
+    return ((link.host, link.port, link.user, link.key_file, link.known_hosts, link.queue, link.expect)
+            == (t.host, t.port, t.user, cfg.resolve(cfg.storer.ssh_key), cfg.resolve(cfg.storer.known_hosts),
+                t.queue, (t.name, t.slots)))
+
+
+def resolve_addresses(host: str) -> set[str]:
+    """Every address a host name stands for (empty if it does not resolve)."""
+    try:
+        return {ipaddress.ip_address(info[4][0]).compressed for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, ValueError):
+        return set()
+
+
+def with_daemon_address(cfg: config.CourseConfig, listen: tuple[str, int], global_path: Path) -> config.CourseConfig:
+    """``cfg`` with the ``storer.daemon`` the daemon listening on ``listen`` puts in its
+    bundles: its own URL when the course sets none; the course's when it reaches that
+    address. A course whose URL does not (another port, another host) would send testers
+    elsewhere: ConfigError naming both values."""
+    host, port = listen
+    where = config.join_host_port(host, port)
+    url = cfg.storer.daemon
+    if not url:
+        try:
+            return config.with_daemon_url(cfg, config.daemon_url(where))
+        except ValueError as exc:
+            raise ConfigError(cfg.path, "storer.daemon", f"is not set, and the daemon's {exc}") from None
+    parts = urlsplit(url)
+    try:
+        url_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        url_port = None
+    same_host = host in config.WILDCARD_HOSTS or bool(resolve_addresses(parts.hostname or "") & resolve_addresses(host))
+    if url_port != port or not same_host:
+        raise ConfigError(cfg.path, "storer.daemon",
+                          f"is {url}, but the storer daemon listens on {where} (daemon.listen in {global_path},"
+                          " or its --listen): testers would call the wrong address; remove storer.daemon"
+                          " (the daemon's own address is used) or make the two agree")
+    return cfg
 
 
 def tester_done_dir(tester: config.Tester) -> str:
@@ -79,9 +118,12 @@ def tester_done_dir(tester: config.Tester) -> str:
 class Courses:
     """Thread-safe registry of the courses in the global file."""
 
-    def __init__(self, global_path: Path | str | None, journal: Journal):
+    def __init__(self, global_path: Path | str | None, journal: Journal, listen: tuple[str, int] | None = None):
+        """``listen``: the daemon's address, which each course's ``storer.daemon`` is
+        derived from or checked against (None: taken as written)."""
         self.global_path = config.global_config_path(global_path)
         self.journal = journal
+        self.listen = listen
         self._lock = threading.RLock()
         self._courses: dict[str, Course] = {}
         self._glob: config.GlobalConfig | None = None
@@ -128,6 +170,8 @@ class Courses:
         cfg = config.load_course(path)
         if cfg.id != course_id:
             raise ConfigError(path, "course.id", f"is {cfg.id!r} but the global file registers it as {course_id!r}")
+        if self.listen is not None:
+            cfg = with_daemon_address(cfg, self.listen, self.global_path)
         scheduler = Scheduler.from_config(
             cfg,
             estimates=self.journal.load_estimates(course_id),

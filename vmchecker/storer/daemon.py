@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import posixpath
-import socket
 import tempfile
 import threading
 import time
@@ -22,15 +21,25 @@ from typing import Any
 
 from vmchecker import config, confparse, rpc
 from vmchecker.contract import VMCHECKER_STDERR, JobState, ResultStatus, SubmissionStatus
-from vmchecker.errors import CallRefused, JobStateError, ResultRefused, RpcError, TryLater, VmcheckerError
+from vmchecker.errors import (
+    CallRefused,
+    ConfigError,
+    JobStateError,
+    NotFound,
+    ResultRefused,
+    RpcError,
+    TryLater,
+    VmcheckerError,
+)
 from vmchecker.queueing import SUBMIT_ONLY, never_tested
 from vmchecker.repo import Repository, check_account
 from vmchecker.service import Service
 from vmchecker.storer import outcomes
-from vmchecker.storer.courses import Course, Courses, tester_done_dir
+from vmchecker.storer.courses import Course, Courses, resolve_addresses, tester_done_dir, with_daemon_address
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, Journal, check_key
 from vmchecker.storer.rpcserver import REQUEST_DEADLINE, RestrictedServer, anyone, loopback_or
+from vmchecker.storer.transport import CONNECT_TIMEOUT, TesterLink
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +50,6 @@ def parse_listen(value: str) -> tuple[str, int]:
         return confparse.parse_host_port(value)
     except ValueError as exc:
         raise VmcheckerError(f"bad listen address: {exc}") from None
-
-
-def resolve_addresses(host: str) -> set[str]:
-    """Every address a tester's configured host name stands for."""
-    try:
-        return {ipaddress.ip_address(info[4][0]).compressed for info in socket.getaddrinfo(host, None)}
-    except (socket.gaierror, ValueError):
-        return set()
 
 
 class StorerDaemon(Service):
@@ -70,11 +71,18 @@ class StorerDaemon(Service):
         if self.pid_file:  # before the journal and the port: a second copy says so plainly
             self.pid_file.acquire()
         self.journal = Journal(self.state_dir / "journal.db")
-        self.courses = Courses(self.global_path, self.journal)
+        # bound first: its port is in the courses' notify URL
+        self.server = RestrictedServer(self.listen, request_deadline=rpc_deadline)
+        self.courses = Courses(self.global_path, self.journal, listen=(self.listen[0], self.server.port))
+        try:
+            self._check_addresses()
+        except VmcheckerError:
+            self.server.server_close()
+            self.journal.close()
+            raise
         self.dispatcher = Dispatcher(self.journal, self.courses, self.state_dir / "bundles", poll=poll,
                                      sweep=self.queue_saved_submissions, sweep_every=saved_sweep)
         self._local_rule = loopback_or(self._storer_addresses)
-        self.server = RestrictedServer(self.listen, request_deadline=rpc_deadline)
         self.server.register(rpc.QUEUE_TASK, self.queue_task, self.is_local_caller)
         self.server.register(rpc.STATUS, self.status, self.is_local_caller)
         self.server.register(rpc.NOTIFY, self.notify, anyone)  # checks the caller per job
@@ -100,6 +108,41 @@ class StorerDaemon(Service):
     def port(self) -> int:
         return self.server.port
 
+    def _check_addresses(self) -> None:
+        """Refuse to start while a course's ``storer.daemon`` sends testers elsewhere than
+        this daemon (one address, written once: the global file's ``daemon.listen``). A
+        course that does not load at all is reported as it is used, as before."""
+        glob = config.load_global(self.global_path)
+        for _course_id, path in sorted(glob.courses.items()):
+            try:
+                cfg = config.load_course(path)
+            except (ConfigError, NotFound, OSError):
+                continue
+            with_daemon_address(cfg, self.courses.listen or self.listen, self.global_path)
+
+    def check_testers(self, wait: float = CONNECT_TIMEOUT + 2) -> None:
+        """Reach every tester of every usable course once, all at the same time (for at
+        most ``wait`` seconds). A tester whose own name or slots disagree with its course's
+        stops the start, with both values; one that cannot be reached is logged with the
+        reason (``vmchecker-status`` shows it too) and is tried again when a job needs it."""
+        links: list[TesterLink] = []
+        for course_id in self.courses.ids():
+            try:
+                course = self.courses.get(course_id)
+            except VmcheckerError:
+                continue  # logged, and in status(), when used
+            links += [course.link(name) for name in sorted(course.config.testers)]
+        threads = [threading.Thread(target=_probe, args=(link,), name=f"probe:{link.name}", daemon=True)
+                   for link in links]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + wait
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        refused = [link.mismatch for link in links if link.mismatch]
+        if refused:
+            raise VmcheckerError("refusing to start: " + "\n".join(refused))
+
     # ------------------------------------------------------------------ lifecycle
 
     def serve(self) -> int:
@@ -108,7 +151,16 @@ class StorerDaemon(Service):
         With ``once`` (a drain, for tests and scripts), the daemon stops by itself as
         soon as the journal holds no job queued or sent: every job present at the start,
         or queued meanwhile, has then ended in done or error. It answers notify,
-        queue_task and status meanwhile; a job queued as it stops waits for the next start."""
+        queue_task and status meanwhile; a job queued as it stops waits for the next start.
+
+        First, every tester is reached once (:meth:`check_testers`)."""
+        try:
+            self.check_testers()
+        except VmcheckerError:
+            self.server.server_close()
+            self.courses.close()
+            self.journal.close()
+            raise
         self.queue_saved_submissions()
         dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         server = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -277,6 +329,7 @@ class StorerDaemon(Service):
                     "last_failure": state.last_failure_reason, "sent": state.sent_total, "done": state.done_total,
                     "failed": state.failed_total,
                     "reachable": None if link is None else link.health()["ok"],
+                    "link_error": (link.last_error or "") if link is not None else "",
                 })
         counts = {s.value: n for s, n in self.journal.counts().items()}
         return {"now": now, "jobs": jobs, "testers": testers, "counts": counts, "errors": errors}
@@ -299,6 +352,16 @@ class StorerDaemon(Service):
                 log.error("status: course %s is unusable: %s", course_id, exc.message)
                 errors.append({"course": course_id, "error": exc.message})
         return usable, errors
+
+
+def _probe(link: TesterLink) -> None:
+    """Reach one tester at start-up; log why not (a disagreement is the caller's to raise)."""
+    try:
+        link.probe()
+        log.info("%s answers: its queue folder is writable", link.where)
+    except VmcheckerError as exc:
+        if not link.mismatch:
+            log.warning("%s", exc.message)
 
 
 def _estimate(entry: dict[str, Any], job: Job, course: Course, position: dict[str, int], now: float) -> None:

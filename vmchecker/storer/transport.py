@@ -12,8 +12,13 @@ key is refused, never learned. Results are plain file names inside the job's
 folder on the tester, fetched only when they are regular files under the size
 caps, into a temporary folder, and moved into place only when all arrived.
 
+On each new connection the link reads the tester's ``queue/.tester.json`` (its queue
+manager's name and slots) and refuses a tester whose values are not the course's: a
+tester running more jobs than the course counts, or configured as another tester,
+is a silent disagreement otherwise.
+
 Every failure is a :class:`TransportError` naming the tester, what was being
-done and why; a refused result file is the subclass
+done, why, and what a sysadmin can do about it; a refused result file is the subclass
 :class:`~vmchecker.errors.ResultRefused`
 (the tester misbehaved, as opposed to the network failing).
 """
@@ -21,6 +26,7 @@ done and why; a refused result file is the subclass
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import posixpath
@@ -38,8 +44,10 @@ import paramiko
 
 from vmchecker import rpc
 from vmchecker.config import CourseConfig, Tester
+from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import NotFound, ResultRefused, RpcError, TransportError
 from vmchecker.fsutil import fsync_dir
+from vmchecker.tester_config import identity_disagreement
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ CONNECT_TIMEOUT = 10.0  # seconds for TCP connect, SSH banner, key exchange, aut
 OPERATION_TIMEOUT = 60.0  # seconds without progress on an SFTP operation
 MAX_RESULT_FILE = 16 * 1024 * 1024
 MAX_RESULT_TOTAL = 64 * 1024 * 1024
+MAX_TESTER_INFO = 4096
 _CHUNK = 32 * 1024
 
 T = TypeVar("T")
@@ -89,6 +98,26 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+# What a sysadmin can do about a connection that failed, by the errno under it.
+_CONNECT_HINTS = {
+    errno.ECONNREFUSED: "nothing listens there: is sshd running on the tester, on this address and port?",
+    errno.EHOSTUNREACH: "no route to the tester: check its address and the network between the two",
+    errno.ENETUNREACH: "no route to the tester: check its address and the network between the two",
+}
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """Why a connection failed, with what to check."""
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out: is the tester up, and does a firewall let the storer reach its SSH port?"
+    causes = list(getattr(exc, "errors", {}).values()) or [exc]  # paramiko's NoValidConnectionsError
+    for cause in causes:
+        hint = _CONNECT_HINTS.get(getattr(cause, "errno", None))
+        if hint:
+            return f"{_describe(cause)}: {hint}"
+    return _describe(exc)
+
+
 def _preferred_type(key_type: str) -> str:
     return "rsa-sha2-512" if key_type == "ssh-rsa" else key_type
 
@@ -127,15 +156,20 @@ class TesterLink:
     """
 
     def __init__(self, name: str, host: str, port: int, user: str, key_file: Path | str,
-                 known_hosts: Path | str, *, connect_timeout: float = CONNECT_TIMEOUT,
-                 operation_timeout: float = OPERATION_TIMEOUT, max_file_size: int = MAX_RESULT_FILE,
-                 max_total_size: int = MAX_RESULT_TOTAL) -> None:
+                 known_hosts: Path | str, *, queue: str = "", expect: tuple[str, int] | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT, operation_timeout: float = OPERATION_TIMEOUT,
+                 max_file_size: int = MAX_RESULT_FILE, max_total_size: int = MAX_RESULT_TOTAL) -> None:
+        """``queue``: the tester's queue folder; with ``expect`` (the course's name and
+        slots for it), each new connection checks the tester's own against them."""
         self.name = name
         self.host = host
         self.port = port
         self.user = user
         self.key_file = Path(key_file)
         self.known_hosts = Path(known_hosts)
+        self.queue = queue
+        self.expect = expect
+        self.mismatch: str | None = None  # why the tester was refused, while it disagrees
         self.connect_timeout = connect_timeout
         self.operation_timeout = operation_timeout
         self.max_file_size = max_file_size
@@ -154,8 +188,9 @@ class TesterLink:
                 tester = course.testers[tester]
             except KeyError:
                 raise NotFound(f"course {course.id!r} has no tester {tester!r}") from None
-        return cls(tester.name, tester.host, tester.port, tester.user,
-                   course.resolve(course.storer.ssh_key), course.resolve(course.storer.known_hosts), **options)
+        return cls(tester.name, tester.host, tester.port, tester.user, course.resolve(course.storer.ssh_key),
+                   course.resolve(course.storer.known_hosts), queue=tester.queue,
+                   expect=(tester.name, tester.slots), **options)
 
     def __repr__(self) -> str:
         return f"TesterLink({self.name}: {self.user}@{self.host}:{self.port})"
@@ -207,11 +242,13 @@ class TesterLink:
         except paramiko.AuthenticationException:
             client.close()
             raise TransportError(
-                f"{self.where}: {self.user}@{entry} refused the course key {self.key_file};"
-                " install its public key in the tester's authorized_keys") from None
+                f"{self.where}: authentication refused: {self.user}@{entry} refused the course key"
+                f" {self.key_file}. On the tester, install its public key in ~{self.user}/.ssh/authorized_keys"
+                " (vmchecker-init-course tester DIR --user USER --storer-key FILE does it); if sshd logs"
+                f" 'account is locked', unlock the account for key logins with: usermod -p '*' {self.user}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
-            raise TransportError(f"{self.where}: cannot connect: {_describe(exc)}") from None
+            raise TransportError(f"{self.where}: cannot connect: {_connect_failure(exc)}") from None
         self.connects += 1
         log.info("connected to %s (connection %d)", self.where, self.connects)
         return client
@@ -227,8 +264,46 @@ class TesterLink:
                 self._client = None
                 client.close()
                 log.info("connection to %s was closed; reopening", self.where)
-            self._client = self._connect()
-            return self._client, True
+            client = self._connect()
+            self._verify(client)
+            self._client = client
+            return client, True
+
+    def _verify(self, client: paramiko.SSHClient) -> None:
+        """Refuse a tester whose own name or slots (its queue/TESTER_INFO) are not the
+        course's. A tester that publishes none (its queue manager never ran) is let be:
+        there is nothing to compare yet."""
+        if self.expect is None or not self.queue:
+            return
+        raw = self._read_info(client)
+        problem = None if raw is None else identity_disagreement(raw, *self.expect)
+        self.mismatch = f"{self.where}: {problem}" if problem else None
+        if self.mismatch:
+            client.close()
+            raise TransportError(self.mismatch)
+
+    def _read_info(self, client: paramiko.SSHClient) -> bytes | None:
+        try:
+            sftp = client.open_sftp()
+            try:
+                sftp.get_channel().settimeout(self.operation_timeout)
+                return self._info_over(sftp)
+            finally:
+                sftp.close()
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            raise TransportError(f"{self.where}: cannot read {TESTER_INFO} in {self.queue}: {_describe(exc)}") from None
+
+    def _info_over(self, sftp: paramiko.SFTPClient) -> bytes | None:
+        """queue/TESTER_INFO, or None when there is none to read (no such file, or the
+        folder is closed to the account: probe() and send_bundle() say which)."""
+        if not self.queue:
+            return None
+        try:
+            with sftp.open(posixpath.join(self.queue, TESTER_INFO), "rb") as f:
+                return f.read(MAX_TESTER_INFO)
+        except (FileNotFoundError, PermissionError):
+            return None
 
     def _drop(self, client: paramiko.SSHClient) -> None:
         with self._lock:
@@ -288,6 +363,37 @@ class TesterLink:
         self._run("check the connection", lambda sftp: sftp.stat("."))
         return time.monotonic() - start
 
+    def probe(self) -> None:
+        """Connect (checking the tester's name and slots), then check that the account may
+        write in the queue folder: what the daemon does with each tester when it starts.
+        TransportError says what is wrong and what to do."""
+        def check(sftp: paramiko.SFTPClient) -> None:
+            probe = posixpath.join(self.queue, f".vmchecker-probe-{os.getpid()}")
+            try:
+                sftp.open(probe, "wb").close()
+                sftp.remove(probe)
+            except OSError as exc:
+                raise self._queue_error(exc) from None
+
+        self._run("check the connection and the queue folder", check)
+
+    def _queue_error(self, exc: OSError) -> TransportError:
+        """A queue folder that is missing or closed to the account, in actionable words."""
+        if isinstance(exc, FileNotFoundError):
+            return TransportError(f"{self.where}: the queue folder {self.queue} does not exist on the tester:"
+                                  " create it with vmchecker-init-course tester DIR there, or correct"
+                                  f" testers.{self.name}.queue")
+        if isinstance(exc, PermissionError):
+            return TransportError(f"{self.where}: {self.user} may not write in the queue folder {self.queue}:"
+                                  f" on the tester, chown {self.user} {self.queue} (vmchecker-init-course"
+                                  " tester DIR --user USER does it), and let it reach the folders above")
+        return TransportError(f"{self.where}: cannot write in the queue folder {self.queue}: {_describe(exc)}")
+
+    def read_info(self) -> bytes | None:
+        """The tester's own queue/TESTER_INFO as it stands (None if it has none), read
+        without comparing it: how adding a tester learns its name and slots."""
+        return self._run(f"read {TESTER_INFO}", self._info_over)
+
     def health(self) -> dict[str, Any]:
         """The tester's state as last seen, for the daemon's status()."""
         return {"tester": self.name, "host": self.host, "port": self.port, "ok": self.last_error is None
@@ -315,9 +421,11 @@ class TesterLink:
             try:
                 sftp.put(str(local), part, confirm=True)
                 sftp.posix_rename(part, final)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(Exception):
                     sftp.remove(part)
+                if isinstance(exc, (FileNotFoundError, PermissionError)) and queue_dir == self.queue:
+                    raise self._queue_error(exc) from None
                 raise
 
         self._run(f"send {local.name} to {final}", upload)

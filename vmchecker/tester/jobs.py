@@ -155,7 +155,7 @@ class Job:
         if self.aborted.is_set():
             return None
         stats["tester_seconds"] = round(time.monotonic() - started, 3)
-        url = self.config.tester.storer_daemon or identity["notify_url"]
+        url = self.config.notify_url(identity["notify_url"])
         return Outcome(self.bundle, identity["job_id"], identity["key"], url, status, self.results_dir,
                        rpc.coerce_stats(stats))
 

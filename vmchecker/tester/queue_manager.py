@@ -130,6 +130,7 @@ class QueueManager(Service):
         cfg = self.config
         for d in (cfg.queue_dir, cfg.work_dir, cfg.done_dir, cfg.state_dir):
             d.mkdir(parents=True, exist_ok=True)
+        cfg.publish_identity()  # the name and slots it runs with, for the storer to check
         self.notifier = Notifier(Journal(cfg.state_dir / "notify"), **self._notify_settings)
         self.recover()
         watcher = None if self.once else QueueWatcher(cfg.queue_dir)  # before the scan: miss nothing
@@ -261,7 +262,7 @@ class QueueManager(Service):
     def _journal_notification(self, marker: dict, hold: bool = False) -> bool:
         """Journal the notification a completion marker describes; False if it cannot be sent."""
         job_id = marker.get("job_id", "?")
-        url = self.config.tester.storer_daemon or marker.get("notify_url") or ""
+        url = self.config.notify_url(str(marker.get("notify_url") or ""))
         try:
             if not url:
                 raise RpcError("the bundle has no notify_url and tester.storer_daemon is not set")
