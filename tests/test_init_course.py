@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import stat
 from pathlib import Path
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.util import free_port
 from vmchecker import config, tester_config
-from vmchecker.cli.init_course import course_config_text, init_storer, init_tester
+from vmchecker.cli.init_course import course_config_text, init_storer, init_tester, main
+from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import ConfigError, VmcheckerError
 
 
@@ -36,8 +39,13 @@ def test_storer_creates_everything(tmp_path: Path, capsys: pytest.CaptureFixture
     assert pub.read_text().startswith("ssh-ed25519 ") and pub.read_text().strip().endswith("vmchecker-so")
     assert course.resolve(course.storer.known_hosts).read_text() == ""
     assert course.resolve(course.storer.ssh_key) == key
-    assert yaml.safe_load(glob.read_text()) == {"courses": {"so": str(path)}}
+    assert yaml.safe_load(glob.read_text()) == {
+        "daemon": {"listen": "127.0.0.1:19999", "state": "/var/lib/vmchecker"}, "courses": {"so": str(path)}}
+    assert "# The one place for the daemon's address" in glob.read_text()   # the commented template
     assert config.find_course("so", glob).path == path
+    # one address: the course names none, and takes the daemon's from the global file
+    assert course.storer.daemon == "" and config.find_course("so", glob).storer.daemon == "http://127.0.0.1:19999/"
+    assert course.testers == {} and course.machines["linux"].testers == []   # --add-tester fills them
     assert "registered so" in capsys.readouterr().out
 
 
@@ -86,6 +94,8 @@ def test_registration_keeps_other_courses(tmp_path: Path) -> None:
     init_storer(tmp_path / "so", "so", glob)
     data = yaml.safe_load(glob.read_text())
     assert data["courses"] == {"pc": "/srv/pc/config.yaml", "so": str(tmp_path / "so/config.yaml")}
+    init_storer(tmp_path / "os", "os", glob)     # a second course: one more line, comments kept
+    assert list(yaml.safe_load(glob.read_text())["courses"]) == ["pc", "so", "os"]
     assert data["daemon"] == {"listen": "127.0.0.1:1"}
     assert config.load_global(glob).courses["so"] == tmp_path / "so/config.yaml"
 
@@ -142,3 +152,46 @@ def test_tester_twice_keeps_config(tmp_path: Path, capsys: pytest.CaptureFixture
     assert tester_config.load_tester(path).tester.name == "t1"
     assert (tmp_path / "t/queue/job.zip").read_text() == "bundle"
     assert f"kept existing {path}" in capsys.readouterr().out
+
+
+def test_global_daemon_listen_gives_every_course_its_url(tmp_path: Path) -> None:
+    glob = tmp_path / "g.yaml"
+    init_storer(tmp_path / "so", "so", glob)
+    glob.write_text(glob.read_text().replace("listen: 127.0.0.1:19999", "listen: 10.0.0.1:20000"))
+    assert config.find_course("so", glob).storer.daemon == "http://10.0.0.1:20000/"
+    glob.write_text(glob.read_text().replace("listen: 10.0.0.1:20000", "listen: 0.0.0.0:20000"))
+    with pytest.raises(ConfigError, match="daemon.listen: 0.0.0.0:20000 listens on every address"):
+        _ = config.load_global(glob).daemon_url
+
+
+def test_a_failed_add_tester_never_says_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCHECKER_CONFIG", str(tmp_path / "g.yaml"))
+    closed = free_port()   # nothing listens there
+    code = main(["storer", str(tmp_path / "os101"), "--course-id", "os101",
+                 "--add-tester", "t1", f"127.0.0.1:{closed}", "vmchecker-tester", "/srv/vmchecker-tester/queue"])
+    out, err = capsys.readouterr()
+    assert code != 0 and "ready" not in out
+    assert "cannot connect to 127.0.0.1" in err and "Connection refused" in err
+    assert config.load_course(tmp_path / "os101/config.yaml").testers == {}   # unchanged
+
+
+def test_tester_without_user_prints_the_account_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKMe0iOIMIhB41kwaIv vmchecker-so\n")
+    init_tester(tmp_path / "t", name="t1", storer_key=pub)
+    out = capsys.readouterr().out
+    assert "useradd --system --create-home --shell /usr/sbin/nologin USER" in out
+    assert "usermod -p '*' USER" in out                       # the lock sshd would refuse
+    assert 'restrict,command="internal-sftp" ssh-ed25519 AAAA' in out
+    assert f"chown USER: {tmp_path / 't/queue'}" in out
+    info = json.loads((tmp_path / "t/queue" / TESTER_INFO).read_text())
+    assert (info["name"], info["slots"]) == ("t1", 2)
+
+
+def test_tester_storer_key_must_be_a_public_key(tmp_path: Path) -> None:
+    bad = tmp_path / "id_ed25519"
+    bad.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    with pytest.raises(VmcheckerError, match="not an OpenSSH public key"):
+        init_tester(tmp_path / "t", storer_key=bad)
+    assert not (tmp_path / "t").exists()

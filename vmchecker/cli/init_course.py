@@ -2,8 +2,12 @@
 
 ``storer DIR --course-id ID`` makes DIR/{repo,tests,keys}, a commented config.yaml,
 sample build.sh/run.sh, the course's SSH key pair (for reaching testers) and an empty
-known_hosts, and registers the course in the global config (creating that file).
-``tester DIR`` makes DIR/{queue,tmpunzip,done,state} and a commented config.yaml.
+known_hosts, and registers the course in the global config (creating that file, with
+its ``daemon`` section: the one place for the daemon's address). ``--add-tester`` then
+adds a tester (:mod:`vmchecker.storer.testers_admin`).
+``tester DIR`` makes DIR/{queue,tmpunzip,done,state}, a commented config.yaml and the
+tester's identity in queue/; with ``--user`` it also sets up the account the storer
+logs in as (:mod:`vmchecker.tester.account`: done as root, else printed).
 
 Safe to run twice: an existing config, script or key is never overwritten; the command
 says what it kept. The config templates live in ``vmchecker/templates/``.
@@ -27,6 +31,7 @@ from vmchecker import config, confparse, fsutil, tester_config
 from vmchecker.cli import common
 from vmchecker.errors import ConfigError, VmcheckerError
 from vmchecker.storer import testers_admin
+from vmchecker.tester import account
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +143,19 @@ def _check_registration(glob: Path, course_id: str, course_config: Path) -> bool
 
 
 def _register(glob: Path, course_id: str, course_config: Path) -> None:
+    """Add the course to the global file, as a line under ``courses:`` (comments kept);
+    a new file starts from the commented template, ``daemon:`` section included."""
     if _check_registration(glob, course_id, course_config):
         print(f"kept registration of {course_id} in {glob}")
         return
-    data = _read_global(glob)
-    data["courses"] = {**(data.get("courses") or {}), course_id: str(course_config)}
+    text = glob.read_text(encoding="utf-8") if glob.exists() else template("global-config.yaml")
+    data = confparse.safe_load(text) or {}
+    expected = {**data, "courses": {**(data.get("courses") or {}), course_id: str(course_config)}}
+    new_text = testers_admin.insert_entry_text(text, "courses", course_id, str(course_config))
+    if new_text is None or confparse.safe_load(new_text) != expected:
+        new_text = yaml.safe_dump(expected, sort_keys=False)
     glob.parent.mkdir(parents=True, exist_ok=True)
-    fsutil.write_atomic(glob, yaml.safe_dump(data, sort_keys=False))
+    fsutil.write_atomic(glob, new_text)
     print(f"registered {course_id} -> {course_config} in {glob}")
 
 
@@ -173,15 +184,39 @@ def init_storer(root: Path, course_id: str, global_path: Path | str | None = Non
 # --------------------------------------------------------------------------- tester
 
 
-def init_tester(root: Path, name: str = "tester") -> Path:
-    """Create (or complete) a tester folder; returns its config path."""
+def init_tester(root: Path, name: str = "tester", user: str | None = None, storer_key: Path | None = None) -> Path:
+    """Create (or complete) a tester folder and publish its identity; with ``user``, set
+    up that account for the storer as root, or print how. Returns its config path."""
     if not config.ID_RE.match(name):
         raise VmcheckerError(f"bad tester name {name!r}: use letters, digits, '_', '-', '.'")
+    if user is not None and not config.USER_RE.match(user):
+        raise VmcheckerError(f"bad user name {user!r}: lower-case letters, digits, '_' and '-'")
+    key_line = _storer_key_line(storer_key) if storer_key else None
     root = Path(root).absolute()
     _mkdirs(root, ["queue", "tmpunzip", "done", "state"])
     path = root / "config.yaml"
     _create(path, Template(template("tester-config.yaml")).substitute(name=name))
+    cfg = tester_config.load_tester(path)  # an edited, broken config is reported now
+    print(f"wrote {cfg.publish_identity()} (name {cfg.tester.name}, {cfg.tester.slots} slot(s))")
+    args = (user or "USER", root, cfg.queue_dir, cfg.done_dir, key_line)
+    if user is not None and os.geteuid() == 0:
+        lines = account.set_up(*args)
+    else:
+        lines = account.recipe(*args)
+    print("\n".join(lines))
     return path
+
+
+def _storer_key_line(path: Path) -> str:
+    """The authorized_keys line for the course's public key in ``path`` (SFTP only)."""
+    try:
+        public = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise VmcheckerError(f"--storer-key {path}: {exc.strerror}") from None
+    parts = public.split()
+    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-")):
+        raise VmcheckerError(f"--storer-key {path}: not an OpenSSH public key (the course's keys/id_ed25519.pub)")
+    return testers_admin.authorized_keys_line(public)
 
 
 # --------------------------------------------------------------------------- command
@@ -194,11 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     storer.add_argument("dir", metavar="DIR", type=Path)
     storer.add_argument("--course-id", required=True, metavar="ID")
     storer.add_argument("--add-tester", nargs=4, metavar=("NAME", "HOST[:PORT]", "USER", "QUEUE"),
-                        help="also add a tester: record its SSH host key in keys/known_hosts, add it under"
-                             " testers: and print the public key to install on it")
+                        help="also add a tester: record its SSH host key in keys/known_hosts, learn its slots"
+                             " from it (its name there must be NAME), add it under testers: and to each machine"
+                             " with no testers, and print the public key to install on it")
     tester = sub.add_parser("tester", help="a tester's folder (queue, work, done, state)")
     tester.add_argument("dir", metavar="DIR", type=Path)
-    tester.add_argument("--name", default="tester", help="the tester's name (default: tester)")
+    tester.add_argument("--name", default="tester",
+                        help="the tester's name, as the course's testers: entry names it (default: tester)")
+    tester.add_argument("--user", metavar="NAME",
+                        help="the account the storer logs in as: as root, create it if missing, unlock it for"
+                             " key logins, install --storer-key, give it queue/ and done/; otherwise print"
+                             " the commands")
+    tester.add_argument("--storer-key", metavar="FILE", type=Path,
+                        help="the course's public key (keys/id_ed25519.pub on the storer), for the account's"
+                             " authorized_keys, restricted to SFTP")
     return p
 
 
@@ -206,7 +250,6 @@ def work(args: argparse.Namespace) -> int:
     if args.kind == "storer":
         path = init_storer(args.dir, args.course_id, args.config)
         config.load_course(path)  # an edited, broken config is reported now
-        print(f"course {args.course_id} is ready: edit {path}")
         if args.add_tester:
             name, address, user, queue = args.add_tester
             try:
@@ -214,9 +257,9 @@ def work(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise VmcheckerError(f"--add-tester: {exc}") from None
             print(testers_admin.add_tester(path.parent, name, host, port, user, queue))
+        print(f"course {args.course_id} is ready: edit {path}")  # last: a command that failed never says it
     else:
-        path = init_tester(args.dir, args.name)
-        tester_config.load_tester(path)
+        path = init_tester(args.dir, args.name, args.user, args.storer_key)
         print(f"tester is ready: edit {path}")
     return 0
 

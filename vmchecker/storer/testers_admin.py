@@ -4,12 +4,16 @@ Behind ``vmchecker-init-course --add-tester NAME HOST[:PORT] USER QUEUE``. The
 storer trusts a tester only through the course's known_hosts, so adding one means:
 read its host key once (the admin checks the fingerprint), record it (never
 replacing a different key already recorded for that host: that is a reinstall or
-an attack, and a human decides), list the tester under ``testers:`` in the course
-config, and tell the admin which authorized_keys line to install on the tester.
+an attack, and a human decides), learn the tester's own name and slots when the
+course key already logs in (refusing a tester that calls itself by another name),
+list the tester under ``testers:`` in the course config and in every machine whose
+``testers`` list is still empty (a fresh course's), and tell the admin which
+authorized_keys line to install on the tester.
 
 The config is edited as text so comments and layout survive: the new entry is
 one flow-style line appended to the ``testers:`` block (or a new block at the
-end). The result is checked to parse to exactly the old data plus the new tester
+end), and an empty ``testers: []`` of a machine becomes ``testers: [NAME]``. The
+result is checked to parse to exactly the old data plus these changes
 and to load as a course config. When the text cannot be edited safely (e.g. the
 block is written in flow style), the file is copied to ``config.yaml.bak`` and
 rewritten from the data, which loses its comments; the returned text says so.
@@ -33,16 +37,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paramiko.hostkeys import HostKeyEntry
 
 from vmchecker import config
+from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import ConfigError, TransportError, VmcheckerError
 from vmchecker.fsutil import locked, write_atomic
-from vmchecker.storer.transport import CONNECT_TIMEOUT, fetch_host_key, known_hosts_entry
+from vmchecker.storer.transport import CONNECT_TIMEOUT, TesterLink, fetch_host_key, known_hosts_entry
+from vmchecker.tester_config import TesterSettings, parse_identity
 
 log = logging.getLogger(__name__)
 
 # The storer only needs SFTP on a tester: no shell, no forwarding, no pty.
 AUTHORIZED_KEY_OPTIONS = 'restrict,command="internal-sftp"'
 
-_TESTERS_LINE = re.compile(r"^testers:[ \t]*(?P<empty>\{\}|null|~)?[ \t]*(?P<comment>#.*)?$")
+_EMPTY_LIST = re.compile(r"^(?P<indent>[ \t]+)testers:[ \t]*\[\](?P<rest>[^\n]*\n?)$")
 
 
 # --------------------------------------------------------------------------- keys
@@ -119,13 +125,20 @@ def _entry_line(name: str, body: dict[str, Any]) -> str:
 def insert_tester_text(text: str, name: str, body: dict[str, Any]) -> str | None:
     """``text`` with ``name: body`` added under the top-level ``testers:`` block,
     comments untouched; None when the block is in a form this cannot edit."""
+    return insert_entry_text(text, "testers", name, body)
+
+
+def insert_entry_text(text: str, section: str, name: str, body: Any) -> str | None:
+    """``text`` with ``name: body`` added under the top-level ``section:`` block (a
+    mapping), comments untouched; None when the block is in a form this cannot edit."""
     entry = _entry_line(name, body)
     lines = text.splitlines(keepends=True)
-    header = next((i for i, line in enumerate(lines) if re.match(r"^testers[ \t]*:", line)), None)
+    header = next((i for i, line in enumerate(lines) if re.match(rf"^{section}[ \t]*:", line)), None)
     if header is None:
         sep = "\n" if text and not text.endswith("\n") else ""
-        return f"{text}{sep}testers:\n  {entry}\n"
-    match = _TESTERS_LINE.match(lines[header].rstrip("\r\n"))
+        return f"{text}{sep}{section}:\n  {entry}\n"
+    match = re.match(rf"^{section}:[ \t]*(?P<empty>\{{\}}|null|~)?[ \t]*(?P<comment>#.*)?$",
+                     lines[header].rstrip("\r\n"))
     if not match:
         return None  # e.g. "testers: {t1: {...}}"
     last, indent = header, None
@@ -142,11 +155,34 @@ def insert_tester_text(text: str, name: str, body: dict[str, Any]) -> str | None
         return None
     if match.group("empty"):
         comment = match.group("comment")
-        lines[header] = "testers:" + (f"  {comment}" if comment else "") + "\n"
+        lines[header] = f"{section}:" + (f"  {comment}" if comment else "") + "\n"
     if not lines[last].endswith("\n"):
         lines[last] += "\n"
     lines.insert(last + 1, f"{indent or '  '}{entry}\n")
     return "".join(lines)
+
+
+def fill_machine_testers_text(text: str, name: str) -> str:
+    """``text`` with each ``testers: []`` of the top-level ``machines:`` block made
+    ``testers: [NAME]`` (comments after it kept)."""
+    listed = yaml.safe_dump([name], default_flow_style=True).strip()
+    lines = text.splitlines(keepends=True)
+    in_machines = False
+    for i, line in enumerate(lines):
+        if line.strip() and line[0] not in " \t#":
+            in_machines = bool(re.match(r"^machines[ \t]*:", line))
+            continue
+        match = _EMPTY_LIST.match(line) if in_machines else None
+        if match:
+            lines[i] = f"{match['indent']}testers: {listed}{match['rest']}"
+    return "".join(lines)
+
+
+def _unserved_machines(data: dict[str, Any]) -> list[str]:
+    """The machines whose ``testers`` list is written and empty (a fresh course's)."""
+    machines = data.get("machines") or {}
+    return [str(m) for m, body in machines.items()
+            if isinstance(body, dict) and isinstance(body.get("testers"), list) and not body["testers"]]
 
 
 def _check_candidate(config_path: Path, text: str) -> None:
@@ -163,14 +199,20 @@ def _check_candidate(config_path: Path, text: str) -> None:
         os.unlink(tmp)
 
 
-def add_tester_to_config(config_path: Path, name: str, body: dict[str, Any]) -> Path | None:
-    """Add ``testers.NAME`` to the course config; returns the backup path if the
-    file had to be rewritten (comments lost), else None."""
+def add_tester_to_config(config_path: Path, name: str, body: dict[str, Any]) -> tuple[Path | None, list[str]]:
+    """Add ``testers.NAME`` to the course config, and NAME to each machine whose
+    ``testers`` list is empty; returns the backup path if the file had to be rewritten
+    (comments lost), else None, and the machines that now list the tester."""
     text = config_path.read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
     expected = copy.deepcopy(data)
     expected["testers"] = {**(expected.get("testers") or {}), name: body}
+    served = _unserved_machines(data)
+    for machine in served:
+        expected["machines"][machine]["testers"] = [name]
     new_text = insert_tester_text(text, name, body)
+    if new_text is not None and served:
+        new_text = fill_machine_testers_text(new_text, name)
     if new_text is not None:
         try:
             if yaml.safe_load(new_text) != expected:
@@ -190,20 +232,46 @@ def add_tester_to_config(config_path: Path, name: str, body: dict[str, Any]) -> 
         shutil.copy2(config_path, backup)
         log.warning("%s: rewrote the file to add tester %s; the original is in %s", config_path, name, backup)
     write_atomic(config_path, new_text, config_path.stat().st_mode & 0o777)
-    return backup
+    return backup, served
+
+
+def learn_tester(name: str, host: str, port: int, user: str, queue: str, key_path: Path, known_hosts: Path,
+                 timeout: float = CONNECT_TIMEOUT) -> tuple[int | None, str]:
+    """The slots a tester runs, read from its queue/TESTER_INFO with the course key
+    (None when it cannot be read yet), and a line saying where the value came from.
+    A tester that calls itself by another name is refused with both names."""
+    link = TesterLink(name, host, port, user, key_path, known_hosts, queue=queue, connect_timeout=timeout)
+    try:
+        raw = link.read_info()
+    except TransportError as exc:
+        return None, f"could not read the tester's settings yet: {exc.message}"
+    finally:
+        link.close()
+    info = None if raw is None else parse_identity(raw)
+    if info is None:
+        return None, (f"the tester has no valid {queue}/{TESTER_INFO} yet"
+                      " (vmchecker-init-course tester and its queue manager write it)")
+    if info["name"] != name:
+        raise ConfigError(info.get("config", f"{host}:{TESTER_INFO}"), "tester.name",
+                          f"the tester at {host}:{port} calls itself {info['name']!r}, not {name!r}: add it as"
+                          f" {info['name']!r}, or change its tester.name to {name!r}")
+    return info["slots"], f"slots learned from the tester ({info.get('config', TESTER_INFO)})"
 
 
 # --------------------------------------------------------------------------- the command's work
 
 
 def add_tester(course_root: Path | str, name: str, host: str, port: int, user: str, queue: str, *,
-               slots: int = 1, timeout: float = CONNECT_TIMEOUT) -> str:
+               slots: int | None = None, timeout: float = CONNECT_TIMEOUT) -> str:
     """Add tester ``name`` to the course in ``course_root`` (its folder or config.yaml).
 
-    Records the tester's host key in the course's known_hosts, adds it under
-    ``testers:``, generates the course key if there is none, and returns the text
-    to show the admin: the host key fingerprint and the exact authorized_keys line
-    to install for ``user`` on the tester."""
+    Records the tester's host key in the course's known_hosts, generates the course
+    key if there is none, learns the tester's slots from the tester when the course
+    key logs in already (``slots``, if given, must agree; else, when the tester cannot
+    be read yet, a tester's default is written and the daemon checks it later), adds it
+    under ``testers:`` and to every machine without testers, and returns the text to
+    show the admin: the host key fingerprint and the exact authorized_keys line to
+    install for ``user`` on the tester."""
     path = Path(course_root)
     config_path = path / "config.yaml" if path.is_dir() else path
     course = config.load_course(config_path)
@@ -213,16 +281,25 @@ def add_tester(course_root: Path | str, name: str, host: str, port: int, user: s
         raise ConfigError(course.path, f"testers.{name}.port", f"bad port {port}")
     if not user or not queue:
         raise ConfigError(course.path, f"testers.{name}", "the tester needs a user and a queue folder")
-    body = {"host": host, "port": port, "user": user, "queue": queue, "slots": slots}
     known_hosts = course.resolve(course.storer.known_hosts)
     key_path = course.resolve(course.storer.ssh_key)
     known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold the private key
     with locked(known_hosts.parent / ".add-tester.lock"):
         line, added = record_host_key(known_hosts, host, port, timeout)
         public = ensure_course_key(key_path, f"vmchecker-{course.id}")
-        backup = add_tester_to_config(course.path, name, body)
+        learned, source = learn_tester(name, host, port, user, queue, key_path, known_hosts, timeout)
+        if learned is not None and slots is not None and learned != slots:
+            raise ConfigError(course.path, f"testers.{name}.slots",
+                              f"asked for {slots} slot(s) but the tester runs {learned} ({source}):"
+                              " change tester.slots there, or add it without --slots")
+        if learned is None:
+            source += f"; wrote {slots or TesterSettings.slots} slot(s), which the daemon checks once it can"
+        slots = learned or slots or TesterSettings.slots
+        body = {"host": host, "port": port, "user": user, "queue": queue, "slots": slots}
+        backup, served = add_tester_to_config(course.path, name, body)
     notes = [
         f"Tester {name} added to {course.path}: {user}@{host}:{port}, queue {queue}, {slots} slot(s).",
+        f"  ({source})",
         f"Host key {'recorded in' if added else 'already in'} {known_hosts}: {_fingerprint(line)}",
         "  (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the tester)",
     ]
@@ -230,8 +307,12 @@ def add_tester(course_root: Path | str, name: str, host: str, port: int, user: s
         notes.append(f"The config was rewritten (its comments are lost); the original is in {backup}.")
     notes += [
         f"Course public key ({key_path}.pub): {public}",
-        f"On the tester, append this line to ~{user}/.ssh/authorized_keys:",
+        f"On the tester, ~{user}/.ssh/authorized_keys must hold this line"
+        " (vmchecker-init-course tester DIR --user USER --storer-key FILE writes it):",
         authorized_keys_line(public),
-        f"Then list {name} under machines.<machine>.testers to give it work.",
     ]
+    if served:
+        notes.append(f"Listed under the testers of machine {', '.join(served)}: it gets its jobs.")
+    else:
+        notes.append(f"Then list {name} under machines.<machine>.testers to give it work.")
     return "\n".join(notes) + "\n"
