@@ -262,3 +262,47 @@ def test_a_failed_job_waits_out_its_retry_delay(tmp_path):
         assert journal.to_dispatch(now=120.0) == []
         assert journal.next_retry() == 132.0
         assert [j.id for j in journal.to_dispatch(now=132.0)] == [job.id]
+
+
+def test_a_send_is_in_doubt_until_confirmed(journal: Journal) -> None:
+    job = enqueue(journal)
+    sent = journal.mark_sent(job.id, "t1", deadline=1300.0, now=1010.0)
+    assert sent.confirmed is None and journal.in_doubt() == [sent]
+    confirmed = journal.confirm_sent(job.id, now=1011.0)
+    assert confirmed.confirmed == 1011.0 and confirmed.state is JobState.SENT and journal.in_doubt() == []
+    assert journal.confirm_sent(job.id, now=1020.0).confirmed == 1011.0   # twice: unchanged
+    with pytest.raises(JobStateError, match="confirmed"):
+        journal.requeue_unsent(job.id, "not found on t1")
+    journal.mark_done(job.id)
+    with pytest.raises(JobStateError):
+        journal.confirm_sent(job.id)   # a fast notify won: nothing left to confirm
+
+
+def test_an_unsent_job_is_queued_again_without_counting_an_attempt(journal: Journal) -> None:
+    job = enqueue(journal)
+    journal.mark_sent(job.id, "t1", deadline=1300.0, now=1010.0)
+    again = journal.requeue_unsent(job.id, "not on t1")
+    assert again.state is JobState.QUEUED and again.attempts == 0 and again.failed_on == () and again.reasons == ()
+    assert (again.deadline, again.retry_at, again.confirmed) == (None, None, None)
+    assert journal.to_dispatch() == [again] and journal.in_doubt() == []
+    resent = journal.mark_sent(job.id, "t1", deadline=1400.0, now=1020.0)   # a new intent is in doubt again
+    assert resent.confirmed is None and journal.in_doubt() == [resent]
+    with pytest.raises(JobStateError):
+        journal.requeue_unsent(enqueue(journal, "ann").id, "never sent")
+
+
+def test_a_version_2_journal_is_migrated_with_its_sent_jobs_in_doubt(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path) as j:
+        queued = enqueue(j, "ann")
+        sent = j.mark_sent(enqueue(j, "bob").id, "t1", deadline=1300.0, now=1010.0)
+    db = sqlite3.connect(path)   # as version 2 left it: no confirmed column
+    db.execute("ALTER TABLE jobs DROP COLUMN confirmed")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    with Journal(path) as j:
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+        assert [job.id for job in j.in_doubt()] == [sent.id]
+        assert j.get(queued.id).state is JobState.QUEUED
+        assert j.confirm_sent(sent.id, now=1020.0).confirmed == 1020.0

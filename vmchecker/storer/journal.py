@@ -11,19 +11,26 @@ States (:class:`~vmchecker.contract.JobState`, stored as its string):
 
 * ``queued`` -- journaled, not (or no longer) on a tester; the dispatcher sends it;
 * ``sent``   -- the bundle is on ``tester``, waiting for ``notify`` until ``deadline``;
+  until ``confirmed`` is set it is only *in doubt*: the intent to send was journaled, but
+  the daemon may have died before the bundle was renamed into the tester's queue;
 * ``done``   -- results pulled into the repository;
 * ``error``  -- given up; ``reasons`` holds every failure, for ``vmchecker-stderr.vmr``.
 
 Transitions: :meth:`Journal.enqueue` (-> queued), :meth:`Journal.mark_sent`
-(queued -> sent), :meth:`Journal.record_failure` (queued/sent -> queued with one more
+(queued -> sent, in doubt), :meth:`Journal.confirm_sent` (the bundle is on the tester),
+:meth:`Journal.requeue_unsent` (in doubt -> queued: it never reached the tester, no attempt
+counted), :meth:`Journal.record_failure` (queued/sent -> queued with one more
 attempt, or -> error once ``max_attempts`` is reached), :meth:`Journal.mark_done`
 (sent -> done), :meth:`Journal.mark_error` (queued/sent -> error). A transition from
 the wrong state raises :class:`~vmchecker.errors.JobStateError` and changes nothing, so
 two threads racing on one job (a late ``notify`` against the deadline sweeper) cannot both win.
 
-Suggested order for the dispatcher: ``mark_sent`` *before* the upload, then
-``record_failure`` if the upload fails. A fast ``notify`` then always finds the job
-``sent``; a crash between the two costs one notify deadline, never the job.
+Order for the dispatcher: ``mark_sent`` *before* the upload, ``confirm_sent`` after the
+rename on the tester, ``record_failure`` if the upload fails. A fast ``notify`` then always
+finds the job ``sent``; a crash between the two leaves it in doubt, and the next start
+resolves it at once (:meth:`Journal.in_doubt`): confirmed if the tester holds it, else
+queued again. A version 2 journal gains the column with every ``sent`` job in doubt,
+which is the safe reading: the next start looks.
 
 Concurrency: ONE connection shared by all threads, serialised by a lock. The
 daemon's XML-RPC server starts a thread per request, so per-thread connections
@@ -57,7 +64,7 @@ from vmchecker.storer.scheduler import Estimate
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 KEY_BYTES = 32  # secrets.token_urlsafe(32): 256 bits, 43 characters
 
@@ -80,7 +87,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reasons     TEXT NOT NULL DEFAULT '[]',
     failed_on   TEXT NOT NULL DEFAULT '[]',
     last_error  TEXT NOT NULL DEFAULT '',
-    retry_at    REAL
+    retry_at    REAL,
+    confirmed   REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
 CREATE INDEX IF NOT EXISTS jobs_submission ON jobs (course, assignment, account, submission);
@@ -124,6 +132,7 @@ class Job:
     failed_on: tuple[str, ...]
     last_error: str
     retry_at: float | None = None
+    confirmed: float | None = None  # when the bundle was known to be on the tester
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -185,6 +194,8 @@ class Journal:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "retry_at" not in columns:  # a version 1 journal
                 self._db.execute("ALTER TABLE jobs ADD COLUMN retry_at REAL")
+            if "confirmed" not in columns:  # version 2 or older: every sent job is in doubt
+                self._db.execute("ALTER TABLE jobs ADD COLUMN confirmed REAL")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -248,16 +259,48 @@ class Journal:
         return job
 
     def mark_sent(self, job_id: str, tester: str, deadline: float, *, now: float | None = None) -> Job:
-        """queued -> sent to ``tester``; a ``notify`` is expected before ``deadline``."""
+        """queued -> sent to ``tester``, in doubt until :meth:`confirm_sent`; a ``notify`` is
+        expected before ``deadline``. Journaled before the upload, so a notify never
+        finds the job still queued."""
         now = time.time() if now is None else now
         with self._write() as db:
             self._expect(self._fetch(db, job_id), (JobState.QUEUED,), "send")
             db.execute(
-                "UPDATE jobs SET state = ?, tester = ?, sent = ?, deadline = ? WHERE id = ?",
+                "UPDATE jobs SET state = ?, tester = ?, sent = ?, deadline = ?, confirmed = NULL WHERE id = ?",
                 (JobState.SENT.value, tester, now, deadline, job_id),
             )
             job = self._fetch(db, job_id)
         log.info("job %s sent to %s (attempt %d), notify due by %.0f", job_id, tester, job.attempts + 1, deadline)
+        return job
+
+    def confirm_sent(self, job_id: str, *, now: float | None = None) -> Job:
+        """A sent job's bundle is on its tester (renamed into queue/, or already run
+        there): no longer in doubt. Confirming twice changes nothing."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            job = self._fetch(db, job_id)
+            self._expect(job, (JobState.SENT,), "confirm the sending of")
+            if job.confirmed is None:
+                db.execute("UPDATE jobs SET confirmed = ? WHERE id = ?", (now, job_id))
+                job = self._fetch(db, job_id)
+        log.info("job %s is on %s", job_id, job.tester)
+        return job
+
+    def requeue_unsent(self, job_id: str, why: str) -> Job:
+        """sent, in doubt -> queued, due at once: the bundle never reached the tester
+        (the daemon died before the rename). Not a failed attempt and not the tester's
+        fault, so nothing is counted and ``failed_on`` is unchanged."""
+        with self._write() as db:
+            job = self._fetch(db, job_id)
+            self._expect(job, (JobState.SENT,), "send again")
+            if job.confirmed is not None:
+                raise JobStateError(f"cannot send job {job_id} again: {job.tester} confirmed it holds it")
+            db.execute(
+                "UPDATE jobs SET state = ?, deadline = NULL, sent = NULL, retry_at = NULL WHERE id = ?",
+                (JobState.QUEUED.value, job_id),
+            )
+            job = self._fetch(db, job_id)
+        log.info("job %s never reached %s (%s): queued again", job_id, job.tester, why)
         return job
 
     def record_failure(
@@ -367,6 +410,13 @@ class Journal:
             rows = self._read(
                 "SELECT * FROM jobs WHERE state = ? AND tester = ? ORDER BY sent, id", (JobState.SENT.value, tester)
             )
+        return [Job.from_row(r) for r in rows]
+
+    def in_doubt(self) -> list[Job]:
+        """Sent jobs whose bundle was never confirmed on the tester, oldest sent first:
+        what a daemon killed mid-upload left; resolved at the next start."""
+        rows = self._read("SELECT * FROM jobs WHERE state = ? AND confirmed IS NULL ORDER BY sent, id",
+                          (JobState.SENT.value,))
         return [Job.from_row(r) for r in rows]
 
     def overdue(self, now: float | None = None) -> list[Job]:
