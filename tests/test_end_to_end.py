@@ -322,8 +322,12 @@ def test_storer_down_when_job_finishes_gets_results_later(lab):
     lab.slow.kill(signal.SIGTERM)  # ...and waits in its queue until the storer is down
     try:
         account = lab.storer.submit("2-spin", lab.spin)
-        _wait(lambda: lab.storer.submission("2-spin", account).status().value == "running", 60,
-              "the job to be sent")
+
+        def sent_to_slow() -> bool:   # a first attempt may go to fast and fail, then be resent
+            sub = lab.storer.submission("2-spin", account)
+            return sub.status().value == "running" and sub.info.tester == "slow"
+
+        _wait(sent_to_slow, 120, "the job to be sent to slow")
         lab.storer.kill(signal.SIGTERM)
     finally:
         lab.fast.ssh.start()
