@@ -36,7 +36,10 @@ CLEANUP_INTERVAL = 10            # how often silent connections are looked for
 MAX_HEADER = 64 * 1024
 
 
-class LoginFirst(Error):
+class _LoginFirst(Error):
+    """Waitress's answer for a large body without a session: a response waitress
+    writes itself (its ``Error`` is a response, not an exception we raise)."""
+
     code = 401
     reason = "Unauthorized"
 
@@ -66,7 +69,7 @@ def gated_channel(app: Flask) -> type[HTTPChannel]:
             if big and not has_session(app, self.headers.get("COOKIE", "")):
                 log.info("refused %s %s: a %s body without a session", self.command, self.path,
                          "chunked" if self.chunked else f"{self.content_length}-byte")
-                self.error = LoginFirst(f"Log in first: without a session a request may carry at most"
+                self.error = _LoginFirst(f"Log in first: without a session a request may carry at most"
                                         f" {ANONYMOUS_BODY} bytes.")
                 self.completed = True
 
