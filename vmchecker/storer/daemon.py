@@ -34,7 +34,7 @@ from vmchecker.errors import (
 from vmchecker.queueing import SUBMIT_ONLY, never_tested
 from vmchecker.repo import Repository, check_account
 from vmchecker.service import Service
-from vmchecker.storer import outcomes
+from vmchecker.storer import in_doubt, outcomes
 from vmchecker.storer.courses import Course, Courses, resolve_addresses, tester_done_dir, with_daemon_address
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, Journal, check_key
@@ -153,7 +153,8 @@ class StorerDaemon(Service):
         or queued meanwhile, has then ended in done or error. It answers notify,
         queue_task and status meanwhile; a job queued as it stops waits for the next start.
 
-        First, every tester is reached once (:meth:`check_testers`)."""
+        First, every tester is reached once (:meth:`check_testers`) and every send a killed
+        daemon left in doubt is settled on its tester (:mod:`vmchecker.storer.in_doubt`)."""
         try:
             self.check_testers()
         except VmcheckerError:
@@ -161,6 +162,7 @@ class StorerDaemon(Service):
             self.courses.close()
             self.journal.close()
             raise
+        in_doubt.resolve_all(self.journal, self.courses)
         self.queue_saved_submissions()
         dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         server = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},

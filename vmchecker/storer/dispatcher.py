@@ -6,7 +6,9 @@ or a daemon restart is sent anyway. One pass:
 
 1. each ``queued`` job (oldest first): pick a tester with the scheduler (a
    reservation of one of its slots), build the bundle, journal ``sent`` *before*
-   uploading, upload ``NAME.zip.part`` and rename; a failed upload is a failure of
+   uploading (the intent), upload ``NAME.zip.part``, rename, and journal the
+   confirmation (a daemon killed in between leaves the job in doubt, for the next
+   start to resolve); a failed upload is a failure of
    that tester (penalty sample, retry elsewhere). The reservation gives the slot back
    on every way out before ``sent`` without a line of clean-up per failure;
 2. each ``sent`` job past its notify deadline: a failure of its tester, same path.
@@ -141,6 +143,10 @@ class Dispatcher:
         except VmcheckerError as exc:
             self.fail(job, f"could not send the bundle: {exc.message}", tester)
             return 0
+        try:
+            self.journal.confirm_sent(job.id)
+        except JobStateError:
+            pass  # a fast notify (or the sweep) moved it on meanwhile
         return 1
 
     def _build(self, course: Course, job: Job) -> Path:

@@ -432,6 +432,28 @@ class TesterLink:
         log.info("sent %s to %s:%s", local.name, self.where, final)
         return final
 
+    def holds(self, job_id: str, done_dir: str) -> str | None:
+        """Whether the tester has job ``job_id``: ``"queued"`` when a complete bundle of
+        it (``*_<job_id>.zip``, never a ``.part``) is in its queue folder, ``"done"`` when
+        its ``done_dir/<job_id>/`` exists, None when neither. How a restarted daemon
+        settles a send it journaled but may have died before finishing."""
+        if not job_id or "/" in job_id or job_id.startswith("."):
+            raise TransportError(f"{self.where}: bad job id {job_id!r}")
+        suffix = f"_{job_id}.zip"
+
+        def look(sftp: paramiko.SFTPClient) -> str | None:
+            try:
+                if any(name.endswith(suffix) for name in sftp.listdir(self.queue)):
+                    return "queued"
+            except (FileNotFoundError, PermissionError) as exc:
+                raise self._queue_error(exc) from None
+            try:
+                return "done" if stat.S_ISDIR(sftp.stat(posixpath.join(done_dir, job_id)).st_mode or 0) else None
+            except FileNotFoundError:
+                return None
+
+        return self._run(f"look for job {job_id}", look)
+
     def fetch_results(self, remote_dir: str, names: Iterable[str], local_dir: Path | str) -> list[Path]:
         """Download the named files of ``remote_dir`` into ``local_dir``; all or nothing.
 
