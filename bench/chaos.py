@@ -96,7 +96,8 @@ class Fault:
     kind: str
     target: str
     back_at: float                 # restart / link up (monotonic)
-    pending: list[Sub] = field(default_factory=list)
+    pending: list[Sub] = field(default_factory=list)   # not final when it was undone
+    hit: int = 0                                        # not final when it struck
 
     def recovery(self, end: float) -> float:
         times = [(s.final_at if s.final_at is not None else end) - self.back_at for s in self.pending]
@@ -250,9 +251,16 @@ def chaos(lab: Lab, tracker: Tracker, args: argparse.Namespace, rng: random.Rand
     try:
         for i, kind in enumerate(plan, 1):
             time.sleep(rng.uniform(args.gap_min, args.gap_max))
+            # A hello is graded in about a second: strike while some job is in flight,
+            # at a random point of it, or most faults would hit an idle system.
+            wait_until = time.monotonic() + 10
+            while not tracker.not_final() and time.monotonic() < wait_until:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0, 0.5))
+            hit = len(tracker.not_final())
             target, back = strike(lab, kind, rng, (args.pause_min, args.pause_max))
-            faults.append(Fault(kind, target, back, tracker.not_final()))
-            print(f"[{i}/{len(plan)}] {kind} {target}", flush=True)
+            faults.append(Fault(kind, target, back, tracker.not_final(), hit))
+            print(f"[{i}/{len(plan)}] {kind} {target} ({hit} in flight)", flush=True)
     finally:
         done.set()
 
@@ -261,14 +269,15 @@ def submitter(lab: Lab, tracker: Tracker, args: argparse.Namespace, stop: thread
     gaps = random.Random(args.seed + 1)   # its own stream: the faults' plan does not depend on its pace
     while not stop.is_set() and len(tracker.subs) < args.jobs:
         stop.wait(gaps.uniform(0, 2 * args.submit_gap))
-        if len(tracker.not_final()) >= args.max_in_flight:
-            stop.wait(POLL)
-            continue
-        try:
-            tracker.add(lab.submit())
-        except AssertionError as exc:   # refused at upload: the student was told, nothing to grade
-            print(f"submit refused: {exc}", flush=True)
-            stop.wait(1)
+        # Bursts, like students before a deadline: jobs wait behind each other, so a
+        # fault finds some queued, some sent, some running and some being fetched.
+        for _ in range(gaps.randint(1, args.max_in_flight)):
+            if stop.is_set() or len(tracker.subs) >= args.jobs or len(tracker.not_final()) >= args.max_in_flight:
+                break
+            try:
+                tracker.add(lab.submit())
+            except AssertionError as exc:   # refused at upload: the student was told, nothing to grade
+                print(f"submit refused: {exc}", flush=True)
 
 
 # ---------------------------------------------------------------------- checks
@@ -316,8 +325,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute run: 8 kills, 2 outages")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--jobs", type=int, default=300, help="at most this many submissions")
-    parser.add_argument("--submit-gap", type=float, default=1.5, help="mean seconds between submissions")
+    parser.add_argument("--jobs", type=int, default=400, help="at most this many submissions")
+    parser.add_argument("--submit-gap", type=float, default=3.0, help="mean seconds between bursts of submissions")
     parser.add_argument("--kills", type=int, default=51)
     parser.add_argument("--outages", type=int, default=10)
     parser.add_argument("--gap-min", type=float, default=2.0, help="seconds between faults, at least")
@@ -330,7 +339,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--final-wait", type=float, default=300.0, help="seconds to wait for the last jobs")
     args = parser.parse_args(argv)
     if args.quick:
-        args.kills, args.outages, args.jobs, args.submit_gap = 8, 2, min(args.jobs, 40), 1.0
+        args.kills, args.outages, args.jobs, args.submit_gap = 8, 2, min(args.jobs, 60), 2.0
         args.gap_min, args.gap_max, args.pause_max = 2.0, 5.0, 6.0
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 32)
@@ -392,6 +401,7 @@ def report(lab: Lab, args: argparse.Namespace, tracker: Tracker, faults: list[Fa
     if latencies:
         print(f"latency submit->final: median={latencies[len(latencies) // 2]:.1f} s max={latencies[-1]:.1f} s;"
               f" run {end - started:.0f} s; seed={args.seed}")
+    print(f"faults that struck with jobs in flight: {sum(1 for f in faults if f.hit)}/{len(faults)}")
     recovery_max = max([0.0, *(f.recovery(end) for f in faults)])
     print(f"submitted={len(subs)} final={final} lost={lost} graded_twice={len(problems.get('graded_twice', []))} "
           f"kills={kills} outages={outages} recovery_max_s={recovery_max:.1f}")
