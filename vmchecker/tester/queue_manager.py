@@ -14,15 +14,23 @@ At start-up, before taking the bundles already queued (oldest first), it stops e
 a killed queue manager left running (and the host commands they recorded), asks each
 backend to clean its leftovers (e.g. LXC clones, KVM overlays), clears ``work/``, and
 finishes every job that was committed but whose bundle is still queued (unless that
-bundle arrived after the commit: a resend of the job, run again). Stopping (SIGTERM)
+bundle arrived after the commit: a resend of the job, see below). Stopping (SIGTERM)
 kills the running executors and leaves their bundles queued for the next start. An
 unexpected error in the main loop is logged and the loop goes on: running jobs never
 pay for a hiccup of inotify or of the disk.
+
+A second bundle of a job the tester already holds is the same job, never run twice: a
+bundle's name carries its job id, so a resend of a waiting or running job replaces its
+file and is taken with it; one whose results are committed and whose notification still
+waits (the storer sent it again, not knowing the first had arrived) is dropped, and the
+notification is sent at once. A job whose notification the storer has answered is a
+deliberate retry (it reported an error) and runs again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import shutil
@@ -41,7 +49,7 @@ from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.executor import hostcmds
 from vmchecker.service import Service
 from vmchecker.tester import processes, results
-from vmchecker.tester.jobs import Job, Outcome
+from vmchecker.tester.jobs import Job, Outcome, job_id_from_name
 from vmchecker.tester.notifier import Journal, Notifier, Pending
 from vmchecker.tester_config import TesterConfig
 
@@ -204,13 +212,33 @@ class QueueManager(Service):
         while self._waiting and len(self._running) < self.config.tester.slots and not self.stop.is_set():
             name = self._waiting.popleft()
             bundle_path = self.config.queue_dir / name
-            if not bundle_path.is_file():  # removed by hand meanwhile
+            if not bundle_path.is_file() or self._drop_duplicate(bundle_path):  # removed by hand meanwhile
                 self._known.discard(name)
                 continue
             job = Job(bundle_path, self.config, self._executor_command, self.kill_grace)
             thread = threading.Thread(target=self._run_job, args=(job,), name=f"slot:{job.name}", daemon=True)
             self._running[name] = (job, thread)
             thread.start()
+
+    def _drop_duplicate(self, bundle_path: Path) -> bool:
+        """Drop a bundle of a job that is already running (under another name) or whose
+        results are committed with a notification still waiting, and send that
+        notification now; True if dropped (see the module docstring)."""
+        job_id = job_id_from_name(bundle_path.name)
+        with self._commit_lock:   # not while a job is being committed
+            running = any(job_id_from_name(name) == job_id for name in self._running)
+            try:
+                pending = None if running else self.notifier.journal.load(job_id)
+            except RpcError:
+                return False   # not a job id: a malformed bundle, run to report it
+            if not running and (pending is None or results.read_marker(self.config.done_dir / job_id) is None):
+                return False
+            log.info("job %s: %r is a second bundle of a job %s here; dropping it", job_id, bundle_path.name,
+                     "running" if running else "done and not yet notified")
+            self._remove_bundle(bundle_path)
+            if pending is not None:
+                self.notifier.add(dataclasses.replace(pending, next_try=time.time()))
+        return True
 
     def _reap(self) -> None:
         for name, (_job, thread) in list(self._running.items()):
@@ -308,8 +336,8 @@ class QueueManager(Service):
             if not is_bundle_name(bundle_name) or not bundle_path.is_file():
                 continue
             if not _older_than(bundle_path, marker.get("committed")):
-                log.info("job %s: %s arrived again after its results were committed; running it again",
-                         marker.get("job_id"), bundle_name)
+                log.info("job %s: %s arrived again after its results were committed; a duplicate unless"
+                         " its notification was answered", marker.get("job_id"), bundle_name)
                 continue
             log.info("job %s: results were committed before a crash; finishing it", marker.get("job_id"))
             if marker.get("job_id") not in pending:
