@@ -48,6 +48,8 @@ bench: venv base kvm-base
 	$(VENV)/bin/python bench/executor.py
 	$(VENV)/bin/python bench/dispatch.py
 	$(VENV)/bin/python bench/scheduler.py
+	$(VENV)/bin/python bench/hostile.py
+	$(VENV)/bin/python bench/chaos.py
 
 clean:
 	rm -rf $(VENV) $(STAMPS) *.egg-info
