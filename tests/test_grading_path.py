@@ -18,18 +18,15 @@ import csv
 import io
 import json
 import os
-import pwd
 import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.executor import grading_cases as cases
 from tests.lab import lxc_unusable, sshd
@@ -134,18 +131,6 @@ def _course(root: Path, daemon_url: str, ssh: sshd.SshServer, tester: Path) -> c
     return config.load_course(path)
 
 
-def _tester_folder(ssh: sshd.SshServer) -> Path:
-    """The tester's folder, outside pytest's (the sshd's account must reach its queue)."""
-    tester = Path(tempfile.mkdtemp(prefix="vmck-path-tester-"))
-    tester.chmod(0o755)
-    for sub in ("queue", "done", "tmpunzip", "state"):
-        (tester / sub).mkdir()
-    entry = pwd.getpwnam(ssh.user)
-    os.chown(tester / "queue", entry.pw_uid, entry.pw_gid)
-    (tester / "config.yaml").write_text(yaml.safe_dump({"tester": {"name": "t1", "slots": 1}}))
-    return tester
-
-
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """The storer daemon, the loopback sshd and the queue manager for one course, and every
@@ -158,7 +143,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     env = {**os.environ, "VMCHECKER_CONFIG": str(root / "global.yaml")}
     stack: list[Process] = []
     with sshd.SshServer() as ssh:
-        tester = _tester_folder(ssh)
+        tester = sshd.tester_folder(ssh, "vmck-path-tester-")
         try:
             course = _course(root, f"http://127.0.0.1:{port}/", ssh, tester)
             daemon = Process(["vmchecker.cli.storer_daemon", "--listen", f"127.0.0.1:{port}", "--state",

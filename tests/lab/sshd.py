@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import yaml
+
 from tests.lab import require_marker
 from tests.lab.netns import LOCK_FILE, TesterHost, check_route
 from tests.util import free_port, pid_alive
@@ -321,3 +323,17 @@ class SshServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tester_folder(ssh: SshServer, prefix: str = "vmck-tester-") -> Path:
+    """A one-slot tester's folder (queue, done, tmpunzip, state, config.yaml) outside
+    pytest's temporary tree, whose queue/ belongs to ``ssh``'s account: the storer's
+    SFTP logs in as that account, which must reach and write the queue."""
+    tester = Path(tempfile.mkdtemp(prefix=prefix))
+    tester.chmod(0o755)
+    for sub in ("queue", "done", "tmpunzip", "state"):
+        (tester / sub).mkdir()
+    entry = pwd.getpwnam(ssh.user)
+    os.chown(tester / "queue", entry.pw_uid, entry.pw_gid)
+    (tester / "config.yaml").write_text(yaml.safe_dump({"tester": {"name": "t1", "slots": 1}}))
+    return tester

@@ -9,11 +9,9 @@ move as the system grades it, and reads the build output, the run output and the
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,16 +54,11 @@ def system(tmp_path: Path):
     keys.mkdir(exist_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "id_ed25519")], check=True)
     stack = []
-    tester = Path(tempfile.mkdtemp(prefix="vmck-web-tester-"))
+    tester = None
     try:
         ssh = sshd.SshServer(authorized_keys=[(keys / "id_ed25519.pub").read_text()]).start()
         stack.append(ssh)
-        tester.chmod(0o755)
-        for sub in ("queue", "done", "tmpunzip", "state"):
-            (tester / sub).mkdir()
-        entry = pwd.getpwnam(ssh.user)
-        os.chown(tester / "queue", entry.pw_uid, entry.pw_gid)
-        (tester / "config.yaml").write_text(yaml.safe_dump({"tester": {"name": "t1", "slots": 1}}))
+        tester = sshd.tester_folder(ssh, "vmck-web-tester-")
         (keys / "known_hosts").write_text(ssh.host_key_line() + "\n")
         (course.root / "run.sh").write_text(RUN_SH)
         data = yaml.safe_load(course.path.read_text())
@@ -83,7 +76,8 @@ def system(tmp_path: Path):
     finally:
         for part in reversed(stack):
             part.stop() if not isinstance(part, sshd.SshServer) else part.close()
-        shutil.rmtree(tester, ignore_errors=True)
+        if tester is not None:
+            shutil.rmtree(tester, ignore_errors=True)
 
 
 def test_student_sees_a_real_grading(system, page, tmp_path: Path) -> None:  # noqa: F811
