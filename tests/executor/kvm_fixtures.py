@@ -64,3 +64,24 @@ def owned_domains(host, pids: set[int]) -> list[str]:
 
     domains = host.connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
     return [d.name() for d in domains if any(f"-{pid}-" in d.name() for pid in pids)]
+
+
+def job_leftovers(host, pid: int) -> list[str]:
+    """What the jobs of process ``pid`` left: transient guests, and overlays and
+    consoles in the state folder's jobs/."""
+    from vmchecker.executor.guest import GUEST_PREFIX
+
+    return owned_domains(host, {pid}) + sorted(str(p) for p in (KVM_STATE / "jobs").glob(f"{GUEST_PREFIX}*-{pid}-*"))
+
+
+def remove_leftover(host, item: str) -> None:
+    """Remove one item :func:`job_leftovers` named (a file, or a guest to destroy)."""
+    import contextlib
+
+    import libvirt
+
+    if item.startswith("/"):
+        Path(item).unlink(missing_ok=True)
+    else:
+        with contextlib.suppress(libvirt.libvirtError):
+            host.connection().lookupByName(item).destroy()

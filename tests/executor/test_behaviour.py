@@ -25,8 +25,8 @@ import pytest
 
 from tests.executor.conftest import owned_clones
 from tests.executor.helpers import BASE, HELLO_FILES, around_run_step, c_program, result_json, run_job, vmr
-from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine, owned_domains
-from vmchecker.executor import base, guest
+from tests.executor.kvm_fixtures import KVM_STATE, job_leftovers, kvm_machine, owned_domains, remove_leftover
+from vmchecker.executor import base
 
 # Seconds two parallel jobs may wait for each other before their run steps (a guard:
 # a job that fails first breaks the wait at once).
@@ -78,8 +78,6 @@ def _lxc(host) -> Backend:
 
 
 def _kvm(host) -> Backend:
-    import libvirt
-
     pid = os.getpid()
     disk = KVM_STATE / "base.qcow2"
 
@@ -92,20 +90,11 @@ def _kvm(host) -> Backend:
     def guests() -> list[str]:
         return owned_domains(host, {pid})
 
-    def leftovers() -> list[str]:   # transient guests, and overlays and consoles in jobs/
-        return guests() + sorted(str(p) for p in (KVM_STATE / "jobs").glob(f"{guest.GUEST_PREFIX}*-{pid}-*"))
-
-    def remove(item: str) -> None:
-        if item.startswith("/"):
-            Path(item).unlink(missing_ok=True)
-        else:
-            with contextlib.suppress(libvirt.libvirtError):
-                host.connection().lookupByName(item).destroy()
-
     # Megabytes: TCG is slow, and the step's timeout is the same as on LXC. Peak memory
     # is the step cgroup's memory.peak, which the limit bounds.
     return Backend("kvm", host, kvm_machine(), {"revert": "overlay"}, (64 * 2**20, 8 * 2**20, 4 * 2**20),
-                   64 * 1024, guests, leftovers, remove, base_untouched)
+                   64 * 1024, guests, lambda: job_leftovers(host, pid),
+                   lambda item: remove_leftover(host, item), base_untouched)
 
 
 @pytest.fixture(params=[pytest.param("lxc", marks=pytest.mark.lxc), pytest.param("kvm", marks=pytest.mark.kvm)])

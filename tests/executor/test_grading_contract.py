@@ -23,7 +23,6 @@ once, and each test names and checks one of those behaviours.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -35,8 +34,8 @@ import pytest
 from tests.executor import grading_cases as cases
 from tests.executor.conftest import owned_clones
 from tests.executor.helpers import run_job, vmr
-from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine, owned_domains
-from vmchecker.executor import base, guest
+from tests.executor.kvm_fixtures import job_leftovers, kvm_machine, remove_leftover
+from vmchecker.executor import base
 from vmchecker.executor.results import JobResult
 
 
@@ -82,23 +81,10 @@ def _lxc(host: base.Host) -> Backend:
 
 
 def _kvm(host: base.Host) -> Backend:
-    import libvirt
-
     pid = os.getpid()
-
-    def leftovers() -> list[str]:   # transient guests, and overlays and consoles in jobs/
-        return owned_domains(host, {pid}) + sorted(
-            str(p) for p in (KVM_STATE / "jobs").glob(f"{guest.GUEST_PREFIX}*-{pid}-*"))
-
-    def remove(item: str) -> None:
-        if item.startswith("/"):
-            Path(item).unlink(missing_ok=True)
-        else:
-            with contextlib.suppress(libvirt.libvirtError):
-                host.connection().lookupByName(item).destroy()
-
     # TCG: the build alone takes seconds, and it runs under the same timeout.
-    return Backend("kvm", host, kvm_machine(), 15, leftovers, remove)
+    return Backend("kvm", host, kvm_machine(), 15, lambda: job_leftovers(host, pid),
+                   lambda item: remove_leftover(host, item))
 
 
 @pytest.fixture(scope="module",
