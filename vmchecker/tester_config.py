@@ -19,7 +19,7 @@ from typing import Any
 from vmchecker.config import Machine, machine_to_dict
 from vmchecker.confparse import build, deep_merge, read_yaml
 from vmchecker.contract import TESTER_INFO
-from vmchecker.errors import ConfigError
+from vmchecker.errors import BundleError, ConfigError
 from vmchecker.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,13 @@ class TesterSettings:
     # puts its daemon's URL in every bundle, and that one is used.
     storer_daemon: str = ""
     state: str = "state"
+    # Seconds results stay in done/<job>/ once the storer has them (notified), so a
+    # sysadmin can still look; then a periodic sweep removes them.
+    done_grace: float = 86400.0
+    # The host commands (``kernel_messages``, ``host_commands`` of a bundle's machine)
+    # this tester runs, as exact strings: they run as root with a shell, so the storer's
+    # word alone is not enough. Commands the tester's own ``machines`` set are its own.
+    accept_host_commands: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,21 @@ class TesterConfig:
         write_atomic(path, json.dumps(self.identity(), sort_keys=True) + "\n", 0o644)
         return path
 
+    def check_host_commands(self, machine: Machine) -> None:
+        """Refuse a machine (the bundle's, with this tester's overrides) whose host
+        commands this tester did not accept: ``tester.accept_host_commands``, or those its
+        own ``machines.NAME`` sets. Raises BundleError naming the first one refused."""
+        own = self.machines.get(machine.name) or {}
+        accepted = set(self.tester.accept_host_commands)
+        for key in ("kernel_messages", "host_commands"):
+            accepted.update(c for c in own.get(key) or [] if isinstance(c, str))
+        for key in ("kernel_messages", "host_commands"):
+            for command in getattr(machine, key):
+                if command not in accepted:
+                    raise BundleError(f"machine {machine.name!r}: {key} command {command!r} is not accepted by"
+                                      f" this tester; a tester runs only the host commands its sysadmin lists"
+                                      " under tester.accept_host_commands in its config")
+
     def machine(self, bundled: Machine) -> Machine:
         """The bundle's machine with this tester's instance overrides applied."""
         overrides = self.machines.get(bundled.name)
@@ -118,6 +140,8 @@ def load_tester(path: Path | str) -> TesterConfig:
     tester = build(TesterSettings, data.get("tester"), path, "tester")
     if tester.slots < 1:
         raise ConfigError(path, "tester.slots", "must be at least 1")
+    if tester.done_grace < 0:
+        raise ConfigError(path, "tester.done_grace", "must be 0 or more (seconds)")
     machines = data.get("machines") or {}
     if not isinstance(machines, dict):
         raise ConfigError(path, "machines", f"expected a mapping, got {machines!r}")

@@ -79,6 +79,7 @@ def test_killed_before_the_confirmation_confirms_and_never_resends(tester, runni
         bundle.unlink()
         (done / job.id).mkdir()
         (done / job.id / "grade.vmr").write_text("")
+        (done / job.id / "result.json").write_text('{"status": "done"}')
     else:
         before = bundle.stat()
     daemon = _restart(running_daemon, tmp_path)
@@ -88,7 +89,7 @@ def test_killed_before_the_confirmation_confirms_and_never_resends(tester, runni
     assert (confirmed.state.value, confirmed.attempts, confirmed.sent) == ("sent", 0, job.sent)
     if held == "done":
         assert _bundles(course, job.id) == []
-        assert _notify(daemon, confirmed, "done", ["grade.vmr"]) is True   # its notify lands as usual
+        assert _notify(daemon, confirmed, "done", ["grade.vmr", "result.json"]) is True   # its notify lands as usual
         assert daemon.journal.get(job.id).state.value == "done"
     else:
         (after,) = _bundles(course, job.id)

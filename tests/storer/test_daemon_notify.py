@@ -133,3 +133,14 @@ def test_queue_task_refuses_a_graded_submission(daemon):
     sub.set_status(SubmissionStatus.DONE)
     with pytest.raises(CallRefused, match="already done: recheck it"):
         rpc.Client(daemon.url).queue_task("so", "1-hello", "fay", sub.name)
+
+
+@pytest.mark.parametrize("files", [[], ["grade.vmr"], ["vmchecker-stderr.vmr", "run-stdout.vmr"]])
+def test_a_done_notify_without_result_json_is_refused_and_the_job_stays_sent(daemon, files):
+    """The key alone (read on a tester by anyone) must not end a job with no results:
+    nothing is fetched, the job waits for its deadline and is resent as for any failure."""
+    job, sub = _sent_job(daemon, "t1")
+    with pytest.raises(CallRefused, match="must name result.json"):
+        _notify(daemon, job.id, job.key, files=files)
+    _assert_nothing_written(daemon, job, sub)
+    assert daemon.journal.get(job.id).attempts == job.attempts   # not counted against the tester

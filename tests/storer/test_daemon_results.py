@@ -112,7 +112,9 @@ def test_results_are_pulled_into_the_submission(tester, running_daemon, tmp_path
 
 
 @pytest.mark.parametrize("files, reason", [
-    ({"grade.vmr": "done\n"}, "the tester sent no account of the run (result.json missing or unreadable)"),
+    # (a done notify that names no result.json is refused: test_daemon_notify.py)
+    ({"grade.vmr": "done\n", "result.json": ""},
+     "the tester sent no account of the run (result.json missing or unreadable)"),
     ({"grade.vmr": "10: all passed\n", "result.json": "{not json"},
      "the tester sent no account of the run (result.json missing or unreadable)"),
     ({"result.json": _account(steps={"build": _step(exit_code=2), "run": _step(attempted=False)})},
@@ -170,8 +172,9 @@ def test_a_symlink_in_the_results_is_refused_and_counts_against_the_tester(setup
     folder = done / job.id
     folder.mkdir()
     (folder / "grade.vmr").symlink_to("/etc/shadow")
+    (folder / "result.json").write_text('{"status": "done"}')
     with pytest.raises(CallRefused, match="symbolic link"):
-        _notify(daemon, job, "done", ["grade.vmr"])
+        _notify(daemon, job, "done", ["grade.vmr", "result.json"])
     sub = Repository(course).submission("1-hello", "dave", sub.name)
     assert not (sub.results_dir / "grade.vmr").is_symlink()
     assert sub.status() is SubmissionStatus.QUEUED  # resent, nothing of the tester's kept

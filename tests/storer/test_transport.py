@@ -95,6 +95,7 @@ def test_resend_replaces_the_bundle(server, tmp_path, course_key):
         link.send_bundle(second, str(queue), BUNDLE)
     assert os.listdir(queue) == [BUNDLE]
     assert (queue / BUNDLE).read_bytes() == b"second version"
+    assert (queue / BUNDLE).stat().st_mode & 0o777 == 0o600   # it holds the job's key
 
 
 def test_send_to_a_missing_queue_is_a_transport_error(server, tmp_path, course_key):

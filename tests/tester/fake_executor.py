@@ -17,6 +17,8 @@ fake.json keys (all optional):
   barrier      with active_dir: wait until this many jobs run at once, or every job of
                ``total`` has started (the last ones may have no partner left)
   total        with active_dir: how many jobs share the probe
+  modes        file to write {"config": mode of submission-config.yaml, "umask": its own} to
+  result_files more files to write in results/ (name -> text)
   host_pid     start a host command as the real executor does (vmchecker.executor.hostcmds.
                HostCommands, recorded in results/) that writes its pid here and sleeps
 """
@@ -61,6 +63,10 @@ def main() -> int:
     if spec.get("child_pid"):
         child = subprocess.Popen(["sleep", "1000"])
         Path(spec["child_pid"]).write_text(str(child.pid))
+    if spec.get("modes"):
+        umask = os.umask(0o022)
+        config_mode = (bundle / "submission-config.yaml").stat().st_mode & 0o777
+        Path(spec["modes"]).write_text(json.dumps({"config": config_mode, "umask": umask}))
     extra = {}
     if spec.get("active_dir"):
         extra["seen_at_once"] = probe(Path(spec["active_dir"]), job_id, spec.get("barrier", 0), spec.get("total", 0))
@@ -75,6 +81,8 @@ def main() -> int:
     results.mkdir(exist_ok=True)
     (results / "run-stdout.vmr").write_text(f"ran {job_id}\n")
     (results / "vmchecker-stderr.vmr").write_text("")
+    for name, text in spec.get("result_files", {}).items():
+        (results / name).write_text(text)
     status = "error" if action == "error" else "done"
     steps = {name: {"attempted": True, "exit_code": 0, "signal": None, "timed_out": False} for name in ("build", "run")}
     result = {"status": status, "backend": "fake", "total_s": 0.01, "grade_file": False, "steps": steps, **extra}

@@ -28,10 +28,10 @@ if [ "$out" = "Hello, world!" ]; then : > "$VMCHECKER_GRADE"; else echo "-10: wr
 
 
 def make_tester(root: Path, slots: int = 2, executor_timeout: int = 60, storer_daemon: str = "",
-                machines: dict | None = None) -> tester_config.TesterConfig:
+                machines: dict | None = None, **settings) -> tester_config.TesterConfig:
     root.mkdir(parents=True, exist_ok=True)
     data = {"tester": {"name": "t1", "slots": slots, "executor_timeout": executor_timeout,
-                       "storer_daemon": storer_daemon}}
+                       "storer_daemon": storer_daemon, **settings}}
     if machines:
         data["machines"] = machines
     (root / "config.yaml").write_text(yaml.safe_dump(data))
@@ -41,7 +41,7 @@ def make_tester(root: Path, slots: int = 2, executor_timeout: int = 60, storer_d
 def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machine_type: str = "lxc",
                 notify_url: str = "", archive_members: dict | None = None,
                 build_sh: str = "#!/bin/bash\nmake\n", run_sh: str = HELLO_RUN,
-                timeout: int = 30, boot_timeout: int = 120) -> Path:
+                timeout: int = 30, boot_timeout: int = 120, machine_keys: dict | None = None) -> Path:
     """A real bundle (vmchecker.bundle.build_bundle) whose archive holds ``fake.json``."""
     work = dest_dir.parent / f".src-{job_id}"
     work.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,8 @@ def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machin
     (work / "run.sh").write_text(run_sh)
     if machine_type in config.MACHINE_TYPES:
         machine = config.parse_machine({"name": "linux", "type": machine_type, "vm": "vmchecker-base",
-                                        "limits": {"output_kb": 64}, "boot_timeout": boot_timeout}, "test")
+                                        "limits": {"output_kb": 64}, "boot_timeout": boot_timeout,
+                                        **(machine_keys or {})}, "test")
     else:  # what a storer with a newer backend might send: built without validation
         machine = config.Machine(name="linux", type=machine_type, vm="vm")
     info = BundleInfo(job_id=job_id, key=KEY, course="so", assignment="1-hello", account="bob",

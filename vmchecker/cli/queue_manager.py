@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="run what is queued now, notify, and exit")
     p.add_argument("--pid-file", metavar="FILE", help="pid file (default: STATE/queue-manager.pid)")
     p.add_argument("--keep-done-days", type=float, metavar="DAYS",
-                   help="remove results in done/ older than DAYS once notified (default: keep them)")
+                   help="remove results in done/ older than DAYS once notified (default: tester.done_grace)")
     p.add_argument("tester", metavar="TESTER_DIR_OR_CONFIG", help="the tester folder or its config.yaml")
     args = p.parse_args(argv)
     service.setup_logging(args.verbose)

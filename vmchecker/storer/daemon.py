@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vmchecker import config, confparse, rpc
-from vmchecker.contract import VMCHECKER_STDERR, JobState, ResultStatus, SubmissionStatus
+from vmchecker.contract import RESULT_JSON, VMCHECKER_STDERR, JobState, ResultStatus, SubmissionStatus
 from vmchecker.errors import (
     CallRefused,
     ConfigError,
@@ -262,6 +262,12 @@ class StorerDaemon(Service):
         if job.state is not JobState.SENT:
             raise CallRefused(f"job {job.id} is {job.state.value}, not waiting for a notify")
         course = self._check_caller(job, caller)
+        if request.status != ResultStatus.ERROR and RESULT_JSON not in request.files:
+            # No results to weigh: never final. Refused (the job stays sent, and is resent
+            # after its deadline), so a caller who only has the key cannot end it empty.
+            log.warning("job %s: a %s notify from %s names no %s; refused", job.id, request.status, job.tester,
+                        RESULT_JSON)
+            raise CallRefused(f"notify for job {job.id}: a {request.status} notify must name {RESULT_JSON}")
         tester = course.config.testers[job.tester]
         remote = posixpath.join(tester_done_dir(tester), job.id)
         link = course.link(job.tester)

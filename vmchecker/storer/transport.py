@@ -419,6 +419,11 @@ class TesterLink:
                 sftp.remove(part)
                 log.info("%s: removed a stale %s", self.where, part)
             try:
+                # The bundle holds the job's key: 0600 before a byte is written (put
+                # truncates the file and keeps its mode), so no other local user of the
+                # tester reads it; the queue manager is root.
+                sftp.open(part, "wb").close()
+                sftp.chmod(part, 0o600)
                 sftp.put(str(local), part, confirm=True)
                 sftp.posix_rename(part, final)
             except BaseException as exc:

@@ -9,6 +9,7 @@ Making the results durable is the queue manager's part (:mod:`vmchecker.tester.r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import subprocess
@@ -136,14 +137,18 @@ class Job:
         try:
             if self.work.exists():   # a leftover that cannot go fails the job, never mixes into it
                 shutil.rmtree(self.work)
+            with contextlib.suppress(OSError):   # it holds the job's key (a storer sends it 0600)
+                self.bundle.chmod(results.KEY_FILE_MODE)
             try:
                 info = bundle.unpack_bundle(self.bundle, self.work)
+                (self.work / SUBMISSION_CONFIG).chmod(results.KEY_FILE_MODE)   # so does this
                 machine = self.config.machine(info.machine)  # the tester's overrides must apply too
             except VmcheckerError as exc:
                 identity.update(_peek_identity(self.bundle))
                 reason = exc.message.replace(f"{self.work}/", "")  # no tester paths in results
                 raise BundleError(reason if self.bundle.name in reason else f"{self.bundle.name}: {reason}") from None
             identity = {"job_id": info.job_id, "key": info.key, "notify_url": info.notify_url}
+            self.config.check_host_commands(machine)   # before anything runs: root shells need the tester's word
             self.machine = machine
             status = self._execute(stats, executor_timeout(self.config.tester.executor_timeout, machine, info.timeout))
         except VmcheckerError as exc:

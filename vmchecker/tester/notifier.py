@@ -63,12 +63,14 @@ class Journal:
     def __init__(self, directory: Path):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)   # each entry holds its job's key
+
 
     def _path(self, job_id: str) -> Path:
         return self.dir / f"{rpc.check_job_id(job_id)}.json"
 
     def save(self, pending: Pending) -> None:
-        fsutil.write_atomic(self._path(pending.job_id), pending.to_json())
+        fsutil.write_atomic(self._path(pending.job_id), pending.to_json(), 0o600)  # it holds the job's key
 
     def load(self, job_id: str) -> Pending | None:
         path = self._path(job_id)

@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def start(command: Sequence[str], output: IO[bytes], cwd: Path | None = None) -> subprocess.Popen:
-    """Start ``command`` as the leader of a new session (and process group)."""
+    """Start ``command`` as the leader of a new session (and process group), with the
+    usual umask 022: the queue manager's own 077 guards job keys, and must not change
+    the modes of what the executor puts in its guests."""
     return subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                            cwd=cwd, start_new_session=True, close_fds=True)
+                            cwd=cwd, start_new_session=True, close_fds=True, umask=0o022)
 
 
 def _killpg(pgid: int, sig: int) -> bool:

@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -135,9 +136,21 @@ class QueueManager(Service):
     # ------------------------------------------------------------------ main loop
 
     def serve(self) -> int:
+        """Serve with umask 077 (restored after): what this process writes without an
+        explicit mode, e.g. a job's key in its bundle or its notification, is root's alone."""
         cfg = self.config
         for d in (cfg.queue_dir, cfg.work_dir, cfg.done_dir, cfg.state_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True)   # before the umask: done/ stays readable
+        old_umask = os.umask(0o077)
+        try:
+            return self._serve()
+        finally:
+            os.umask(old_umask)
+
+    def _serve(self) -> int:
+        cfg = self.config
+        for d in (cfg.work_dir, cfg.state_dir):  # unpacked bundles and notifications hold job keys
+            d.chmod(0o700)
         cfg.publish_identity()  # the name and slots it runs with, for the storer to check
         self.notifier = Notifier(Journal(cfg.state_dir / "notify"), **self._notify_settings)
         self.recover()
@@ -188,9 +201,12 @@ class QueueManager(Service):
         return True
 
     def cleanup_done(self) -> list[str]:
-        """The clean-up policy hook for ``done/`` (keeps everything unless keep_done_days)."""
-        return results.cleanup_done(self.config.done_dir, self.keep_done_days,
-                                    keep=set(self.notifier.journal.job_ids()))
+        """The clean-up policy for ``done/``: results the storer was told of (no pending
+        notification) go once older than ``keep_done_days``, else ``tester.done_grace``."""
+        days = self.keep_done_days
+        if days is None:
+            days = self.config.tester.done_grace / 86400
+        return results.cleanup_done(self.config.done_dir, days, keep=set(self.notifier.journal.job_ids()))
 
     def backlog(self) -> list[str]:
         """Bundles now in ``queue/``, oldest first."""
@@ -204,7 +220,7 @@ class QueueManager(Service):
     def _enqueue(self, names: Iterable[str]) -> None:
         for name in names:
             if name not in self._known and (self.config.queue_dir / name).is_file():
-                log.info("bundle %s queued", name)
+                log.info("bundle %r queued", name)
                 self._known.add(name)
                 self._waiting.append(name)
 
@@ -322,14 +338,14 @@ class QueueManager(Service):
         for machine_type in sorted(self._machine_types(machines)):
             cleanup_backend(machine_type, [m for m in machines if m.type == machine_type])
         for entry in cfg.work_dir.iterdir():
-            log.info("removing %s left by an earlier run", entry)
+            log.info("removing %r left by an earlier run", str(entry))
             try:
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
                 else:
                     entry.unlink(missing_ok=True)
             except OSError as exc:
-                log.error("cannot remove %s: %s", entry, exc)
+                log.error("cannot remove %r: %s", str(entry), exc)
         pending = set(self.notifier.journal.job_ids())
         for bundle_name, marker in results.scan_done(cfg.done_dir).items():
             bundle_path = cfg.queue_dir / bundle_name

@@ -25,6 +25,9 @@ from vmchecker.errors import RpcError
 log = logging.getLogger(__name__)
 
 MARKER = ".complete"
+KEY_FILE_MODE = 0o600      # a file holding a job's key: whoever reads it can notify for the job
+RESULTS_DIR_MODE = 0o755
+RESULT_FILE_MODE = 0o644
 MAX_RESULT_JSON = 1024 * 1024
 
 
@@ -63,10 +66,10 @@ def _result_files(results_dir: Path) -> list[Path]:
         try:
             rpc.check_file_name(path.name)
         except RpcError as exc:
-            log.warning("%s: not sent to the storer: %s", path, exc.message)
+            log.warning("%r: not sent to the storer: %s", str(path), exc.message)  # %r: a name may hold a newline
             continue
         if path.name.startswith(".") or path.is_symlink() or not path.is_file():
-            log.warning("%s: not sent to the storer: not a regular file", path)
+            log.warning("%r: not sent to the storer: not a regular file", str(path))
             continue
         files.append(path)
     return files[: rpc.MAX_FILES]
@@ -91,6 +94,9 @@ def commit(results_dir: Path, done_root: Path, job_id: str, marker: dict[str, An
         log.warning("%s: replacing earlier results of job %s", final, job_id)
         shutil.rmtree(final)
     final.mkdir(parents=True)
+    # Modes are explicit, whatever the umask: the storer's account reads the results
+    # (folder 0755, files 0644); the marker holds the job's key and is root's alone.
+    final.chmod(RESULTS_DIR_MODE)
     names = []
     for src in _result_files(results_dir):
         dest = final / src.name
@@ -98,11 +104,13 @@ def commit(results_dir: Path, done_root: Path, job_id: str, marker: dict[str, An
             os.replace(src, dest)
         except OSError:  # another file system
             shutil.copyfile(src, dest)
+        dest.chmod(RESULT_FILE_MODE)
         _fsync_file(dest)
         names.append(src.name)
     fsutil.fsync_dir(final)
     fsutil.fsync_dir(done_root)
-    fsutil.write_atomic(final / MARKER, json.dumps({**marker, "files": names, "committed": time.time()}))
+    fsutil.write_atomic(final / MARKER, json.dumps({**marker, "files": names, "committed": time.time()}),
+                        KEY_FILE_MODE)
     return names
 
 
@@ -125,11 +133,11 @@ def scan_done(done_root: Path) -> dict[str, dict[str, Any]]:
             continue
         marker = read_marker(job_dir)
         if marker is None:
-            log.warning("%s: results never completed (interrupted run); removing them", job_dir)
+            log.warning("%r: results never completed (interrupted run); removing them", str(job_dir))
             try:
                 shutil.rmtree(job_dir)
             except OSError as exc:
-                log.error("cannot remove the incomplete results %s: %s", job_dir, exc)
+                log.error("cannot remove the incomplete results %r: %s", str(job_dir), exc)
             continue
         complete[str(marker.get("bundle", ""))] = marker
     return complete
@@ -156,7 +164,7 @@ def cleanup_done(done_root: Path, max_age_days: float | None, keep: set[str] = f
             try:
                 shutil.rmtree(job_dir)
             except OSError as exc:
-                log.error("cannot remove old results %s: %s", job_dir, exc)
+                log.error("cannot remove old results %r: %s", str(job_dir), exc)
                 continue
             removed.append(job_dir.name)
     if removed:
