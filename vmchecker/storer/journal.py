@@ -29,8 +29,7 @@ Order for the dispatcher: ``mark_sent`` *before* the upload, ``confirm_sent`` af
 rename on the tester, ``record_failure`` if the upload fails. A fast ``notify`` then always
 finds the job ``sent``; a crash between the two leaves it in doubt, and the next start
 resolves it at once (:meth:`Journal.in_doubt`): confirmed if the tester holds it, else
-queued again. A version 2 journal gains the column with every ``sent`` job in doubt,
-which is the safe reading: the next start looks.
+queued again.
 
 Concurrency: ONE connection shared by all threads, serialised by a lock. The
 daemon's XML-RPC server starts a thread per request, so per-thread connections
@@ -38,9 +37,8 @@ would be opened and leaked per call; SQLite admits one writer at a time anyway.
 Writes use ``BEGIN IMMEDIATE`` and a busy timeout so another process holding the
 file (a second reader such as a backup) delays a write instead of failing it.
 
-Durability: ``synchronous=FULL``. In WAL mode ``NORMAL`` may lose the last commits
-on a power cut, and a job whose id the caller already received must not vanish
-("nothing is lost"); FULL costs one fsync per transition.
+The file itself (tables, version, migrations, WAL and ``synchronous=FULL``) is
+:mod:`vmchecker.storer.journal_schema`.
 """
 
 from __future__ import annotations
@@ -60,52 +58,12 @@ from typing import Any
 
 from vmchecker.contract import JobState
 from vmchecker.errors import JobStateError, NotFound, VmcheckerError
+from vmchecker.storer.journal_schema import connect, migrate
 from vmchecker.storer.scheduler import Estimate
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
-BUSY_TIMEOUT_MS = 10_000
 KEY_BYTES = 32  # secrets.token_urlsafe(32): 256 bits, 43 characters
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id          TEXT PRIMARY KEY,
-    key         TEXT NOT NULL,
-    course      TEXT NOT NULL,
-    assignment  TEXT NOT NULL,
-    account     TEXT NOT NULL,
-    submission  TEXT NOT NULL,
-    machine     TEXT NOT NULL,
-    tester      TEXT,
-    state       TEXT NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    created     REAL NOT NULL,
-    sent        REAL,
-    finished    REAL,
-    deadline    REAL,
-    reasons     TEXT NOT NULL DEFAULT '[]',
-    failed_on   TEXT NOT NULL DEFAULT '[]',
-    last_error  TEXT NOT NULL DEFAULT '',
-    retry_at    REAL,
-    confirmed   REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
-CREATE INDEX IF NOT EXISTS jobs_submission ON jobs (course, assignment, account, submission);
-CREATE TABLE IF NOT EXISTS estimates (
-    course      TEXT NOT NULL,
-    tester      TEXT NOT NULL,
-    assignment  TEXT NOT NULL,
-    mean        REAL NOT NULL,
-    count       INTEGER NOT NULL,
-    measured    REAL,
-    measured_count INTEGER NOT NULL DEFAULT 0,
-    penalised_at REAL,
-    updated     REAL NOT NULL,
-    PRIMARY KEY (course, tester, assignment)
-);
-"""
-
 
 ACTIVE = (JobState.QUEUED, JobState.SENT)
 
@@ -168,35 +126,12 @@ class Journal:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(
-                str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            self._db.row_factory = sqlite3.Row
-            self._setup()
+            self._db = connect(self.path)
+            with self._write():
+                migrate(self._db)
         except sqlite3.Error as exc:
             raise VmcheckerError(f"{self.path}: cannot open the job journal: {exc}") from None
         log.info("journal %s open", self.path)
-
-    def _setup(self) -> None:
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise VmcheckerError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise VmcheckerError(
-                f"{self.path}: journal schema version {version} is newer than this vmchecker ({SCHEMA_VERSION})"
-            )
-        with self._write():
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                self._db.execute(statement)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            if "retry_at" not in columns:  # a version 1 journal
-                self._db.execute("ALTER TABLE jobs ADD COLUMN retry_at REAL")
-            if "confirmed" not in columns:  # version 2 or older: every sent job is in doubt
-                self._db.execute("ALTER TABLE jobs ADD COLUMN confirmed REAL")
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
