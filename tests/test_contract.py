@@ -32,7 +32,7 @@ PATTERNS = {contract.JOB_ID_RE.pattern, contract.ACCOUNT_RE.pattern}
 LITERALS = (contract.GRADE_VMR, contract.RESULT_JSON, contract.VMCHECKER_STDERR, contract.SUBMISSION_CONFIG,
             contract.ARCHIVE)
 # Exceptions that may live outside errors.py: private, documented, never leaving their module.
-PRIVATE_EXCEPTIONS = {("storer/transport.py", "_UnknownHostKey"), ("migrate.py", "_Bad"),
+PRIVATE_EXCEPTIONS = {("storer/ssh_failures.py", "_UnknownHostKey"), ("migrate.py", "_Bad"),
                       ("storer/web/gate.py", "_LoginFirst")}
 
 

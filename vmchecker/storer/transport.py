@@ -10,7 +10,8 @@ Trust: the tester's host key must already be in the course's known_hosts
 (recorded by ``vmchecker-init-course --add-tester``); an unknown or different
 key is refused, never learned. Results are plain file names inside the job's
 folder on the tester, fetched only when they are regular files under the size
-caps, into a temporary folder, and moved into place only when all arrived.
+caps (:mod:`vmchecker.storer.result_fetch` decides what may come back), into a
+temporary folder, and moved into place only when all arrived.
 
 On each new connection the link reads the tester's ``queue/.tester.json`` (its queue
 manager's name and slots) and refuses a tester whose values are not the course's: a
@@ -18,7 +19,8 @@ tester running more jobs than the course counts, or configured as another tester
 is a silent disagreement otherwise.
 
 Every failure is a :class:`TransportError` naming the tester, what was being
-done, why, and what a sysadmin can do about it; a refused result file is the subclass
+done, why, and what a sysadmin can do about it (those words live in
+:mod:`vmchecker.storer.ssh_failures`); a refused result file is the subclass
 :class:`~vmchecker.errors.ResultRefused`
 (the tester misbehaved, as opposed to the network failing).
 """
@@ -26,7 +28,6 @@ done, why, and what a sysadmin can do about it; a refused result file is the sub
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import posixpath
@@ -42,80 +43,33 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from vmchecker import rpc
 from vmchecker.config import CourseConfig, Tester
 from vmchecker.contract import TESTER_INFO
-from vmchecker.errors import NotFound, ResultRefused, RpcError, TransportError
+from vmchecker.errors import NotFound, ResultRefused, TransportError
 from vmchecker.fsutil import fsync_dir
+from vmchecker.storer.result_fetch import MAX_RESULT_FILE, MAX_RESULT_TOTAL, check_name, download_all
+from vmchecker.storer.ssh_failures import (
+    RejectUnknown,
+    connect_error,
+    describe,
+    key_error,
+    known_hosts_error,
+    queue_error,
+)
 from vmchecker.tester_config import identity_disagreement
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # seconds for TCP connect, SSH banner, key exchange, auth, channel open
 OPERATION_TIMEOUT = 60.0  # seconds without progress on an SFTP operation
-MAX_RESULT_FILE = 16 * 1024 * 1024
-MAX_RESULT_TOTAL = 64 * 1024 * 1024
 MAX_TESTER_INFO = 4096
-_CHUNK = 32 * 1024
 
 T = TypeVar("T")
-
-
-class _UnknownHostKey(paramiko.SSHException):
-    """Private signal from :class:`_RejectUnknown` out of paramiko's connect, which only lets
-    an ``SSHException`` through; it carries the offered key and never leaves this module."""
-
-    def __init__(self, entry: str, key: paramiko.PKey):
-        super().__init__(f"{entry} not in known_hosts")
-        self.entry = entry
-        self.key = key
-
-
-class _RejectUnknown(paramiko.RejectPolicy):
-    """RejectPolicy that keeps the offered key, so the error can show its fingerprint."""
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        raise _UnknownHostKey(hostname, key)
 
 
 def known_hosts_entry(host: str, port: int) -> str:
     """How known_hosts (and paramiko) name a server: ``HOST`` on 22, else ``[HOST]:PORT``."""
     return host if port == 22 else f"[{host}]:{port}"
-
-
-def check_name(name: Any) -> str:
-    """A plain result file name (:func:`vmchecker.rpc.check_file_name`), or ResultRefused."""
-    try:
-        return rpc.check_file_name(name)
-    except RpcError as exc:
-        raise ResultRefused(f"refused result file: {exc.message}") from None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timed out"
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text
-
-
-# What a sysadmin can do about a connection that failed, by the errno under it.
-_CONNECT_HINTS = {
-    errno.ECONNREFUSED: "nothing listens there: is sshd running on the tester, on this address and port?",
-    errno.EHOSTUNREACH: "no route to the tester: check its address and the network between the two",
-    errno.ENETUNREACH: "no route to the tester: check its address and the network between the two",
-}
-
-
-def _connect_failure(exc: BaseException) -> str:
-    """Why a connection failed, with what to check."""
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timed out: is the tester up, and does a firewall let the storer reach its SSH port?"
-    causes = list(getattr(exc, "errors", {}).values()) or [exc]  # paramiko's NoValidConnectionsError
-    for cause in causes:
-        hint = _CONNECT_HINTS.get(getattr(cause, "errno", None))
-        if hint:
-            return f"{_describe(cause)}: {hint}"
-    return _describe(exc)
 
 
 def _preferred_type(key_type: str) -> str:
@@ -133,7 +87,7 @@ def fetch_host_key(host: str, port: int = 22, timeout: float = CONNECT_TIMEOUT,
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise TransportError(f"cannot connect to {where} to read its host key: {_describe(exc)}") from None
+        raise TransportError(f"cannot connect to {where} to read its host key: {describe(exc)}") from None
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = timeout
@@ -142,7 +96,7 @@ def fetch_host_key(host: str, port: int = 22, timeout: float = CONNECT_TIMEOUT,
         transport.start_client(timeout=timeout)
         key = transport.get_remote_server_key()
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise TransportError(f"cannot read the SSH host key of {where}: {_describe(exc)}") from None
+        raise TransportError(f"cannot read the SSH host key of {where}: {describe(exc)}") from None
     finally:
         transport.close()
     return f"{known_hosts_entry(host, port)} {key.get_name()} {key.get_base64()}"
@@ -204,10 +158,8 @@ class TesterLink:
     def _load_key(self) -> paramiko.PKey:
         try:
             return paramiko.PKey.from_path(self.key_file)
-        except FileNotFoundError:
-            raise TransportError(f"{self.where}: the course's private key {self.key_file} does not exist") from None
         except (paramiko.SSHException, OSError, ValueError) as exc:
-            raise TransportError(f"{self.where}: cannot read the private key {self.key_file}: {exc}") from None
+            raise key_error(exc, self.where, self.key_file) from None
 
     def _connect(self) -> paramiko.SSHClient:
         entry = known_hosts_entry(self.host, self.port)
@@ -215,40 +167,17 @@ class TesterLink:
         client = paramiko.SSHClient()
         try:
             client.load_host_keys(str(self.known_hosts))
-        except FileNotFoundError:
-            raise TransportError(
-                f"{self.where}: the known_hosts file {self.known_hosts} does not exist;"
-                " record the tester's host key with vmchecker-init-course --add-tester") from None
         except (OSError, paramiko.SSHException) as exc:
-            raise TransportError(f"{self.where}: cannot read known_hosts {self.known_hosts}: {exc}") from None
-        client.set_missing_host_key_policy(_RejectUnknown())
+            raise known_hosts_error(exc, self.where, self.known_hosts) from None
+        client.set_missing_host_key_policy(RejectUnknown())
         t = self.connect_timeout
         try:
             client.connect(self.host, self.port, self.user, pkey=pkey, timeout=t, banner_timeout=t,
                            auth_timeout=t, channel_timeout=t, allow_agent=False, look_for_keys=False)
-        except _UnknownHostKey as exc:
-            client.close()
-            raise TransportError(
-                f"{self.where}: host {entry} is not in {self.known_hosts} (it offered {exc.key.get_name()}"
-                f" {exc.key.fingerprint}); unknown hosts are never accepted automatically:"
-                " record it with vmchecker-init-course --add-tester") from None
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise TransportError(
-                f"{self.where}: host key mismatch for {entry}: it offered {exc.key.get_name()}"
-                f" {exc.key.fingerprint} but {self.known_hosts} records {exc.expected_key.fingerprint};"
-                " if the tester was reinstalled, remove its line there and add it again,"
-                " otherwise the connection may be intercepted") from None
-        except paramiko.AuthenticationException:
-            client.close()
-            raise TransportError(
-                f"{self.where}: authentication refused: {self.user}@{entry} refused the course key"
-                f" {self.key_file}. On the tester, install its public key in ~{self.user}/.ssh/authorized_keys"
-                " (vmchecker-init-course tester DIR --user USER --storer-key FILE does it); if sshd logs"
-                f" 'account is locked', unlock the account for key logins with: usermod -p '*' {self.user}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
-            raise TransportError(f"{self.where}: cannot connect: {_connect_failure(exc)}") from None
+            raise connect_error(exc, where=self.where, entry=entry, known_hosts=self.known_hosts, user=self.user,
+                                key_file=self.key_file) from None
         self.connects += 1
         log.info("connected to %s (connection %d)", self.where, self.connects)
         return client
@@ -292,7 +221,7 @@ class TesterLink:
                 sftp.close()
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
-            raise TransportError(f"{self.where}: cannot read {TESTER_INFO} in {self.queue}: {_describe(exc)}") from None
+            raise TransportError(f"{self.where}: cannot read {TESTER_INFO} in {self.queue}: {describe(exc)}") from None
 
     def _info_over(self, sftp: paramiko.SFTPClient) -> bytes | None:
         """queue/TESTER_INFO, or None when there is none to read (no such file, or the
@@ -345,9 +274,9 @@ class TesterLink:
                 if broken or timed_out:
                     self._drop(client)
                 if broken and not timed_out and not fresh and attempt == 1:
-                    log.info("connection to %s broke (%s); reconnecting", self.where, _describe(exc))
+                    log.info("connection to %s broke (%s); reconnecting", self.where, describe(exc))
                     continue
-                message = f"{self.where}: cannot {what}: {_describe(exc)}"
+                message = f"{self.where}: cannot {what}: {describe(exc)}"
                 self.last_error = message
                 raise TransportError(message) from None
             self.last_ok = time.time()
@@ -378,16 +307,7 @@ class TesterLink:
         self._run("check the connection and the queue folder", check)
 
     def _queue_error(self, exc: OSError) -> TransportError:
-        """A queue folder that is missing or closed to the account, in actionable words."""
-        if isinstance(exc, FileNotFoundError):
-            return TransportError(f"{self.where}: the queue folder {self.queue} does not exist on the tester:"
-                                  " create it with vmchecker-init-course tester DIR there, or correct"
-                                  f" testers.{self.name}.queue")
-        if isinstance(exc, PermissionError):
-            return TransportError(f"{self.where}: {self.user} may not write in the queue folder {self.queue}:"
-                                  f" on the tester, chown {self.user} {self.queue} (vmchecker-init-course"
-                                  " tester DIR --user USER does it), and let it reach the folders above")
-        return TransportError(f"{self.where}: cannot write in the queue folder {self.queue}: {_describe(exc)}")
+        return queue_error(exc, where=self.where, tester=self.name, user=self.user, queue=self.queue)
 
     def read_info(self) -> bytes | None:
         """The tester's own queue/TESTER_INFO as it stands (None if it has none), read
@@ -472,7 +392,8 @@ class TesterLink:
         staging = Path(tempfile.mkdtemp(prefix=f".{local_dir.name}.fetch-", dir=local_dir.parent))
         try:
             self._run(f"fetch results from {remote_dir}",
-                      lambda sftp: self._download_all(sftp, remote_dir, wanted, staging))
+                      lambda sftp: download_all(sftp, remote_dir, wanted, staging, where=self.where,
+                                                max_file_size=self.max_file_size, max_total_size=self.max_total_size))
             for name in wanted:
                 os.replace(staging / name, local_dir / name)
             fsync_dir(local_dir)
@@ -480,41 +401,6 @@ class TesterLink:
             shutil.rmtree(staging, ignore_errors=True)
         log.info("fetched %d result file(s) from %s:%s", len(wanted), self.where, remote_dir)
         return [local_dir / name for name in wanted]
-
-    def _download_all(self, sftp: paramiko.SFTPClient, remote_dir: str, names: list[str], staging: Path) -> None:
-        budget = [self.max_total_size]
-        for name in names:
-            self._download(sftp, posixpath.join(remote_dir, name), staging / name, budget)
-
-    def _refuse(self, remote: str, why: str) -> ResultRefused:
-        return ResultRefused(f"{self.where}: refused result file {remote}: {why}")
-
-    def _download(self, sftp: paramiko.SFTPClient, remote: str, local: Path, budget: list[int]) -> None:
-        try:
-            attrs = sftp.lstat(remote)
-        except FileNotFoundError:
-            raise self._refuse(remote, "no such file") from None
-        if stat.S_ISLNK(attrs.st_mode or 0):
-            raise self._refuse(remote, "it is a symbolic link")
-        if not stat.S_ISREG(attrs.st_mode or 0):
-            raise self._refuse(remote, "not a regular file")
-        limit = min(self.max_file_size, budget[0])
-        if (attrs.st_size or 0) > limit:
-            raise self._refuse(remote, f"{attrs.st_size} bytes is over the limit"
-                               f" ({self.max_file_size} per file, {self.max_total_size} in all)")
-        with sftp.open(remote, "rb") as rf, open(local, "wb") as lf:
-            if not stat.S_ISREG(rf.stat().st_mode or 0):  # swapped since the lstat
-                raise self._refuse(remote, "not a regular file")
-            rf.prefetch(attrs.st_size)
-            copied = 0
-            while chunk := rf.read(_CHUNK):
-                copied += len(chunk)
-                if copied > limit:  # it grew since the lstat
-                    raise self._refuse(remote, f"grew past the limit of {limit} bytes")
-                lf.write(chunk)
-            lf.flush()
-            os.fsync(lf.fileno())
-        budget[0] -= copied
 
     def close(self) -> None:
         """Close the connection (a later operation opens a new one)."""
