@@ -20,7 +20,7 @@ import yaml
 from tests.executor.helpers import BASE, run_job
 from tests.lab import lxc_unusable
 from vmchecker import evidence, penalty
-from vmchecker.config import Assignment
+from vmchecker.assignments import Assignment
 from vmchecker.confparse import build
 from vmchecker.contract import GRADE_VMR, RESULT_JSON
 from vmchecker.storer.outcomes import read_result

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmchecker import evidence, penalty
-from vmchecker.config import Assignment
+from vmchecker.assignments import Assignment
 
 DEADLINE = dt.datetime(2026, 3, 1, 23, 55)
 ON_TIME = DEADLINE - dt.timedelta(days=1)

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmchecker import penalty
-from vmchecker.config import Assignment, Holiday
+from vmchecker.assignments import Assignment
+from vmchecker.config import Holiday
 from vmchecker.contract import SubmissionStatus
 
 DEADLINE = dt.datetime(2026, 3, 1, 23, 55)

@@ -5,7 +5,8 @@ Three kinds of file (docs/ARCHITECTURE.md, "On disk"):
 * the global file (``$VMCHECKER_CONFIG``, default ``/etc/vmchecker/config.yaml``)
   maps course ids to course config files;
 * a course config (storer side): ``course``, ``storer``, ``testers``, ``machines``,
-  ``assignments`` with a ``defaults`` block;
+  ``assignments`` with a ``defaults`` block (:mod:`vmchecker.assignments`); who takes
+  part in the course is checked and asked by :mod:`vmchecker.course_access`;
 * a tester config: ``tester`` and per-machine instance overrides
   (:mod:`vmchecker.tester_config`).
 
@@ -22,24 +23,21 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmchecker.confparse import Size, When, build, parse_host_port, read_yaml
-from vmchecker.contract import ACCOUNT_RE
+from vmchecker import course_access
+from vmchecker.assignments import Assignment, load_assignments
+from vmchecker.confparse import Size, When, build, check_id, parse_host_port, read_yaml
+from vmchecker.course_access import GroupCheck
 from vmchecker.errors import ConfigError, NotFound
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GLOBAL_CONFIG = "/etc/vmchecker/config.yaml"
 MACHINE_TYPES = ("lxc", "kvm", "vmware")
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # course, assignment, machine, tester ids
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a guest user name, as useradd takes it
-DN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*=[^=]")    # the start of an LDAP DN: attr=value
-# (group DN, account) -> is the account a member: how vmchecker-web asks its LDAP
-GroupCheck = Callable[[str, str], bool]
 
 
 # --------------------------------------------------------------------------- schema
@@ -62,7 +60,7 @@ class CourseInfo:
     admins: list[str] = field(default_factory=list)
     public_results: bool = False
     # Who takes part (sees the course, uploads): the admins and the students named by
-    # the next three keys; nobody else, unless open_to_all_users (CourseConfig.admits).
+    # the next three keys; nobody else, unless open_to_all_users (course_access.admits).
     students: list[str] = field(default_factory=list)
     students_file: str = ""             # one account per line, relative to the course folder
     students_ldap_group: str = ""       # a group's DN, looked up through vmchecker-web's LDAP
@@ -147,37 +145,6 @@ class Machine:
 
 
 @dataclass(frozen=True)
-class Assignment:
-    id: str
-    deadline: When
-    machine: str
-    title: str = ""
-    statement: str = ""
-    order: int = 0
-    timeout: int = 90
-    total_points: float = 10.0
-    # A build that fails or a run that does not complete scores this (before the late
-    # penalty): no points without evidence.
-    points_on_failure: float = 0.0
-    # No grade exceeds this, whatever the grade lines add; None means total_points.
-    max_points: float | None = None
-    penalty_weights: list[float] = field(default_factory=lambda: [0.5, 0.5, 1.0])
-    penalty_limit: float = 4.0
-    min_interval: int = 120
-    max_submission_size: Size = 10 * 1024 * 1024
-    hard_deadline: bool = False
-    submit_only: bool = False
-    hidden: bool = False
-    show_grades_before_deadline: bool = False
-    ignored_vmrs: list[str] = field(default_factory=list)
-
-    @property
-    def ceiling(self) -> float:
-        """The highest grade this assignment gives (``max_points``, a float)."""
-        return self.total_points if self.max_points is None else self.max_points
-
-
-@dataclass(frozen=True)
 class CourseConfig:
     """A whole course config; paths in it are relative to ``root``."""
 
@@ -226,15 +193,8 @@ class CourseConfig:
         return account in self.course.admins
 
     def admits(self, account: str, in_group: GroupCheck | None = None) -> bool:
-        """May ``account`` see this course and upload to it? Its admins and its listed
-        students may; so may the members of ``course.students_ldap_group`` when
-        ``in_group`` can ask LDAP (vmchecker-web); everyone may with
-        ``course.open_to_all_users``. Closed by default: a course that names no students
-        admits its admins alone, not every account the web's password file or LDAP knows."""
-        info = self.course
-        if info.open_to_all_users or self.is_admin(account) or account in self.listed_students:
-            return True
-        return bool(info.students_ldap_group and in_group is not None and in_group(info.students_ldap_group, account))
+        """May ``account`` see this course and upload to it (:func:`course_access.admits`)?"""
+        return course_access.admits(self.course, self.listed_students, account, in_group)
 
 
 @dataclass(frozen=True)
@@ -295,11 +255,6 @@ def parse_machine(data: Any, file: Path | str, key: str = "machine") -> Machine:
     return machine
 
 
-def _check_id(value: str, file: Path, key: str, what: str) -> None:
-    if not ID_RE.match(str(value)):
-        raise ConfigError(file, key, f"bad {what} {value!r}: use letters, digits, '_', '-', '.'")
-
-
 def _named(cls: type, section: Any, file: Path, key: str, what: str) -> dict:
     if section is None:
         return {}
@@ -308,7 +263,7 @@ def _named(cls: type, section: Any, file: Path, key: str, what: str) -> dict:
     out = {}
     for name, body in section.items():
         name = str(name)
-        _check_id(name, file, f"{key}.{name}", f"{what} name")
+        check_id(name, file, f"{key}.{name}", f"{what} name")
         if body is not None and not isinstance(body, dict):
             raise ConfigError(file, f"{key}.{name}", f"expected a mapping, got {body!r}")
         out[name] = build(cls, {**(body or {}), "name": name}, file, f"{key}.{name}")
@@ -328,7 +283,7 @@ def load_course(path: Path | str) -> CourseConfig:
     if "course" not in data:
         raise ConfigError(path, "course", "missing required key")
     course = build(CourseInfo, data["course"], path, "course")
-    _check_id(course.id, path, "course.id", "course id")
+    check_id(course.id, path, "course.id", "course id")
     for i, h in enumerate(course.holidays):
         if h.end < h.start:
             raise ConfigError(path, f"course.holidays[{i}]", "end is before start")
@@ -349,7 +304,7 @@ def load_course(path: Path | str) -> CourseConfig:
         raise ConfigError(path, "machines", f"expected a mapping of machine names, got {section!r}")
     for name, body in section.items():
         name = str(name)
-        _check_id(name, path, f"machines.{name}", "machine name")
+        check_id(name, path, f"machines.{name}", "machine name")
         if body is not None and not isinstance(body, dict):
             raise ConfigError(path, f"machines.{name}", f"expected a mapping, got {body!r}")
         machine = parse_machine({**(body or {}), "name": name}, path, f"machines.{name}")
@@ -358,112 +313,9 @@ def load_course(path: Path | str) -> CourseConfig:
                 raise ConfigError(path, f"machines.{name}.testers[{i}]",
                                   f"names tester {tester!r}, which is not under testers")
         machines[name] = machine
-    assignments = _load_assignments(data.get("assignments"), path, machines)
-    return CourseConfig(path, course, storer, testers, machines, assignments, _load_students(course, path))
-
-
-def _check_account(name: str, file: Path | str, key: str) -> None:
-    if not ACCOUNT_RE.match(name):
-        raise ConfigError(file, key, f"bad account name {name!r}: use letters, digits, '_', '-', '.', '@'"
-                                     " (the name as the account logs in)")
-
-
-def _load_students(course: CourseInfo, path: Path) -> frozenset[str]:
-    """The accounts ``course.students`` and ``course.students_file`` name, checked, with
-    the other ways of saying who takes part: a bad name, a missing file or a group that
-    is not a DN stops the course here, not at a student's first upload."""
-    for key, names in (("course.admins", course.admins), ("course.students", course.students)):
-        for i, name in enumerate(names):
-            _check_account(name, path, f"{key}[{i}]")
-    group = course.students_ldap_group
-    if group and not DN_RE.match(group):
-        raise ConfigError(path, "course.students_ldap_group",
-                          f"{group!r} is not an LDAP DN: expected one such as cn=so-students,ou=groups,dc=example,dc=org")
-    if course.open_to_all_users and (course.students or course.students_file or group):
-        raise ConfigError(path, "course.open_to_all_users",
-                          "is true, so every account that can log in is a student and students, students_file"
-                          " and students_ldap_group would be ignored: keep one or the other")
-    listed = set(course.students)
-    if course.students_file:
-        listed |= read_students_file(path.parent / course.students_file, path)
-    return frozenset(listed)
-
-
-def read_students_file(file: Path, config_file: Path | str) -> set[str]:
-    """The accounts of a students file: one per line; blank lines and ``#`` comments
-    are skipped. Errors name the config key, the file and the line."""
-    key = "course.students_file"
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(config_file, key, f"{file}: no such file (the path is relative to the course"
-                                            " folder; write one account per line)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(config_file, key, f"{file}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-    names = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        name = line.split("#", 1)[0].strip()
-        if name:
-            _check_account(name, config_file, f"{key} ({file} line {number})")
-            names.add(name)
-    return names
-
-
-def _load_assignments(section: Any, path: Path, machines: dict[str, Machine]) -> dict[str, Assignment]:
-    if section is None:
-        return {}
-    if not isinstance(section, dict):
-        raise ConfigError(path, "assignments", f"expected a mapping, got {section!r}")
-    defaults = section.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(path, "assignments.defaults", f"expected a mapping, got {defaults!r}")
-    names = {f.name for f in dataclasses.fields(Assignment)}
-    for k in defaults:
-        if k not in names or k == "id":
-            raise ConfigError(path, f"assignments.defaults.{k}", "unknown key")
-    out = {}
-    for name, body in section.items():
-        name = str(name)
-        if name == "defaults":
-            continue
-        key = f"assignments.{name}"
-        _check_id(name, path, key, "assignment name")
-        if body is not None and not isinstance(body, dict):
-            raise ConfigError(path, key, f"expected a mapping, got {body!r}")
-        body = {**defaults, **(body or {}), "id": name}
-        # a wrong key is reported where it was written
-        for k in body:
-            if k not in names:
-                raise ConfigError(path, f"{key}.{k}", f"unknown key (known keys here: {', '.join(sorted(names - {'id'}))})")
-        assignment = build(Assignment, body, path, key)
-        if assignment.machine not in machines:
-            raise ConfigError(path, f"{key}.machine",
-                              f"names machine {assignment.machine!r}, which is not under machines")
-        if not assignment.penalty_weights:
-            raise ConfigError(path, f"{key}.penalty_weights", "needs at least one weight")
-        if assignment.timeout <= 0:
-            raise ConfigError(path, f"{key}.timeout", "must be positive")
-        _check_points(assignment, path, key)
-        if not assignment.title:
-            assignment = dataclasses.replace(assignment, title=name)
-        out[name] = assignment
-    return out
-
-
-def _check_points(a: Assignment, path: Path, key: str) -> None:
-    """The three point values must order: 0 <= points_on_failure <= total_points, and
-    the ceiling at least points_on_failure (else a failed job would be cut below what
-    a failure scores, and the failure line could not say what it takes)."""
-    if a.points_on_failure < 0:
-        raise ConfigError(path, f"{key}.points_on_failure", f"must not be negative (is {a.points_on_failure:g})")
-    if a.points_on_failure > a.total_points:
-        raise ConfigError(path, f"{key}.points_on_failure",
-                          f"is {a.points_on_failure:g}, more than total_points ({a.total_points:g}):"
-                          " a failed build or run cannot score more than a complete one")
-    if a.ceiling < a.points_on_failure:
-        raise ConfigError(path, f"{key}.max_points",
-                          f"is {a.ceiling:g}, below points_on_failure ({a.points_on_failure:g}):"
-                          " max_points must be at least points_on_failure")
+    assignments = load_assignments(data.get("assignments"), path, machines)
+    return CourseConfig(path, course, storer, testers, machines, assignments,
+                        course_access.load_students(course, path))
 
 
 def global_config_path(path: Path | str | None = None) -> Path:
@@ -484,7 +336,7 @@ def load_global(path: Path | str | None = None) -> GlobalConfig:
         raise ConfigError(path, "courses", f"expected a mapping of course id to config file, got {courses_raw!r}")
     courses = {}
     for cid, cpath in courses_raw.items():
-        _check_id(str(cid), path, f"courses.{cid}", "course id")
+        check_id(str(cid), path, f"courses.{cid}", "course id")
         if not isinstance(cpath, str):
             raise ConfigError(path, f"courses.{cid}", f"expected a path, got {cpath!r}")
         courses[str(cid)] = (path.parent / cpath)

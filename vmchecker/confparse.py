@@ -1,5 +1,5 @@
 """The schema-independent half of configuration: YAML in and out, the textual forms of
-dates, sizes and addresses, and :func:`build`, which fills a frozen dataclass from a
+dates, sizes, addresses and names, and :func:`build`, which fills a frozen dataclass from a
 mapping.
 
 :mod:`vmchecker.config` says which keys exist (the dataclasses) and how the files fit
@@ -30,6 +30,7 @@ from vmchecker.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # course, assignment, machine, tester ids
 
 
 # --------------------------------------------------------------------------- values
@@ -87,6 +88,13 @@ def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, i
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"bad address {value!r}: expected HOST:PORT")
     return host, int(port)
+
+
+def check_id(value: str, file: Path, key: str, what: str) -> None:
+    """A name the files use as a folder or a key (course, assignment, machine, tester):
+    ConfigError unless it matches :data:`ID_RE`."""
+    if not ID_RE.match(str(value)):
+        raise ConfigError(file, key, f"bad {what} {value!r}: use letters, digits, '_', '-', '.'")
 
 
 class Size(int):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from vmchecker.config import Assignment
+from vmchecker.assignments import Assignment
 from vmchecker.contract import RESULT_JSON, ResultStatus
 
 log = logging.getLogger(__name__)

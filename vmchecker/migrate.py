@@ -33,8 +33,7 @@ from typing import Any
 
 import yaml
 
-from vmchecker.config import ID_RE
-from vmchecker.confparse import DATE_FORMAT
+from vmchecker.confparse import DATE_FORMAT, ID_RE
 from vmchecker.errors import ConfigError
 
 log = logging.getLogger(__name__)

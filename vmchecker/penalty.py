@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vmchecker.config import Assignment
+from vmchecker.assignments import Assignment
 from vmchecker.confparse import format_datetime
 from vmchecker.contract import SubmissionStatus
 

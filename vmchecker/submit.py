@@ -37,7 +37,8 @@ from pathlib import Path
 
 from vmchecker import fsutil
 from vmchecker.archive import detect_format, safe_extract
-from vmchecker.config import Assignment, CourseConfig
+from vmchecker.assignments import Assignment
+from vmchecker.config import CourseConfig
 from vmchecker.confparse import format_datetime, parse_datetime
 from vmchecker.contract import ARCHIVE, GRADE_VMR, SUBMISSION_CONFIG, SubmissionStatus
 from vmchecker.errors import NotFound, SubmissionRefused, VmcheckerError

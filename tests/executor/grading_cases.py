@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tests.util import HELLO_C, HELLO_MAKEFILE
 from vmchecker import evidence, penalty
-from vmchecker.config import Assignment
+from vmchecker.assignments import Assignment
 from vmchecker.contract import GRADE_VMR, RESULT_JSON
 from vmchecker.storer.outcomes import read_result
 

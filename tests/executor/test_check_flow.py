@@ -9,7 +9,7 @@ import pytest
 
 from tests.executor.helpers import make_bundle, result_json, vmr
 from vmchecker import evidence
-from vmchecker.config import Assignment
+from vmchecker.assignments import Assignment
 
 pytestmark = pytest.mark.lxc
 

@@ -20,6 +20,7 @@ from tests.util import zip_bytes
 from tests.web.conftest import login, page_token
 from tests.web.helpers import HELLO, open_course, write_results
 from vmchecker import config, confparse
+from vmchecker.assignments import Assignment
 from vmchecker.contract import SUBMISSION_CONFIG, JobState, SubmissionStatus
 from vmchecker.repo import Repository
 from vmchecker.storer.web import create_app
@@ -315,7 +316,7 @@ def test_admin_recheck_moves_results_aside(admin: FlaskClient, student: FlaskCli
 
 
 def test_penalty_rules_text() -> None:
-    base = config.Assignment(id="a", deadline=confparse.parse_datetime("2026-01-01 00:00:00"), machine="m")
+    base = Assignment(id="a", deadline=confparse.parse_datetime("2026-01-01 00:00:00"), machine="m")
     assert penalty_rules(base).startswith("day 1: 0.5, day 2: 0.5, day 3 and after: 1 per day; at most 4 points")
     one = dataclasses.replace(base, penalty_weights=[2.0], penalty_limit=6.0)
     assert penalty_rules(one).startswith("2 per day late; at most 6 points")

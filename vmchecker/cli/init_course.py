@@ -161,7 +161,7 @@ def _register(glob: Path, course_id: str, course_config: Path) -> None:
 
 def init_storer(root: Path, course_id: str, global_path: Path | str | None = None) -> Path:
     """Create (or complete) a course folder and register it; returns its config path."""
-    if not config.ID_RE.match(course_id):
+    if not confparse.ID_RE.match(course_id):
         raise VmcheckerError(f"bad course id {course_id!r}: use letters, digits, '_', '-', '.'")
     root = Path(root).absolute()
     course_config = root / "config.yaml"
@@ -187,7 +187,7 @@ def init_storer(root: Path, course_id: str, global_path: Path | str | None = Non
 def init_tester(root: Path, name: str = "tester", user: str | None = None, storer_key: Path | None = None) -> Path:
     """Create (or complete) a tester folder and publish its identity; with ``user``, set
     up that account for the storer as root, or print how. Returns its config path."""
-    if not config.ID_RE.match(name):
+    if not confparse.ID_RE.match(name):
         raise VmcheckerError(f"bad tester name {name!r}: use letters, digits, '_', '-', '.'")
     if user is not None and not config.USER_RE.match(user):
         raise VmcheckerError(f"bad user name {user!r}: lower-case letters, digits, '_' and '-'")

@@ -12,7 +12,9 @@ from pathlib import Path
 from flask import abort, current_app, g
 
 from vmchecker import config
-from vmchecker.config import Assignment, CourseConfig, GroupCheck
+from vmchecker.assignments import Assignment
+from vmchecker.config import CourseConfig
+from vmchecker.course_access import GroupCheck
 from vmchecker.errors import ConfigError, NotFound
 from vmchecker.storer.web import auth, jobs, model
 

@@ -21,9 +21,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from vmchecker import grades, penalty
-from vmchecker.config import Assignment, CourseConfig, GroupCheck
+from vmchecker.assignments import Assignment
+from vmchecker.config import CourseConfig
 from vmchecker.confparse import format_datetime
 from vmchecker.contract import GRADE_VMR, SubmissionStatus
+from vmchecker.course_access import GroupCheck
 from vmchecker.repo import Repository, Submission
 from vmchecker.storer.web.jobs import JobKey, QueueInfo
 
