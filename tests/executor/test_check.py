@@ -68,7 +68,7 @@ def alive(marker: str) -> list[int]:
 
 
 def our_cgroups() -> list[Path]:
-    mounts, own = cgroups._cgroup_mounts(), check._own_cgroups()
+    mounts, own = cgroups.cgroup_mounts(), check._own_cgroups()
     where = {mounts[c] / own.get(c, "") for c in ("memory", "pids") if c in mounts}
     where |= {mounts["unified"]} if "unified" in mounts else set()
     return [p for w in where if w.is_dir() for p in w.glob(f"vmchecker-check-{os.getpid()}-*")]
@@ -89,7 +89,7 @@ def confinement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """Both ways a check is held: a transient cgroup with rlimits, or rlimits alone
     (a host where no cgroup can be made)."""
     if request.param == "rlimits":
-        monkeypatch.setattr(cgroups, "_cgroup_mounts", dict)
+        monkeypatch.setattr(cgroups, "cgroup_mounts", dict)
     return request.param
 
 

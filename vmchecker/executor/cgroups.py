@@ -26,7 +26,7 @@ KILL_TIMEOUT = 5.0          # seconds for a killed guest process to disappear
 
 
 @functools.cache
-def _cgroup_mounts() -> dict[str, Path]:
+def cgroup_mounts() -> dict[str, Path]:
     """Controller name (or ``unified``) -> mount point, from /proc/self/mounts."""
     mounts: dict[str, Path] = {}
     with open("/proc/self/mounts", encoding="utf-8") as f:
@@ -43,7 +43,7 @@ def _cgroup_mounts() -> dict[str, Path]:
 def limit_items(limits: Limits) -> list[tuple[str, str]]:
     """The clone's cgroup config items for ``limits``: v1 keys where the controller is
     mounted as cgroup v1 (hybrid hosts), cgroup2 keys otherwise."""
-    mounts = _cgroup_mounts()
+    mounts = cgroup_mounts()
     memory = str(limits.memory_mb * 1024 * 1024)
     quota, period = guest.cpu_quota_us(limits.cpus), guest.CPU_PERIOD_US
     items = []
@@ -75,7 +75,7 @@ class GuestCgroup:
                 _n, controllers, path = line.rstrip("\n").split(":", 2)
                 for c in controllers.split(",") if controllers else ["unified"]:
                     paths[c] = path.lstrip("/")
-        mounts = _cgroup_mounts()
+        mounts = cgroup_mounts()
 
         def where(controller: str) -> Path | None:
             if controller in mounts and controller in paths:

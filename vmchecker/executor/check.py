@@ -166,7 +166,7 @@ def _run(argv: list[str], timeout: float, cgroup: _Cgroup,
         raise
     os.close(info_w)
     os.close(block_r)
-    pumps = [threading.Thread(target=hostcmds._pump, args=(s, w), daemon=True)
+    pumps = [threading.Thread(target=hostcmds.pump_into, args=(s, w), daemon=True)
              for s, w in ((proc.stdout, stdout), (proc.stderr, stderr))]
     for t in pumps:
         t.start()
@@ -277,7 +277,7 @@ class _Cgroup:
         memory = str(limits.memory_mb * 1024 * 1024)
         settings = {"memory": [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)],
                     "pids": [("pids.max", str(limits.pids))]}
-        mounts = cgroups._cgroup_mounts()
+        mounts = cgroups.cgroup_mounts()
         own = _own_cgroups()
         try:
             for controller, items in settings.items():

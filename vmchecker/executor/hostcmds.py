@@ -53,7 +53,7 @@ class HostCommands:
                     with open(self.record, "a", encoding="ascii") as f:
                         f.write(f"{proc.pid}\n")
             if sink is not None:
-                t = threading.Thread(target=_pump, args=(proc.stdout, sink), daemon=True)
+                t = threading.Thread(target=pump_into, args=(proc.stdout, sink), daemon=True)
                 t.start()
                 self._threads.append(t)
 
@@ -119,7 +119,8 @@ def kill_recorded(bundle_dir: Path) -> list[int]:
     return killed
 
 
-def _pump(stream: IO[bytes], sink: CappedWriter) -> None:
+def pump_into(stream: IO[bytes], sink: CappedWriter) -> None:
+    """Copy a pipe into a capped writer until EOF (a thread per stream, so neither blocks the other)."""
     for chunk in iter(lambda: stream.read1(65536), b""):
         sink.write(chunk)
     stream.close()

@@ -34,7 +34,7 @@ from typing import IO
 
 from vmchecker import archive
 from vmchecker.config import Machine
-from vmchecker.contract import ARCHIVE, BUILD_SCRIPT, CHECK_SCRIPT, GRADE_VMR, RUN_SCRIPT, TESTS
+from vmchecker.contract import ARCHIVE, BUILD_SCRIPT, CHECK_SCRIPT, RUN_SCRIPT, TESTS
 from vmchecker.errors import ArchiveError, BundleError
 from vmchecker.executor import guest
 
@@ -66,13 +66,6 @@ class GuestPaths:
     @property
     def step(self) -> str:
         return f"{self.course}/bin/{STEP_PROGRAM}"
-
-    def script(self, name: str) -> str:
-        return f"{self.course}/{name}"
-
-    @property
-    def grade(self) -> str:
-        return f"{self.results}/{GRADE_VMR}"
 
 
 @dataclass(frozen=True)
