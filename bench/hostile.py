@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.util import HELLO_C, HELLO_MAKEFILE, wait_for, write_course, zip_bytes  # noqa: E402
+from tests.util import HELLO_C, HELLO_MAKEFILE, status_line, wait_for, write_course, zip_bytes  # noqa: E402
 from vmchecker import config, rpc  # noqa: E402
 from vmchecker.errors import VmcheckerError  # noqa: E402
 
@@ -139,14 +139,10 @@ def raw_head(port: int, head: bytes, body_part: bytes = b"", timeout: float = 10
     try:
         with contextlib.suppress(OSError):
             sock.sendall(head + body_part)
-        answer = b""
+        line = b""
         with contextlib.suppress(OSError):
-            while b"\r\n" not in answer:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
-        return answer.split(b"\r\n", 1)[0], time.monotonic() - started
+            line = status_line(sock)
+        return line, time.monotonic() - started
     finally:
         sock.close()
 

@@ -172,3 +172,29 @@ def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (what it answered first is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while data := sock.recv(65536):
+            del data
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def status_line(sock: socket.socket) -> bytes:
+    """Read an HTTP answer until its first line ends; that line (b"" if the server hung
+    up first)."""
+    answer = b""
+    while b"\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+

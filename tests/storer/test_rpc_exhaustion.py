@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.storer.test_rpcserver import _hung_up
-from tests.util import wait_for, write_course
+from tests.util import hung_up, wait_for, write_course
 from vmchecker import rpc
 from vmchecker.errors import CallRefused
 from vmchecker.storer.daemon import StorerDaemon
@@ -87,7 +86,7 @@ class Attack:
             self._stop.wait(1.0)
 
     def hung_up(self, socks: list[socket.socket]) -> int:
-        return sum(_hung_up(s) for s in socks)
+        return sum(hung_up(s) for s in socks)
 
     def close(self) -> None:
         self._stop.set()

@@ -10,7 +10,7 @@ import xmlrpc.client
 
 import pytest
 
-from tests.util import wait_for
+from tests.util import hung_up, wait_for
 from vmchecker.errors import CallRefused
 from vmchecker.storer import rpcserver
 
@@ -123,19 +123,6 @@ def test_oversized_request_refused_before_parsing(server):
     assert server.calls == []
 
 
-def _hung_up(sock: socket.socket) -> bool:
-    """Whether the server closed ``sock`` (what it answered first is read and dropped)."""
-    sock.setblocking(False)
-    try:
-        while data := sock.recv(65536):
-            del data
-        return True
-    except BlockingIOError:
-        return False
-    except ConnectionError:
-        return True
-
-
 def test_one_client_past_its_cap_loses_its_most_idle_connections():
     """Connections being read are capped per address; past the cap the one quiet longest
     goes, so the newest (a real call) always gets in."""
@@ -148,10 +135,10 @@ def test_one_client_past_its_cap_loses_its_most_idle_connections():
         for n in range(10):
             idle.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
             wait_for(lambda n=n: srv.connections_being_read() == min(n + 1, 4), "the server to read the connection")
-        wait_for(lambda: all(_hung_up(s) for s in idle[:6]), "the six most idle connections to be dropped")
-        assert not any(_hung_up(s) for s in idle[6:])
+        wait_for(lambda: all(hung_up(s) for s in idle[:6]), "the six most idle connections to be dropped")
+        assert not any(hung_up(s) for s in idle[6:])
         assert _proxy(srv).echo("still served") == "still served"
-        assert sum(_hung_up(s) for s in idle[6:]) == 1  # the real call took the place of the oldest
+        assert sum(hung_up(s) for s in idle[6:]) == 1  # the real call took the place of the oldest
     finally:
         for s in idle:
             s.close()

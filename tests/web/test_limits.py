@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from tests.util import zip_bytes
+from tests.util import status_line, zip_bytes
 from tests.web.helpers import HELLO, WebServer
 from vmchecker import config
 from vmchecker.cli.web import FORM_MARGIN, max_request_body
@@ -68,13 +68,7 @@ def partial_post(server: WebServer, length: int, sent: int, headers: dict[str, s
             sock.sendall(b"--xyz\r\n" + b"a" * (sent - 7))
         except (BrokenPipeError, ConnectionResetError):
             pass   # the server answered and closed first: what we are checking
-        answer = b""
-        while b"\r\n" not in answer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-        return answer.split(b"\r\n", 1)[0], time.monotonic() - started
+        return status_line(sock), time.monotonic() - started
     finally:
         sock.close()
 
