@@ -9,6 +9,7 @@ executor tell a leftover of a dead one from a guest still in use.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -28,8 +29,10 @@ COPY_TIMEOUT = 120           # seconds for copying files in or out
 CPU_PERIOD_US = 100_000
 
 
+@functools.cache
 def program(name: str) -> str:
-    """The text of the program ``guest/NAME`` that runs in the guest (package data)."""
+    """The text of the program ``guest/NAME`` that runs in the guest (package data),
+    read once per process: the payload of every job carries two of them."""
     return resources.files(__package__).joinpath("guest", name).read_text(encoding="utf-8")
 
 
