@@ -8,7 +8,7 @@ BASE ?= vmchecker-base
 KVM_BASE ?= vmchecker-kvm-base
 STAMPS := .stamps
 
-.PHONY: all deps venv base kvm-base test lint demo demo-stop bench clean
+.PHONY: all deps venv base kvm-base docker-base test lint demo demo-stop bench clean
 
 all: venv
 
@@ -21,7 +21,7 @@ deps: | $(STAMPS)
 $(VENV)/.installed: setup.py $(wildcard bin/vmchecker-*) | deps
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[lxc,kvm,web,test]'
+	$(VENV)/bin/pip install -q -e '.[lxc,kvm,vmware,docker,web,test]'
 	touch $@
 
 venv: deps $(VENV)/.installed
@@ -31,6 +31,10 @@ base: deps
 
 kvm-base: deps
 	kvm-resources/build-image.sh $(KVM_BASE)
+
+# The LXC base as a Docker image (the Docker backend's, and the VMware lab's guests).
+docker-base: base
+	lxc-resources/docker-image.sh $(BASE)
 
 lint: venv
 	$(VENV)/bin/ruff check .

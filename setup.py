@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 setup(
     name="vmchecker",
     version="0.1.0",
-    description="Automated grading of programming assignments in LXC, KVM and VMware guests",
+    description="Automated grading of programming assignments in LXC, KVM, VMware and Docker guests",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
@@ -26,7 +26,8 @@ setup(
     extras_require={
         "lxc": ["lxc==3.0.4.0"],
         "kvm": ["libvirt-python"],
-        "vmware": ["pyvmomi"],
+        "vmware": ["pyvmomi>=8"],
+        "docker": ["docker>=7"],
         "web": ["Flask>=3.0", "waitress>=3.0", "ldap3>=2.9", "argon2-cffi>=23.1", "bcrypt>=4.0"],
         "test": ["pytest>=8", "hypothesis>=6", "ruff", "playwright>=1.40"],
     },

@@ -10,6 +10,9 @@ packages=(
   chromium chromium-driver slapd ldap-utils               # web: browser tests, LDAP server for tests
   qemu-system-x86 qemu-utils libvirt-daemon-system        # KVM backend (TCG where no hardware
   libvirt-clients libvirt-dev busybox-static e2fsprogs    #   virtualization) and its guest image
+  docker.io                                               # Docker backend; guests of the VMware lab
+  golang-go golang-github-vmware-govmomi-dev              # the VMware lab server (tests/lab/vmware),
+  golang-github-google-uuid-dev                           #   built offline from Debian's sources
   "$@"
 )
 missing=()
