@@ -36,7 +36,7 @@ from vmchecker.errors import ConfigError, NotFound
 log = logging.getLogger(__name__)
 
 DEFAULT_GLOBAL_CONFIG = "/etc/vmchecker/config.yaml"
-MACHINE_TYPES = ("lxc", "kvm", "vmware")
+MACHINE_TYPES = ("lxc", "kvm", "vmware", "docker")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a guest user name, as useradd takes it
 
 
@@ -112,7 +112,7 @@ class Machine:
 
     name: str
     type: str
-    vm: str
+    vm: str = ""                            # required by every type but docker (which names an image)
     testers: list[str] = field(default_factory=list)
     snapshot: str = "clean"
     guest_user: str = "root"
@@ -142,6 +142,8 @@ class Machine:
     vmware_url: str = ""
     vmware_user: str = ""
     vmware_password: str = ""
+    # docker only: the image each job's fresh container is made from
+    image: str = ""
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,11 @@ def parse_machine(data: Any, file: Path | str, key: str = "machine") -> Machine:
     if not USER_RE.match(machine.student_user):
         raise ConfigError(file, f"{key}.student_user",
                           f"bad user name {machine.student_user!r}: lower-case letters, digits, '_' and '-'")
+    if machine.type != "docker" and not machine.vm:
+        raise ConfigError(file, f"{key}.vm", "missing required key")
+    if machine.type == "docker" and not machine.image:
+        raise ConfigError(file, f"{key}.image", "a docker machine needs the image its jobs run in"
+                          " (such as vmchecker-base:latest, made by lxc-resources/docker-image.sh)")
     if machine.limits.disk_mb < 1:
         raise ConfigError(file, f"{key}.limits.disk_mb", "must be at least 1")
     if machine.student_user in ("root", machine.guest_user or "root") and not machine.check_script:
