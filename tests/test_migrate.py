@@ -189,7 +189,10 @@ def test_realistic_config_migrates_and_loads(tmp_path):
     assert (win.build_script, win.run_script) == ("build-win.sh", "run-win.sh")
     assert win.guest_shell == r"C:\cygwin\bin\bash.exe"
     # the tester's VMware server settings reach the vmware machine it serves
-    assert (win.vmware_url, win.vmware_user, win.vmware_password) == ("https://vc.example.org/sdk", "vc", "secret")
+    assert (win.vmware_url, win.vmware_user, win.vmware_credentials) == ("https://vc.example.org/sdk", "vc", "")
+    # ... but not its password: no YAML holds one; the sysadmin is told where it goes
+    assert "secret" not in new.read_text()
+    assert "vmwarepassword: not copied into the YAML" in err and "vmware_credentials" in err
 
     a1, a2 = course.assignment("1-minishell-linux"), course.assignment("2-minishell-windows")
     assert a1.deadline == dt.datetime(2026, 3, 31, 23, 59) and a1.machine == "so-linux"

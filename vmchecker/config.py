@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GLOBAL_CONFIG = "/etc/vmchecker/config.yaml"
 MACHINE_TYPES = ("lxc", "kvm", "vmware", "docker")
+VMWARE_REVERTS = ("snapshot", "linked-clone")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a guest user name, as useradd takes it
 
 
@@ -138,10 +139,14 @@ class Machine:
     keep_failed: bool = False
     channel: str = "agent"
     base_image: str = ""
-    # vmware only
-    vmware_url: str = ""
+    # vmware only (revert: snapshot | linked-clone, keep_failed too; executor/vmware.py).
+    # The password is never in a config: vmware_credentials names a file on the tester
+    # (mode 0600) whose first line is the vSphere password and whose second line, if
+    # any, is guest_user's password in the guest (for the guest operations).
+    vmware_url: str = ""                    # https://vcenter.example.org/sdk
     vmware_user: str = ""
-    vmware_password: str = ""
+    vmware_credentials: str = ""
+    vms: list[str] = field(default_factory=list)   # revert: snapshot: one VM per slot; empty: [vm]
     # docker only: the image each job's fresh container is made from
     image: str = ""
 
@@ -240,6 +245,10 @@ def machine_to_dict(machine: Machine) -> dict[str, Any]:
 
 def parse_machine(data: Any, file: Path | str, key: str = "machine") -> Machine:
     """Validate a machine section (from a course config or a bundle)."""
+    if isinstance(data, dict) and "vmware_password" in data:
+        raise ConfigError(file, f"{key}.vmware_password",
+                          "a password does not belong in a config: put it in a file on each tester"
+                          " (chmod 600) and name that file in vmware_credentials (INSTALL, 'VMware')")
     machine = build(Machine, data, Path(file), key)
     if machine.type not in MACHINE_TYPES:
         raise ConfigError(file, f"{key}.type",
@@ -254,6 +263,9 @@ def parse_machine(data: Any, file: Path | str, key: str = "machine") -> Machine:
                           " (such as vmchecker-base:latest, made by lxc-resources/docker-image.sh)")
     if machine.limits.disk_mb < 1:
         raise ConfigError(file, f"{key}.limits.disk_mb", "must be at least 1")
+    if machine.type == "vmware" and machine.revert not in VMWARE_REVERTS:
+        raise ConfigError(file, f"{key}.revert", f"a vmware machine reverts by {' or '.join(VMWARE_REVERTS)},"
+                          f" not {machine.revert!r}")
     if machine.student_user in ("root", machine.guest_user or "root") and not machine.check_script:
         raise ConfigError(file, f"{key}.student_user",
                           f"{machine.student_user!r} is the trusted guest user: the student's code could write"

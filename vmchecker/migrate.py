@@ -149,7 +149,9 @@ _STORER: dict[str, Key | Drop] = {
     "sshid": Key("ssh_key"),
     "knownhostsfile": Key("known_hosts"),
 }
-_VMWARE_SERVER = {"vmwareurl": "vmware_url", "vmwareusername": "vmware_user", "vmwarepassword": "vmware_password"}
+_VMWARE_SERVER = {"vmwareurl": "vmware_url", "vmwareusername": "vmware_user"}
+# The password goes into no YAML: the sysadmin puts it in a file on each tester (vmware_credentials).
+_VMWARE_PASSWORD = "vmwarepassword"
 _TESTER: dict[str, Key | Drop] = {
     "hostname": Key("host"),
     "port": Key("port", _int),
@@ -164,6 +166,7 @@ _TESTER: dict[str, Key | Drop] = {
     "vmwaredatastorepath": Drop("VMware VMs are named by machines.<m>.vm"),
     "vmwareregunreg": Drop("VMs are not registered per job any more"),
     **dict.fromkeys(_VMWARE_SERVER, _HANDLED),     # copied to the vmware machines it serves
+    _VMWARE_PASSWORD: _HANDLED,                     # never copied: a warning says where it goes
 }
 _MACHINE: dict[str, Key | Drop] = {
     "type": Key("type", lambda s: s.strip().lower()),
@@ -335,6 +338,7 @@ def convert(parser: configparser.ConfigParser, course_id: str, source: str = "<i
 
     testers: dict[str, dict[str, Any]] = {}
     vmware_by_tester: dict[str, dict[str, str]] = {}
+    with_password: list[str] = []
     tester_defaults = conv.own("tester DEFAULT")
     for name, section in sorted(kinds["tester"].items()):
         if name == "DEFAULT":
@@ -343,6 +347,12 @@ def convert(parser: configparser.ConfigParser, course_id: str, source: str = "<i
         testers[name] = conv.convert(section, _TESTER, values, tester_defaults)
         merged = {**conv.defaults, **tester_defaults, **values}
         vmware_by_tester[name] = {v: merged[k].strip() for k, v in _VMWARE_SERVER.items() if k in merged}
+        if merged.get(_VMWARE_PASSWORD, "").strip():
+            with_password.append(section)
+    if with_password:
+        conv.warn(with_password[0], _VMWARE_PASSWORD, "not copied into the YAML: on each tester, put the password"
+                  " in a file only root can read (chmod 600) and set vmware_credentials to its path in the"
+                  " tester's config.yaml (machines: <m>: vmware_credentials: /etc/vmchecker/vmware.cred)")
 
     machines = {}
     for name, section in sorted(kinds["machine"].items()):
