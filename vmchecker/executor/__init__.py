@@ -20,6 +20,7 @@ BACKENDS = {
     "lxc": "vmchecker.executor.lxc",
     "kvm": "vmchecker.executor.kvm",
     "vmware": "vmchecker.executor.vmware",
+    "docker": "vmchecker.executor.docker",
 }
 
 _hosts: dict[str, Host] = {}
