@@ -19,6 +19,7 @@ pytest_plugins = ["tests.fixtures", "tests.lab.fixtures"]
 REAL_FIXTURES = {
     "lxc_host": "lxc",
     "kvm_host": "kvm",
+    "docker_host": "docker",
     "ssh_server": "sshd",
     "lab_network": "netns",
     "tester_host": "netns",
@@ -26,7 +27,7 @@ REAL_FIXTURES = {
 }
 # Parametrized fixtures whose parameter picks the component: {fixture: {param: marker}}.
 REAL_PARAMS = {
-    "backend": {"lxc": "lxc", "kvm": "kvm"},
+    "backend": {"lxc": "lxc", "kvm": "kvm", "docker": "docker"},
     "ssh_server": {"netns": "netns"},
 }
 

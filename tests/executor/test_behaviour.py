@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor.conftest import owned_clones
+from tests.executor.docker_fixtures import DOCKER_IMAGE, docker_machine, image_has, owned_containers, remove_container
 from tests.executor.helpers import BASE, HELLO_FILES, around_run_step, c_program, result_json, run_job, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, job_leftovers, kvm_machine, owned_domains, remove_leftover
 from vmchecker.executor import base
@@ -97,11 +98,34 @@ def _kvm(host) -> Backend:
                    lambda item: remove_leftover(host, item), base_untouched)
 
 
-@pytest.fixture(params=[pytest.param("lxc", marks=pytest.mark.lxc), pytest.param("kvm", marks=pytest.mark.kvm)])
+def _docker(host) -> Backend:
+    mine = {os.getpid()}
+    api = host.api()
+
+    @contextlib.contextmanager
+    def base_untouched() -> Iterator[None]:
+        before = api.inspect_image(DOCKER_IMAGE)["Id"]
+        yield
+        assert api.inspect_image(DOCKER_IMAGE)["Id"] == before, f"a job changed the image {DOCKER_IMAGE}"
+        written = image_has(host, DOCKER_IMAGE, [f"/{p}" for p in EVIL_PATHS])
+        assert not written, f"a new container from {DOCKER_IMAGE} has what a job wrote: {written}"
+
+    def containers() -> list[str]:
+        return owned_containers(host, mine)
+
+    # Hundreds of megabytes: a step's output crosses the engine's exec stream (about
+    # 280 MB/s here) under the same timeout as on LXC. Peak memory is the container
+    # cgroup's memory.max_usage_in_bytes (page cache included), which the limit bounds.
+    return Backend("docker", host, docker_machine(), {}, (512 * 2**20, 256 * 2**20, 50 * 2**20), 64 * 1024,
+                   containers, containers, lambda name: remove_container(host, name), base_untouched)
+
+
+@pytest.fixture(params=[pytest.param("lxc", marks=pytest.mark.lxc), pytest.param("kvm", marks=pytest.mark.kvm),
+                        pytest.param("docker", marks=pytest.mark.docker)])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """One backend on a real guest (skips with the reason where it cannot run); after
     the test, no guest of the test may be left."""
-    make = _lxc if request.param == "lxc" else _kvm
+    make = {"lxc": _lxc, "kvm": _kvm, "docker": _docker}[request.param]
     backend = make(request.getfixturevalue(f"{request.param}_host"))
     yield backend
     left = backend.leftovers()

@@ -33,6 +33,7 @@ import pytest
 
 from tests.executor import grading_cases as cases
 from tests.executor.conftest import owned_clones
+from tests.executor.docker_fixtures import docker_machine, owned_containers, remove_container
 from tests.executor.helpers import run_job, vmr
 from tests.executor.kvm_fixtures import job_leftovers, kvm_machine, remove_leftover
 from vmchecker.executor import base
@@ -87,11 +88,18 @@ def _kvm(host: base.Host) -> Backend:
                    lambda item: remove_leftover(host, item))
 
 
+def _docker(host: base.Host) -> Backend:
+    mine = {os.getpid()}
+    return Backend("docker", host, docker_machine(), 5, lambda: owned_containers(host, mine),
+                   lambda name: remove_container(host, name))
+
+
 @pytest.fixture(scope="module",
-                params=[pytest.param("lxc", marks=pytest.mark.lxc), pytest.param("kvm", marks=pytest.mark.kvm)])
+                params=[pytest.param("lxc", marks=pytest.mark.lxc), pytest.param("kvm", marks=pytest.mark.kvm),
+                        pytest.param("docker", marks=pytest.mark.docker)])
 def backend(request: pytest.FixtureRequest) -> Backend:
     """One backend on a real guest (skips with the reason where it cannot run)."""
-    make = _lxc if request.param == "lxc" else _kvm
+    make = {"lxc": _lxc, "kvm": _kvm, "docker": _docker}[request.param]
     return make(request.getfixturevalue(f"{request.param}_host"))
 
 
