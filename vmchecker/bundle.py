@@ -59,6 +59,9 @@ class BundleInfo:
     timeout: int
     machine: Machine
     notify_url: str = ""
+    # The tester's own key for this course (the same in every bundle sent to it): how its
+    # queue manager proves who it is when it tells the daemon it is back (tester_back).
+    tester_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -74,12 +77,12 @@ class BundleInfo:
         unknown = sorted(set(map(str, data)) - names)
         if unknown:
             raise BundleError(f"{source}: unknown key {unknown[0]!r}")
-        missing = sorted(n for n in names - {"notify_url"} if n not in data)
+        missing = sorted(n for n in names - {"notify_url", "tester_key"} if n not in data)
         if missing:
             raise BundleError(f"{source}: missing key {missing[0]!r}")
         values = dict(data)
         for name in ("job_id", "key", "course", "assignment", "account", "submission",
-                     "upload_time", "notify_url"):
+                     "upload_time", "notify_url", "tester_key"):
             if name in values and not isinstance(values[name], str):
                 raise BundleError(f"{source}: {name} must be a string")
         if not JOB_ID_RE.match(values["job_id"]):

@@ -41,6 +41,8 @@ STEP_FILES = {"build": ("build-stdout.vmr", "build-stderr.vmr"),
 RESULT_SUFFIX = ".vmr"
 TESTER_INFO = ".tester.json"               # a tester's own name and slots, in its queue/: written
                                            #   by its queue manager, checked by the storer
+DONE_MARKER = ".complete"                  # in a tester's done/<job>/, written last: the results are
+                                           #   complete (root's: the storer sees it listed, never reads it)
 
 # --------------------------------------------------------------------------- identifiers
 

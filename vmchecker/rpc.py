@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
+from vmchecker.confparse import ID_RE
 from vmchecker.contract import JOB_ID_RE, ResultStatus
 from vmchecker.errors import CallRefused, RpcError, TryLater
 
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 QUEUE_TASK = "queue_task"
 NOTIFY = "notify"
 STATUS = "status"
-METHODS = (QUEUE_TASK, NOTIFY, STATUS)
+TESTER_BACK = "tester_back"
+METHODS = (QUEUE_TASK, NOTIFY, STATUS, TESTER_BACK)
 
 # --------------------------------------------------------------------------- limits
 
@@ -70,6 +72,13 @@ def check_key(key: Any) -> str:
     if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH or not KEY_RE.match(key):
         raise RpcError(f"bad key: expected 1 to {MAX_KEY_LENGTH} URL-safe characters")
     return key
+
+
+def check_id(what: str, value: Any) -> str:
+    """A course or tester name as the configs write them."""
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise RpcError(f"bad {what} {str(value)[:70]!r}: letters, digits, '_', '.', '-', at most 64")
+    return value
 
 
 def check_status(status: Any) -> str:
@@ -190,6 +199,25 @@ class NotifyRequest:
                             data.get("files"), data.get("stats"))
 
 
+@dataclass(frozen=True)
+class BackRequest:
+    """``tester_back(course, tester, key)``: a tester's queue manager says it is back (it
+    restarted), so the daemon should look at once at what it sent there. ``key`` is the
+    tester's own key for the course, which every bundle sent to it carries (``tester_key``
+    in its submission-config); it proves the caller is that tester, not another one."""
+
+    course: str
+    tester: str
+    key: str
+
+    @classmethod
+    def validate(cls, course: Any, tester: Any, key: Any) -> BackRequest:
+        return cls(check_id("course", course), check_id("tester", tester), check_key(key))
+
+    def params(self) -> tuple[str, str, str]:
+        return (self.course, self.tester, self.key)
+
+
 # --------------------------------------------------------------------------- client
 
 
@@ -255,3 +283,6 @@ class Client:
 
     def status(self) -> Any:
         return self.call(STATUS)
+
+    def tester_back(self, request: BackRequest) -> Any:
+        return self.call(TESTER_BACK, *request.params())

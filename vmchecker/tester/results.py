@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from vmchecker import fsutil, rpc
-from vmchecker.contract import RESULT_JSON, VMCHECKER_STDERR, ResultStatus
+from vmchecker.contract import DONE_MARKER, RESULT_JSON, VMCHECKER_STDERR, ResultStatus
 from vmchecker.errors import RpcError
 
 log = logging.getLogger(__name__)
 
-MARKER = ".complete"
+MARKER = DONE_MARKER
 KEY_FILE_MODE = 0o600      # a file holding a job's key: whoever reads it can notify for the job
 RESULTS_DIR_MODE = 0o755
 RESULT_FILE_MODE = 0o644
