@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +35,8 @@ class Course:
     scheduler: Scheduler
     mtime: float
     links: dict[str, TesterLink] = field(default_factory=dict)
+    # on_recovered(course id, tester): one of its testers answers again after a failure
+    on_recovered: Callable[[str, str], object] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -44,8 +47,16 @@ class Course:
         """The (reused) SSH/SFTP link to one of the course's testers."""
         with self._lock:
             if tester not in self.links:
-                self.links[tester] = TesterLink.from_config(self.config, tester)
+                link = TesterLink.from_config(self.config, tester)
+                if self.on_recovered is not None:
+                    link.on_recovered = functools.partial(_recovered, self.on_recovered, self.id)
+                self.links[tester] = link
             return self.links[tester]
+
+    def known_links(self) -> list[TesterLink]:
+        """The links made so far (a tester never contacted has none)."""
+        with self._lock:
+            return list(self.links.values())
 
     def take_links(self, old: Course) -> None:
         """Keep the links of ``old`` (the course before a reload) whose tester is reached
@@ -63,6 +74,10 @@ class Course:
         with self._lock:
             for link in self.links.values():
                 link.close()
+
+
+def _recovered(callback: Callable[[str, str], object], course_id: str, link: TesterLink) -> None:
+    callback(course_id, link.name)
 
 
 def _same_endpoint(link: TesterLink, cfg: config.CourseConfig, name: str) -> bool:
@@ -118,12 +133,15 @@ def tester_done_dir(tester: config.Tester) -> str:
 class Courses:
     """Thread-safe registry of the courses in the global file."""
 
-    def __init__(self, global_path: Path | str | None, journal: Journal, listen: tuple[str, int] | None = None):
+    def __init__(self, global_path: Path | str | None, journal: Journal, listen: tuple[str, int] | None = None,
+                 on_recovered: Callable[[str, str], object] | None = None):
         """``listen``: the daemon's address, which each course's ``storer.daemon`` is
-        derived from or checked against (None: taken as written)."""
+        derived from or checked against (None: taken as written). ``on_recovered(course,
+        tester)`` is called when a tester's link succeeds again after a failure."""
         self.global_path = config.global_config_path(global_path)
         self.journal = journal
         self.listen = listen
+        self.on_recovered = on_recovered
         self._lock = threading.RLock()
         self._courses: dict[str, Course] = {}
         self._glob: config.GlobalConfig | None = None
@@ -181,7 +199,7 @@ class Courses:
             if job.course == course_id and job.tester in cfg.testers and job.assignment in cfg.assignments:
                 scheduler.on_sent(job.tester, job.id, job.assignment, now=job.sent)
         log.info("course %s loaded from %s", course_id, path)
-        return Course(cfg, scheduler, mtime)
+        return Course(cfg, scheduler, mtime, on_recovered=self.on_recovered)
 
     def loaded(self) -> list[Course]:
         with self._lock:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import posixpath
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from vmchecker import config, confparse, rpc
-from vmchecker.contract import RESULT_JSON, VMCHECKER_STDERR, JobState, ResultStatus, SubmissionStatus
+from vmchecker.contract import RESULT_JSON, JobState, ResultStatus, SubmissionStatus
 from vmchecker.errors import (
     CallRefused,
     ConfigError,
@@ -34,11 +32,13 @@ from vmchecker.errors import (
 from vmchecker.queueing import SUBMIT_ONLY, never_tested
 from vmchecker.repo import Repository, check_account
 from vmchecker.service import Service
-from vmchecker.storer import in_doubt, outcomes
-from vmchecker.storer.courses import Course, Courses, resolve_addresses, tester_done_dir, with_daemon_address
+from vmchecker.storer import in_doubt, landing, outcomes
+from vmchecker.storer.courses import Course, Courses, resolve_addresses, with_daemon_address
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, Journal, check_key
+from vmchecker.storer.recheck import Rechecker
 from vmchecker.storer.rpcserver import REQUEST_DEADLINE, RestrictedServer, anyone, loopback_or
+from vmchecker.storer.tester_keys import TesterKeys
 from vmchecker.storer.transport import CONNECT_TIMEOUT, TesterLink
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class StorerDaemon(Service):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.pid_file:  # before the journal and the port: a second copy says so plainly
             self.pid_file.acquire()
+        self.tester_keys = TesterKeys(self.state_dir)
         self.journal = Journal(self.state_dir / "journal.db")
         # bound first: its port is in the courses' notify URL
         self.server = RestrictedServer(self.listen, request_deadline=rpc_deadline)
@@ -81,11 +82,16 @@ class StorerDaemon(Service):
             self.journal.close()
             raise
         self.dispatcher = Dispatcher(self.journal, self.courses, self.state_dir / "bundles", poll=poll,
-                                     sweep=self.queue_saved_submissions, sweep_every=saved_sweep)
+                                     sweep=self.queue_saved_submissions, sweep_every=saved_sweep,
+                                     tester_keys=self.tester_keys)
+        self.landing = landing.Landing(self.journal, self.dispatcher)
+        self.rechecker = Rechecker(self.journal, self.courses, self.dispatcher, self.landing)
+        self.courses.on_recovered = self._tester_answers
         self._local_rule = loopback_or(self._storer_addresses)
         self.server.register(rpc.QUEUE_TASK, self.queue_task, self.is_local_caller)
         self.server.register(rpc.STATUS, self.status, self.is_local_caller)
         self.server.register(rpc.NOTIFY, self.notify, anyone)  # checks the caller per job
+        self.server.register(rpc.TESTER_BACK, self.tester_back, anyone)  # checks the caller per tester
         self._queue_lock = threading.Lock()
 
     def is_local_caller(self, address: str) -> bool:
@@ -167,14 +173,19 @@ class StorerDaemon(Service):
         dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         server = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                   name="xmlrpc", daemon=True)
+        rechecker = threading.Thread(target=self.rechecker.loop, args=(self.stop,), name="rechecker", daemon=True)
         dispatcher.start()
         server.start()
+        rechecker.start()
         log.info("storer daemon listening on %s:%d, state in %s%s", *self.listen, self.state_dir,
                  ", until no job is queued or sent" if self.once else "")
         self.stop.wait()
         self.server.shutdown()
         self.dispatcher.wake.set()
+        self.rechecker.wake.set()
         dispatcher.join(30)
+        rechecker.join(30)
+        self.rechecker.join_workers(30)
         self.server.server_close()
         self.courses.close()
         self.journal.close()
@@ -268,31 +279,46 @@ class StorerDaemon(Service):
             log.warning("job %s: a %s notify from %s names no %s; refused", job.id, request.status, job.tester,
                         RESULT_JSON)
             raise CallRefused(f"notify for job {job.id}: a {request.status} notify must name {RESULT_JSON}")
-        tester = course.config.testers[job.tester]
-        remote = posixpath.join(tester_done_dir(tester), job.id)
-        link = course.link(job.tester)
         try:
-            if request.status == ResultStatus.ERROR:
-                # The guest or the tester failed, not the student: resend elsewhere (or
-                # give up with every reason); the tester's partial output is not kept.
-                reason = _tester_reason(link, remote, request.files)
-                self.dispatcher.fail(job, f"the tester reported an error: {reason}", job.tester)
-                return True
-            outcomes.land_results(course, job, lambda dest: link.fetch_results(remote, request.files, dest))
-        except ResultRefused as exc:  # the tester misbehaved: a failure of it, not of the network
-            self.dispatcher.fail(job, exc.message, job.tester)
+            self.landing.accept(course, job.id, job.tester or "", request.status, request.files,
+                                landing.evaluation_seconds(request.stats))
+        except JobStateError as exc:
+            raise CallRefused(exc.message) from None
+        except ResultRefused as exc:
             raise CallRefused(exc.message) from None
         except VmcheckerError as exc:
             log.warning("job %s: could not pull results from %s: %s", job.id, job.tester, exc.message)
             raise TryLater(f"could not pull the results yet: {exc.message}") from None
-        seconds = _evaluation_seconds(request.stats)
-        try:
-            self.journal.mark_done(job.id, tester=job.tester)
-        except JobStateError:
-            return True
-        course.scheduler.on_finished(job.tester, job.id, job.assignment, seconds)
-        log.info("job %s done on %s in %.1f s", job.id, job.tester, seconds)
         return True
+
+    # ------------------------------------------------------------------ a tester is back
+
+    def tester_back(self, caller: str, course: Any, tester: Any, key: Any) -> bool:
+        """A tester's queue manager restarted: look at once at every job sent there and not
+        final (:mod:`vmchecker.storer.recheck`). Only from that tester's address and with
+        its own key (:mod:`vmchecker.storer.tester_keys`); idempotent and cheap: it only
+        asks for a recheck, which runs at most once per few seconds per tester."""
+        try:
+            request = rpc.BackRequest.validate(course, tester, key)
+        except RpcError as exc:
+            raise CallRefused(f"bad tester_back: {exc.message}") from None
+        try:
+            settings = self.courses.get(request.course).config.testers.get(request.tester)
+        except VmcheckerError:
+            settings = None
+        if settings is None:
+            raise CallRefused(f"tester_back for {request.course}/{request.tester}: no such course or tester")
+        if ipaddress.ip_address(caller).compressed not in resolve_addresses(settings.host):
+            raise CallRefused(f"tester_back for {request.course}/{request.tester} from {caller}, but that tester"
+                              f" is {settings.host}")
+        if not self.tester_keys.check(request.course, request.tester, request.key):
+            raise CallRefused(f"tester_back for {request.course}/{request.tester} with a wrong key")
+        self.rechecker.request(request.course, request.tester, "its queue manager says it is back")
+        return True
+
+    def _tester_answers(self, course: str, tester: str) -> None:
+        """A tester's link succeeded after failing: it is back from an outage."""
+        self.rechecker.request(course, tester, "it answers again")
 
     def _check_caller(self, job: Job, caller: str):
         course = self.courses.get(job.course)
@@ -387,21 +413,3 @@ def _estimate(entry: dict[str, Any], job: Job, course: Course, position: dict[st
                     best, job.assignment, now) * position[job.machine]
     except VmcheckerError:
         pass  # a tester or assignment the course's config no longer has: no estimate
-
-
-def _evaluation_seconds(stats: dict[str, Any]) -> float:
-    for key in ("total_s", "tester_seconds", "executor_seconds"):
-        value = stats.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-    return 0.0
-
-
-def _tester_reason(link, remote: str, files: tuple[str, ...]) -> str:
-    """The first line of the tester's own vmchecker-stderr.vmr for a job it failed."""
-    if VMCHECKER_STDERR not in files:
-        return "no reason given"
-    with tempfile.TemporaryDirectory(prefix="vmchecker-reason-") as tmp:
-        link.fetch_results(remote, [VMCHECKER_STDERR], tmp)
-        text = (Path(tmp) / VMCHECKER_STDERR).read_text(errors="replace").strip()
-    return text.splitlines()[0][:300] if text else "no reason given"

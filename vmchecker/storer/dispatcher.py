@@ -32,6 +32,7 @@ from vmchecker.storer import outcomes
 from vmchecker.storer.courses import Course, Courses
 from vmchecker.storer.journal import Job, Journal
 from vmchecker.storer.scheduler import Reservation
+from vmchecker.storer.tester_keys import TesterKeys
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,11 @@ class Dispatcher:
     """Moves jobs from ``queued`` to a tester; one thread runs :meth:`loop`."""
 
     def __init__(self, journal: Journal, courses: Courses, bundles_dir: Path, poll: float = 2.0,
-                 sweep: Callable[[], object] | None = None, sweep_every: float = 300.0):
+                 sweep: Callable[[], object] | None = None, sweep_every: float = 300.0,
+                 tester_keys: TesterKeys | None = None):
         """``sweep`` runs every ``sweep_every`` seconds: the daemon passes the look for
-        submissions left ``saved`` (a queue_task that was lost on its way)."""
+        submissions left ``saved`` (a queue_task that was lost on its way). ``tester_keys``:
+        each bundle carries its tester's key (none without)."""
         self.journal = journal
         self.courses = courses
         self.bundles_dir = Path(bundles_dir)
@@ -50,6 +53,15 @@ class Dispatcher:
         self.wake = threading.Event()
         self._sweep = sweep
         self._sweep_every = sweep_every
+        self._tester_keys = tester_keys
+        self._sending: set[str] = set()   # jobs between the intent and the confirmation, here and now
+        self._sending_lock = threading.Lock()
+
+    def sending(self, job_id: str) -> bool:
+        """Whether this dispatcher is sending the job right now: journaled ``sent`` and not
+        yet confirmed, but not in doubt (the upload is under way)."""
+        with self._sending_lock:
+            return job_id in self._sending
 
     def loop(self, stop: threading.Event, drain: bool = False) -> None:
         """Dispatch and sweep until ``stop`` is set; each pass survives any one job's failure.
@@ -98,7 +110,7 @@ class Dispatcher:
             return 0
         with reservation:
             try:
-                path = self._build(course, job)
+                path = self._build(course, job, reservation.tester)
             except VmcheckerError as exc:
                 self._give_up(job, f"cannot build the bundle: {exc.message}")
                 return 0
@@ -123,7 +135,17 @@ class Dispatcher:
         """Journal the job ``sent``, then upload the bundle; 1 if it went out.
 
         The reservation is committed as soon as the journal holds the job as sent: from
-        then on the job's notify, its failure or the sweep of overdue jobs frees the slot."""
+        then on the job's notify, its failure or the sweep of overdue jobs frees the slot.
+        Meanwhile the job is :meth:`sending`, so a recheck of the tester leaves it alone."""
+        with self._sending_lock:
+            self._sending.add(job.id)
+        try:
+            return self._upload(course, job, reservation, path)
+        finally:
+            with self._sending_lock:
+                self._sending.discard(job.id)
+
+    def _upload(self, course: Course, job: Job, reservation: Reservation, path: Path) -> int:
         tester = reservation.tester
         try:
             # Running before the upload: a fast tester's results must land after it.
@@ -149,7 +171,7 @@ class Dispatcher:
             pass  # a fast notify (or the sweep) moved it on meanwhile
         return 1
 
-    def _build(self, course: Course, job: Job) -> Path:
+    def _build(self, course: Course, job: Job, tester: str) -> Path:
         cfg = course.config
         machine = cfg.machines[job.machine]
         sub = outcomes.submission_of(course, job)
@@ -157,6 +179,7 @@ class Dispatcher:
             job_id=job.id, key=job.key, course=cfg.id, assignment=job.assignment, account=job.account,
             submission=job.submission, upload_time=sub.info.upload_time.strftime("%Y-%m-%d %H:%M:%S"),
             timeout=cfg.assignment(job.assignment).timeout, machine=machine, notify_url=cfg.storer.daemon,
+            tester_key=self._tester_keys.key(cfg.id, tester) if self._tester_keys else "",
         )
         for script in (machine.build_script, machine.run_script, machine.check_script):
             if script and not cfg.resolve(script).is_file():

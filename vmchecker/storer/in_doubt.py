@@ -24,7 +24,7 @@ import logging
 from vmchecker.contract import SubmissionStatus
 from vmchecker.errors import JobStateError, VmcheckerError
 from vmchecker.storer import outcomes
-from vmchecker.storer.courses import Courses, tester_done_dir
+from vmchecker.storer.courses import Course, Courses, tester_done_dir
 from vmchecker.storer.journal import Job, Journal
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,17 @@ def resolve(journal: Journal, courses: Courses, job: Job) -> str:
         journal.confirm_sent(job.id)
         log.info("job %s: its bundle was already %s on %s", job.id, found, tester.name)
         return "confirmed"
-    journal.requeue_unsent(job.id, f"neither in {tester.name}'s queue nor in its done folder")
-    course.scheduler.forget(tester.name, job.id)
+    send_again(journal, course, job, f"neither in {tester.name}'s queue nor in its done folder")
+    return "requeued"
+
+
+def send_again(journal: Journal, course: Course, job: Job, why: str) -> None:
+    """An unconfirmed send that never reached its tester: queued again at once, no attempt
+    counted, the tester not blamed (JobStateError if it moved on meanwhile)."""
+    journal.requeue_unsent(job.id, why)
+    if job.tester:
+        course.scheduler.forget(job.tester, job.id)
     try:
         outcomes.set_status(course, job, SubmissionStatus.QUEUED, (SubmissionStatus.RUNNING, SubmissionStatus.QUEUED))
     except VmcheckerError as exc:
         log.warning("job %s: could not set status queued: %s", job.id, exc.message)
-    return "requeued"

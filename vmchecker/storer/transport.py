@@ -47,6 +47,8 @@ from vmchecker.config import CourseConfig, Tester
 from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import NotFound, ResultRefused, TransportError
 from vmchecker.fsutil import fsync_dir
+from vmchecker.storer import holdings as held
+from vmchecker.storer.holdings import Holdings
 from vmchecker.storer.result_fetch import MAX_RESULT_FILE, MAX_RESULT_TOTAL, check_name, download_all
 from vmchecker.storer.ssh_failures import (
     RejectUnknown,
@@ -131,6 +133,9 @@ class TesterLink:
         self.connects = 0
         self.last_ok: float | None = None
         self.last_error: str | None = None
+        # Called (with this link) when an operation succeeds after one that failed: the
+        # tester answers again; the daemon then looks at its jobs at once.
+        self.on_recovered: Callable[[TesterLink], object] | None = None
         self._lock = threading.Lock()
         self._client: paramiko.SSHClient | None = None
 
@@ -279,10 +284,21 @@ class TesterLink:
                 message = f"{self.where}: cannot {what}: {describe(exc)}"
                 self.last_error = message
                 raise TransportError(message) from None
-            self.last_ok = time.time()
-            self.last_error = None
+            self._answered()
             return result
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _answered(self) -> None:
+        """An operation succeeded; on the first success after a failure, say so."""
+        failed, self.last_error = self.last_error, None
+        self.last_ok = time.time()
+        if failed is None or self.on_recovered is None:
+            return
+        log.info("%s answers again (it had failed: %s)", self.where, failed)
+        try:
+            self.on_recovered(self)
+        except Exception:  # the operation that succeeded must not pay for the listener
+            log.exception("%s: acting on its return failed", self.where)
 
     # ------------------------------------------------------------------ operations
 
@@ -364,11 +380,10 @@ class TesterLink:
         settles a send it journaled but may have died before finishing."""
         if not job_id or "/" in job_id or job_id.startswith("."):
             raise TransportError(f"{self.where}: bad job id {job_id!r}")
-        suffix = f"_{job_id}.zip"
 
         def look(sftp: paramiko.SFTPClient) -> str | None:
             try:
-                if any(name.endswith(suffix) for name in sftp.listdir(self.queue)):
+                if held.has_bundle(sftp.listdir(self.queue), job_id):
                     return "queued"
             except (FileNotFoundError, PermissionError) as exc:
                 raise self._queue_error(exc) from None
@@ -378,6 +393,16 @@ class TesterLink:
                 return None
 
         return self._run(f"look for job {job_id}", look)
+
+    def holdings(self, done_dir: str) -> Holdings:
+        """What the tester holds now (:func:`~vmchecker.storer.holdings.look`): how the
+        daemon looks at every job it sent there at once (:meth:`holds` for one job)."""
+        return self._run("list its queue and done folders", lambda sftp: held.look(
+            sftp, self.queue, done_dir, self._queue_error))
+
+    def finished_files(self, remote_dir: str) -> list[str] | None:
+        """The result files of a complete job folder, or None (:func:`~vmchecker.storer.holdings.finished`)."""
+        return self._run(f"list the results in {remote_dir}", lambda sftp: held.finished(sftp, remote_dir))
 
     def fetch_results(self, remote_dir: str, names: Iterable[str], local_dir: Path | str) -> list[Path]:
         """Download the named files of ``remote_dir`` into ``local_dir``; all or nothing.
