@@ -20,6 +20,7 @@ REAL_FIXTURES = {
     "lxc_host": "lxc",
     "kvm_host": "kvm",
     "docker_host": "docker",
+    "vmware_lab": "vmware",
     "ssh_server": "sshd",
     "lab_network": "netns",
     "tester_host": "netns",
