@@ -7,17 +7,25 @@
   tester namespace (so every test using it runs in both places); its parameters
   carry the markers (``sshd``, and ``netns`` for the namespace), so a test that uses
   it, even through another fixture, is marked without saying so.
+* ``vmware_lab``: a started VmwareLab (session scope) with VMs ``vmck-lab-1`` and
+  ``vmck-lab-2``; it starts dockerd and imports the guest image first; a test using it is
+  marked ``vmware``.
 * ``no_lab_leftovers``: fails the test if a namespace, link, sshd process or sshd
   folder of this process is still there once the test's fixtures are gone.
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.lab import netns, skip_unless_lab, sshd
+from tests.lab import vmware_lab as vmware
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -50,3 +58,16 @@ def ssh_server(request: pytest.FixtureRequest) -> Iterator[sshd.SshServer]:
     else:
         with netns.LabNetwork() as network, sshd.SshServer(network.add_host("t1")) as server:
             yield server
+
+
+@pytest.fixture(scope="session")
+def vmware_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vmware.VmwareLab]:
+    """The VMware lab server for the whole session; tests revert what they change."""
+    for script in ("tools/dockerd.sh", "lxc-resources/docker-image.sh"):
+        # Their failure shows up as lab_unusable()'s reason (no dockerd, no image).
+        subprocess.run([str(ROOT / script)], capture_output=True)
+    reason = vmware.lab_unusable()
+    if reason:
+        pytest.skip(reason)
+    with vmware.VmwareLab(["vmck-lab-1", "vmck-lab-2"], tmp_path_factory.mktemp("vmware-lab")) as lab:
+        yield lab
