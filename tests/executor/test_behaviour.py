@@ -2,9 +2,10 @@
 
 The ``backend`` fixture gives an LXC container (an overlay clone of the base per job) or
 a libvirt/QEMU guest (TCG here: the base domain's RAM snapshot loaded per job, a
-transient guest on a fresh overlay where jobs run side by side). A backend that cannot
-run here skips with its own reason. What only one backend does is tested in
-test_lxc.py and test_kvm.py.
+transient guest on a fresh overlay where jobs run side by side) or a Docker container
+(a fresh one per job from the base image). A backend that cannot run here skips with
+its own reason. What only one backend does is tested in test_lxc.py, test_kvm.py and
+test_docker.py.
 
 Timeouts are a few seconds and the same on both backends; nothing here asserts on how
 long something took.

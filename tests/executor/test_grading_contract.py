@@ -1,4 +1,4 @@
-"""The grading contract on real guests: what each submission earns, on LXC and on KVM.
+"""The grading contract on real guests: what each submission earns, on every backend.
 
 Each case runs one real job through ``Host.test_submission`` with the course of
 :mod:`tests.executor.grading_cases` (``make``; a run.sh that starts ./hello through
