@@ -37,6 +37,7 @@ LOG_TAIL_CHARS = 4000
 # Seconds an executor needs beyond boot and the two steps: copying in and out (each
 # capped at COPY_TIMEOUT), revert, stop and clean-up.
 EXECUTOR_MARGIN = 2 * guest.COPY_TIMEOUT + 60
+IDENTITY = ("job_id", "key", "notify_url", "course", "tester_key")   # what a bundle says of its job's owner
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Outcome:
     status: str
     results_dir: Path
     stats: dict[str, Any] = field(default_factory=dict)
+    course: str = ""
+    tester_key: str = ""   # this tester's own key for the course (see tester/storers.py)
 
 
 def job_id_from_name(name: str) -> str:
@@ -63,9 +66,10 @@ def job_id_from_name(name: str) -> str:
     return f"bad-{cleaned or 'bundle'}"
 
 
-def _peek_identity(bundle_zip: Path) -> dict[str, str]:
-    """job_id, key and notify_url from a bundle that failed validation, if readable, so
-    the storer can still be told (with the key, it will accept the error)."""
+def peek_identity(bundle_zip: Path) -> dict[str, str]:
+    """job_id, key, notify_url, course and tester_key from a bundle without validating it,
+    if readable: so the storer can still be told of a bundle that failed validation (with
+    the key, it will accept the error), and which storers sent the bundles in the queue."""
     try:
         with zipfile.ZipFile(bundle_zip) as zf:
             info = zf.getinfo(SUBMISSION_CONFIG)
@@ -76,7 +80,7 @@ def _peek_identity(bundle_zip: Path) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         return {}
-    identity = {k: data[k] for k in ("job_id", "key", "notify_url") if isinstance(data.get(k), str)}
+    identity = {k: data[k] for k in IDENTITY if isinstance(data.get(k), str)}
     if not JOB_ID_RE.match(identity.get("job_id", "")):
         identity.pop("job_id", None)   # it names a folder in done/: keep the one from the file name
     return identity
@@ -131,7 +135,7 @@ class Job:
 
     def run(self) -> Outcome | None:
         """Run the job; None if it was aborted (no result, bundle to run again later)."""
-        identity = {"job_id": job_id_from_name(self.bundle.name), "key": "", "notify_url": ""}
+        identity = {**dict.fromkeys(IDENTITY, ""), "job_id": job_id_from_name(self.bundle.name)}
         started = time.monotonic()
         stats: dict[str, Any] = {"tester": self.config.tester.name}
         try:
@@ -144,10 +148,11 @@ class Job:
                 (self.work / SUBMISSION_CONFIG).chmod(results.KEY_FILE_MODE)   # so does this
                 machine = self.config.machine(info.machine)  # the tester's overrides must apply too
             except VmcheckerError as exc:
-                identity.update(_peek_identity(self.bundle))
+                identity.update(peek_identity(self.bundle))
                 reason = exc.message.replace(f"{self.work}/", "")  # no tester paths in results
                 raise BundleError(reason if self.bundle.name in reason else f"{self.bundle.name}: {reason}") from None
-            identity = {"job_id": info.job_id, "key": info.key, "notify_url": info.notify_url}
+            identity = {"job_id": info.job_id, "key": info.key, "notify_url": info.notify_url, "course": info.course,
+                        "tester_key": info.tester_key}
             self.config.check_host_commands(machine)   # before anything runs: root shells need the tester's word
             self.machine = machine
             status = self._execute(stats, executor_timeout(self.config.tester.executor_timeout, machine, info.timeout))
@@ -162,7 +167,7 @@ class Job:
         stats["tester_seconds"] = round(time.monotonic() - started, 3)
         url = self.config.notify_url(identity["notify_url"])
         return Outcome(self.bundle, identity["job_id"], identity["key"], url, status, self.results_dir,
-                       rpc.coerce_stats(stats))
+                       rpc.coerce_stats(stats), identity["course"], identity["tester_key"])
 
     def _fail(self, reason: str) -> str:
         if self.results_dir.exists() and not self.results_dir.is_dir():

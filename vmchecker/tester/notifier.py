@@ -52,6 +52,17 @@ class Pending:
                    int(data.get("attempts", 0)), float(data.get("next_try", 0.0)), str(data.get("last_error", "")))
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """A restarted queue manager telling one daemon, for one course, that it is back
+    (``tester_back``); kept in memory only: each start derives them anew."""
+
+    url: str
+    request: rpc.BackRequest
+    attempts: int = 0
+    next_try: float = 0.0
+
+
 def backoff(attempts: int, base: float, cap: float) -> float:
     """Seconds to wait after the ``attempts``-th failure: base, 2 base, 4 base ... up to cap."""
     return min(cap, base * 2 ** max(attempts - 1, 0))
@@ -100,7 +111,15 @@ class Notifier:
     """Sends pending notifications; ``start()`` runs the retry loop in a thread.
 
     A job still being committed is ``held`` (its bundle not yet out of ``queue/``):
-    the storer must not hear of results before the tester is done with the job."""
+    the storer must not hear of results before the tester is done with the job.
+
+    The first pass after :meth:`start` sends every pending notification at once, whatever
+    its retry schedule says: the queue manager just restarted, and a storer that was down
+    when a job ended may have been back for a while. Then the announcements
+    (:meth:`announce`) go, retried like notifications but at most ``ANNOUNCE_ATTEMPTS``
+    times: they only save the daemon a wait, the notifications carry the results."""
+
+    ANNOUNCE_ATTEMPTS = 8
 
     def __init__(self, journal: Journal, *, timeout: float = 10.0, base_delay: float = 2.0,
                  max_delay: float = 300.0, client: Callable[[str, float], rpc.Client] = rpc.Client):
@@ -111,6 +130,9 @@ class Notifier:
         self._client = client
         self._lock = threading.Lock()
         self._held: set[str] = set()
+        self._announcements: list[Announcement] = []
+        self._hurry: set[str] = set()   # jobs whose notification is due now, whatever its schedule
+        self._first_pass = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -126,6 +148,13 @@ class Notifier:
         if not hold:
             self._wake.set()
 
+    def hurry(self, job_id: str) -> None:
+        """Send a job's pending notification at the next pass, whatever its schedule says
+        (the entry is not rewritten: one being sent right now is not sent twice)."""
+        with self._lock:
+            self._hurry.add(job_id)
+        self._wake.set()
+
     def release(self, job_id: str) -> None:
         with self._lock:
             self._held.discard(job_id)
@@ -134,6 +163,18 @@ class Notifier:
     def pending(self) -> list[Pending]:
         with self._lock:
             return self.journal.load_all()
+
+    def announce(self, calls: list[tuple[str, rpc.BackRequest]]) -> None:
+        """Tell each ``(url, request)`` daemon that this tester is back, after the pending
+        notifications of the next pass."""
+        with self._lock:
+            self._announcements += [Announcement(url, request) for url, request in calls]
+        self._wake.set()
+
+    def announcements(self) -> list[Announcement]:
+        """Those not yet answered."""
+        with self._lock:
+            return list(self._announcements)
 
     # ------------------------------------------------------------------ sending
 
@@ -172,21 +213,60 @@ class Notifier:
         until the next one is due, or None when nothing is pending."""
         with self._lock:
             entries = [p for p in self.journal.load_all() if p.job_id not in self._held]
+            hurry, self._hurry = self._hurry, set()
         next_due = None
         for pending in entries:
             if self._stop.is_set():
                 break
-            if force or pending.next_try <= time.time():
+            if force or pending.job_id in hurry or pending.next_try <= time.time():
                 if self.send(pending):
                     continue
                 pending = self.journal.load(pending.job_id) or pending
             wait = max(pending.next_try - time.time(), 0.0)
             next_due = wait if next_due is None else min(next_due, wait)
+        wait = self._run_announcements(force)
+        if wait is not None:
+            next_due = wait if next_due is None else min(next_due, wait)
         return next_due
+
+    def _run_announcements(self, force: bool) -> float | None:
+        """Send the due announcements; seconds until the next one is due (None: none left)."""
+        with self._lock:
+            todo, self._announcements = self._announcements, []
+        left = []
+        for item in todo:
+            if not self._stop.is_set() and (force or item.next_try <= time.time()):
+                item = self._announce(item)
+            if item is not None:
+                left.append(item)
+        with self._lock:
+            self._announcements = left + self._announcements
+        return min((max(a.next_try - time.time(), 0.0) for a in left), default=None)
+
+    def _announce(self, item: Announcement) -> Announcement | None:
+        """Try one announcement once; the rescheduled one, or None when it is done with."""
+        what = f"{item.url} (course {item.request.course})"
+        try:
+            self._client(item.url, self.timeout).tester_back(item.request)
+        except CallRefused as exc:
+            log.warning("could not tell %s that this tester is back: %s", what, exc.message)
+        except RpcError as exc:
+            attempts = item.attempts + 1
+            if attempts >= self.ANNOUNCE_ATTEMPTS:
+                log.warning("gave up telling %s that this tester is back: %s", what, exc.message)
+                return None
+            delay = backoff(attempts, self.base_delay, self.max_delay)
+            log.info("could not tell %s that this tester is back (%s); retrying in %.1f s", what, exc.message, delay)
+            return replace(item, attempts=attempts, next_try=time.time() + delay)
+        else:
+            log.info("told %s that this tester is back", what)
+        return None
 
     # ------------------------------------------------------------------ thread
 
     def start(self) -> None:
+        """Run the sender in a thread; its first pass sends everything pending at once."""
+        self._first_pass = True
         self._thread = threading.Thread(target=self._loop, name="notifier", daemon=True)
         self._thread.start()
 
@@ -200,7 +280,8 @@ class Notifier:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                wait = self.run_due()
+                force, self._first_pass = self._first_pass, False
+                wait = self.run_due(force=force)
             except Exception:  # one boundary: the sender must outlive any surprise
                 log.exception("notifier: unexpected error; retrying shortly")
                 wait = self.base_delay

@@ -30,7 +30,6 @@ deliberate retry (it reported an error) and runs again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import logging
 import os
@@ -49,9 +48,10 @@ from vmchecker.contract import SUBMISSION_CONFIG
 from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.executor import hostcmds
 from vmchecker.service import Service
-from vmchecker.tester import processes, results
+from vmchecker.tester import processes, results, storers
 from vmchecker.tester.jobs import Job, Outcome, job_id_from_name
 from vmchecker.tester.notifier import Journal, Notifier, Pending
+from vmchecker.tester.storers import KnownStorers
 from vmchecker.tester_config import TesterConfig
 
 with warnings.catch_warnings():  # pyinotify imports asyncore, deprecated in 3.11
@@ -126,6 +126,7 @@ class QueueManager(Service):
         self._notify_settings = {"timeout": notify_timeout, "base_delay": notify_base_delay,
                                  "max_delay": notify_max_delay}
         self.notifier: Notifier | None = None
+        self.storers = KnownStorers(config.state_dir / storers.STORERS_FILE)
         self._waiting: deque[str] = deque()
         self._known: set[str] = set()  # waiting or running
         self._running: dict[str, tuple[Job, threading.Thread]] = {}
@@ -156,6 +157,7 @@ class QueueManager(Service):
         self.recover()
         watcher = None if self.once else QueueWatcher(cfg.queue_dir)  # before the scan: miss nothing
         self._enqueue(self.backlog())
+        self._say_back()
         if not self.once:
             self.notifier.start()
         log.info("queue manager for %s: %d bundle(s) queued, %d slot(s)%s", cfg.queue_dir, len(self._waiting),
@@ -199,6 +201,16 @@ class QueueManager(Service):
             self._enqueue(self.backlog())
             self.cleanup_done()
         return True
+
+    def _say_back(self) -> None:
+        """Tell every storer daemon known (those of the bundles queued now, and of those run
+        before) that this tester is back, so each looks at once at what it sent here; the
+        notifier sends it after the pending notifications (see tester/storers.py)."""
+        for name in self._waiting:
+            ref = storers.from_bundle(self.config.queue_dir / name, self.config)
+            if ref is not None:
+                self.storers.remember(ref)
+        self.notifier.announce(storers.back_calls(self.storers.all(), self.config.tester.name))
 
     def cleanup_done(self) -> list[str]:
         """The clean-up policy for ``done/``: results the storer was told of (no pending
@@ -253,7 +265,7 @@ class QueueManager(Service):
                      "running" if running else "done and not yet notified")
             self._remove_bundle(bundle_path)
             if pending is not None:
-                self.notifier.add(dataclasses.replace(pending, next_try=time.time()))
+                self.notifier.hurry(job_id)
         return True
 
     def _reap(self) -> None:
@@ -302,6 +314,12 @@ class QueueManager(Service):
                 self.notifier.release(outcome.job_id)
         log.info("job %s: %s; results in %s", outcome.job_id, outcome.status,
                  self.config.done_dir / outcome.job_id)
+        ref = storers.StorerRef.checked(outcome.notify_url, outcome.course, outcome.tester_key)
+        try:
+            if ref is not None:
+                self.storers.remember(ref)
+        except OSError as exc:   # the job is committed; only a faster recovery is lost
+            log.error("cannot remember the storer of job %s: %s", outcome.job_id, exc)
 
     def _journal_notification(self, marker: dict, hold: bool = False) -> bool:
         """Journal the notification a completion marker describes; False if it cannot be sent."""
