@@ -8,7 +8,7 @@ BASE ?= vmchecker-base
 KVM_BASE ?= vmchecker-kvm-base
 STAMPS := .stamps
 
-.PHONY: all deps venv base kvm-base docker-base test lint demo demo-stop bench clean
+.PHONY: all deps venv base kvm-base docker-base vmware-lab test lint demo demo-stop bench clean
 
 all: venv
 
@@ -32,6 +32,10 @@ base: deps
 kvm-base: deps
 	kvm-resources/build-image.sh $(KVM_BASE)
 
+# The VMware lab server (tests/lab/vmware: a vSphere API server of ours, built offline).
+vmware-lab: deps
+	tests/lab/vmware/build.sh
+
 # The LXC base as a Docker image (the Docker backend's, and the VMware lab's guests).
 docker-base: base
 	lxc-resources/docker-image.sh $(BASE)
@@ -39,10 +43,10 @@ docker-base: base
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv base kvm-base lint
+test: venv base kvm-base docker-base vmware-lab lint
 	$(VENV)/bin/pytest tests
 
-demo: venv base kvm-base
+demo: venv base kvm-base docker-base vmware-lab
 	demo/demo.sh start
 
 demo-stop:

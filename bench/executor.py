@@ -6,16 +6,20 @@ vmchecker-run, compare output, write the grade file) one after the other through
 container; then the queue manager's throughput with 1, 2 and 4 slots (LXC); then jobs
 on the KVM guest kvm-resources/build-image.sh builds, with ``revert: snapshot`` (the
 RAM snapshot loaded per job) and ``revert: overlay`` (a transient guest booted per job
-on a fresh overlay). Per job it prints the total, the build and run steps,
+on a fresh overlay); then Docker jobs (a fresh container per job from the image
+lxc-resources/docker-image.sh makes) and VMware jobs on the lab server of
+tests/lab/vmware (``revert: snapshot`` and ``revert: linked-clone``). Per job it prints the total, the build and run steps,
 ``overhead`` = total - run step and ``executor`` = total - build - run (what the
 executor itself costs; under TCG the build is gcc on an emulated CPU), then medians
 with spread (p10/p90) and where the time goes (median of each phase of the flow). Ends
 with ONE line of name=value pairs holding the headline figures: ``overhead_median_s`` (LXC,
 goal: <= 0.3 s), ``overhead_median_s_kvm_snapshot`` (goal under TCG: <= 3 s; the
-thesis measured 26 s with hardware KVM) and ``overhead_median_s_kvm_overlay``.
+thesis measured 26 s with hardware KVM), ``overhead_median_s_kvm_overlay``,
+``overhead_median_s_docker`` and ``overhead_median_s_vmware``.
 
     .venv/bin/python bench/executor.py [--jobs 20] [--vm vmchecker-base]
         [--kvm-jobs 5] [--kvm-overlay-jobs 2] [--kvm-vm vmchecker-kvm-base] [--throughput-jobs 100]
+        [--docker-jobs 10] [--docker-image vmchecker-base:latest] [--vmware-jobs 10]
 """
 
 from __future__ import annotations
@@ -165,6 +169,39 @@ def kvm_overhead(jobs: int, overlay_jobs: int, vm: str = KVM_BASE, state: str = 
     return figures
 
 
+def docker_overhead(jobs: int, image: str) -> dict[str, float]:
+    """``jobs`` jobs through the Docker executor, a fresh container each from ``image``."""
+    try:
+        host = get_host("docker")
+    except ExecutorError as exc:
+        print(f"docker: skipped: {exc}")
+        return {}
+    machine = {"name": "linux-docker", "type": "docker", "image": image}
+    spreads = summarise(time_jobs(host, machine, jobs, "docker"), ("total", "overhead"), "docker")
+    return {"jobs_docker": jobs, **{f"{name}_median_s_docker": s[0] for name, s in spreads.items()}}
+
+
+def vmware_overhead(jobs: int) -> dict[str, float]:
+    """``jobs`` jobs through the VMware executor against the lab server (tests/lab/vmware:
+    a vSphere API server whose VMs are containers), in both revert modes."""
+    from tests.lab import vmware_lab
+
+    reason = vmware_lab.lab_unusable()
+    if reason:
+        print(f"vmware: skipped: {reason}")
+        return {}
+    figures: dict[str, float] = {"jobs_vmware": jobs}
+    with tempfile.TemporaryDirectory(prefix="vmck-bench-vmware-") as tmp, \
+            vmware_lab.VmwareLab(["vmck-bench-1"], Path(tmp)) as lab:
+        credentials = lab.write_credentials(Path(tmp) / "credentials")
+        for mode in ("snapshot", "linked-clone"):
+            machine = {"name": "linux-vmware", **lab.machine(credentials, revert=mode)}
+            spreads = summarise(time_jobs(get_host("vmware"), machine, jobs, mode), ("total", "overhead"), mode)
+            suffix = "vmware" if mode == "snapshot" else "vmware_linked_clone"
+            figures.update({f"{name}_median_s_{suffix}": s[0] for name, s in spreads.items()})
+    return figures
+
+
 def queue_manager_throughput(args: argparse.Namespace) -> dict[str, float]:
     """Throughput of one tester (the real queue manager in drain mode, real executor
     processes, real LXC guests) with 1, 2 and 4 slots: ``--throughput-jobs`` trivial
@@ -210,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="KVM jobs to time with revert: overlay, a boot each (default 2; 0 skips them)")
     p.add_argument("--kvm-vm", default=KVM_BASE, help=f"libvirt base domain (default {KVM_BASE})")
     p.add_argument("--kvm-state", default=KVM_STATE, help=f"folder of the guest's base.qcow2 (default {KVM_STATE})")
+    p.add_argument("--docker-jobs", type=int, default=10, help="Docker jobs to time (default 10; 0 skips)")
+    p.add_argument("--docker-image", default="vmchecker-base:latest",
+                   help="image of the Docker jobs (default vmchecker-base:latest, lxc-resources/docker-image.sh)")
+    p.add_argument("--vmware-jobs", type=int, default=10,
+                   help="VMware jobs to time per revert mode, on the lab server (default 10; 0 skips)")
     p.add_argument("--throughput-jobs", type=int, default=100,
                    help="jobs per queue-manager throughput run with 1, 2 and 4 slots (default 100; 0 skips)")
     args = p.parse_args(argv)
@@ -217,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(queue_manager_throughput(args))
     if args.kvm_jobs > 0:
         figures.update(kvm_overhead(args.kvm_jobs, args.kvm_overlay_jobs, args.kvm_vm, args.kvm_state))
+    if args.docker_jobs > 0:
+        figures.update(docker_overhead(args.docker_jobs, args.docker_image))
+    if args.vmware_jobs > 0:
+        figures.update(vmware_overhead(args.vmware_jobs))
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
     return 0
 
