@@ -16,7 +16,7 @@ run in the container. Facts a backend meets here (all as on a real host unless s
 * File transfer URLs have host ``*``: replace the netloc with the server's. PUT needs a
   Content-Length and an existing parent folder; uploaded files are root-owned, mode 0444.
 * ``ListProcessesInGuest`` lists the programs started through the API only; the exit code
-  of a finished one stays listed (an exit code 0 arrives as ``exitCode`` 0 or unset).
+  of a finished one stays listed (``exitCode`` and ``endTime`` are unset while it runs).
   ``TerminateProcessInGuest`` kills the program's whole session from the host (it works in a
   guest whose pids limit is exhausted); a killed program's exit code is 137.
 * ``CloneVM_Task`` ignores ``spec.powerOn``: power the clone on yourself.
@@ -113,13 +113,12 @@ def _reap_dead_owners() -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not: it waits only to be reaped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
         return False
-    except PermissionError:
-        pass
-    return True
 
 
 class VmwareLab:

@@ -10,13 +10,15 @@ import (
 	"syscall"
 )
 
-// docker runs the docker client and returns its output, or an error carrying its stderr.
+// docker runs the docker client and returns its output, or an error carrying what it said
+// (docker exec prints some of its own errors, "unable to find user", on stdout).
 func docker(args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command("docker", args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("docker %s: %v: %s", args[0], err, strings.TrimSpace(stderr.String()))
+		said := strings.TrimSpace(stderr.String() + " " + stdout.String())
+		return stdout.String(), fmt.Errorf("docker %s: %v: %s", args[0], err, said)
 	}
 	return strings.TrimSpace(stdout.String()), nil
 }

@@ -159,7 +159,7 @@ func (g *guest) startProgram(user string, spec *types.GuestProgramSpec) (int64, 
 		if strings.TrimSpace(line) == "nodir" {
 			return 0, &types.FileNotFound{FileFault: types.FileFault{File: spec.WorkingDirectory}}
 		}
-		return 0, fault(stderr.String(), spec.ProgramPath)
+		return 0, fault(line+stderr.String(), spec.ProgramPath) // docker exec says some on stdout
 	}
 	p := &process{info: types.GuestProcessInfo{
 		Name: spec.ProgramPath, Pid: pid, Owner: user, CmdLine: cmdline, StartTime: time.Now(),
@@ -181,17 +181,46 @@ func (g *guest) startProgram(user string, spec *types.GuestProgramSpec) (int64, 
 	return pid, nil
 }
 
-func (g *guest) listProcesses(pids []int64) []types.GuestProcessInfo {
+func (g *guest) listProcesses(pids []int64) []processInfo {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var list []types.GuestProcessInfo
+	var list []processInfo
 	for pid, p := range g.procs {
 		if len(pids) == 0 || containsPid(pids, pid) {
-			list = append(list, p.info)
+			i := p.info
+			info := processInfo{i.Name, i.Pid, i.Owner, i.CmdLine, i.StartTime, i.EndTime, nil}
+			if i.EndTime != nil {
+				info.ExitCode = &i.ExitCode
+			}
+			list = append(list, info)
 		}
 	}
 	return list
 }
+
+// ListProcessesInGuestResponse stands in for govmomi's, whose GuestProcessInfo drops an exit
+// code 0 (omitempty), which pyvmomi then reads as unset: a real host sends 0. The simulator
+// names the response element after this type.
+type ListProcessesInGuestResponse struct {
+	Returnval []processInfo `xml:"returnval,omitempty"`
+}
+
+type processInfo struct {
+	Name      string     `xml:"name"`
+	Pid       int64      `xml:"pid"`
+	Owner     string     `xml:"owner"`
+	CmdLine   string     `xml:"cmdLine"`
+	StartTime time.Time  `xml:"startTime"`
+	EndTime   *time.Time `xml:"endTime"`
+	ExitCode  *int32     `xml:"exitCode"` // once it ended
+}
+
+type listProcessesBody struct {
+	Res    *ListProcessesInGuestResponse
+	Fault_ *soap.Fault
+}
+
+func (b *listProcessesBody) Fault() *soap.Fault { return b.Fault_ }
 
 func containsPid(pids []int64, pid int64) bool {
 	for _, p := range pids {
@@ -272,10 +301,10 @@ func (m *processManager) StartProgramInGuest(req *types.StartProgramInGuest) soa
 }
 
 func (m *processManager) ListProcessesInGuest(req *types.ListProcessesInGuest) soap.HasFault {
-	body := new(methods.ListProcessesInGuestBody)
+	body := new(listProcessesBody)
 	g, _, f := m.lab.prepare(req.Vm, req.Auth)
 	if f == nil {
-		body.Res = &types.ListProcessesInGuestResponse{Returnval: g.listProcesses(req.Pids)}
+		body.Res = &ListProcessesInGuestResponse{Returnval: g.listProcesses(req.Pids)}
 	}
 	body.Fault_ = f
 	return body
