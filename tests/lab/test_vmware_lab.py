@@ -221,6 +221,29 @@ def test_revert_really_resets_the_guest_and_leaves_the_vm_off(vmware_lab, si, ho
     revert(vm)
 
 
+def test_a_snapshot_of_a_running_vm_keeps_its_files(vmware_lab, si):
+    vm = vm_named(vmware_lab, si, "vmck-lab-2")
+    clean = vm.snapshot.currentSnapshot
+    power_on(vm)
+    guest = Guest(vmware_lab, si, vm)
+    assert guest.run("echo kept > /root/kept") == 0
+    task = vm.CreateSnapshot_Task(name="kept", description="", memory=False, quiesce=False)
+    WaitForTask(task)
+    kept = task.info.result
+    try:
+        assert guest.run("rm /root/kept") == 0
+        WaitForTask(kept.RevertToSnapshot_Task())
+        power_on(vm)
+        assert guest.get("/root/kept") == b"kept\n"
+        WaitForTask(clean.RevertToSnapshot_Task())
+        power_on(vm)
+        assert guest.run("test ! -e /root/kept") == 0
+    finally:
+        WaitForTask(kept.RemoveSnapshot_Task(removeChildren=False))
+        WaitForTask(clean.RevertToSnapshot_Task())
+    assert [s.name for s in vm.snapshot.rootSnapshotList] == ["clean"]
+
+
 def test_the_vm_memory_set_by_reconfigure_limits_the_guest(vmware_lab, si):
     vm = vm_named(vmware_lab, si, "vmck-lab-2")
     memory = vm.config.hardware.memoryMB
