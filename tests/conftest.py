@@ -28,7 +28,7 @@ REAL_FIXTURES = {
 }
 # Parametrized fixtures whose parameter picks the component: {fixture: {param: marker}}.
 REAL_PARAMS = {
-    "backend": {"lxc": "lxc", "kvm": "kvm", "docker": "docker"},
+    "backend": {"lxc": "lxc", "kvm": "kvm", "docker": "docker", "vmware": "vmware"},
     "ssh_server": {"netns": "netns"},
 }
 

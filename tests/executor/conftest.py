@@ -1,6 +1,6 @@
 """Fixtures for executor tests on real guests: ``lxc_host`` here, ``kvm_host`` from
-kvm_fixtures.py and ``docker_host`` from docker_fixtures.py (made visible to every
-module of the package)."""
+kvm_fixtures.py, ``docker_host`` from docker_fixtures.py and ``vmware_host`` from
+vmware_fixtures.py (made visible to every module of the package)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from tests.executor.docker_fixtures import docker_host  # noqa: F401  (a fixture, for every module here)
 from tests.executor.helpers import BASE
 from tests.executor.kvm_fixtures import kvm_host  # noqa: F401  (a fixture, for every module here)
+from tests.executor.vmware_fixtures import vmware_host  # noqa: F401  (a fixture, for every module here)
 from tests.lab import lxc_unusable
 
 

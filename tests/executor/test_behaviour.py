@@ -3,9 +3,10 @@
 The ``backend`` fixture gives an LXC container (an overlay clone of the base per job) or
 a libvirt/QEMU guest (TCG here: the base domain's RAM snapshot loaded per job, a
 transient guest on a fresh overlay where jobs run side by side) or a Docker container
-(a fresh one per job from the base image). A backend that cannot run here skips with
-its own reason. What only one backend does is tested in test_lxc.py, test_kvm.py and
-test_docker.py.
+(a fresh one per job from the base image) or a VM of the VMware lab (a vSphere API server
+whose VMs are containers: one of two VMs reverted to its snapshot per job). A backend
+that cannot run here skips with its own reason. What only one backend does is tested in
+test_lxc.py, test_kvm.py, test_docker.py and test_vmware.py.
 
 Timeouts are a few seconds and the same on both backends; nothing here asserts on how
 long something took.
@@ -28,6 +29,7 @@ from tests.executor.conftest import owned_clones
 from tests.executor.docker_fixtures import DOCKER_IMAGE, docker_machine, image_has, owned_containers, remove_container
 from tests.executor.helpers import BASE, HELLO_FILES, around_run_step, c_program, result_json, run_job, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, job_leftovers, kvm_machine, owned_domains, remove_leftover
+from tests.executor.vmware_fixtures import clone_leftovers, lab_images, reset, running_guests
 from vmchecker.executor import base
 
 # Seconds two parallel jobs may wait for each other before their run steps (a guard:
@@ -121,12 +123,29 @@ def _docker(host) -> Backend:
                    containers, containers, lambda name: remove_container(host, name), base_untouched)
 
 
+def _vmware(host) -> Backend:
+    @contextlib.contextmanager
+    def base_untouched() -> Iterator[None]:
+        before = lab_images(host)
+        yield
+        assert lab_images(host) == before, "a job changed the images the lab's snapshots start from"
+
+    # Megabytes: a step's output lands in a file on the guest's disk (here a container's
+    # layer on this host's disk) before the host reads its first bytes; what was dropped is
+    # counted from the file's size. Peak memory is getrusage's max RSS in the guest, which
+    # the VM's RAM (memoryMB, the limit) bounds. Jobs side by side take one VM each.
+    return Backend("vmware", host, host.machine_keys(), {}, (64 * 2**20, 8 * 2**20, 4 * 2**20), 64 * 1024,
+                   lambda: running_guests(host), lambda: clone_leftovers(host), lambda item: reset(host, item),
+                   base_untouched)
+
+
 @pytest.fixture(params=[pytest.param("lxc", marks=pytest.mark.lxc), pytest.param("kvm", marks=pytest.mark.kvm),
-                        pytest.param("docker", marks=pytest.mark.docker)])
+                        pytest.param("docker", marks=pytest.mark.docker),
+                        pytest.param("vmware", marks=pytest.mark.vmware)])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """One backend on a real guest (skips with the reason where it cannot run); after
     the test, no guest of the test may be left."""
-    make = {"lxc": _lxc, "kvm": _kvm, "docker": _docker}[request.param]
+    make = {"lxc": _lxc, "kvm": _kvm, "docker": _docker, "vmware": _vmware}[request.param]
     backend = make(request.getfixturevalue(f"{request.param}_host"))
     yield backend
     left = backend.leftovers()

@@ -36,6 +36,7 @@ from tests.executor.conftest import owned_clones
 from tests.executor.docker_fixtures import docker_machine, owned_containers, remove_container
 from tests.executor.helpers import run_job, vmr
 from tests.executor.kvm_fixtures import job_leftovers, kvm_machine, remove_leftover
+from tests.executor.vmware_fixtures import clone_leftovers, reset
 from vmchecker.executor import base
 from vmchecker.executor.results import JobResult
 
@@ -94,12 +95,19 @@ def _docker(host: base.Host) -> Backend:
                    lambda name: remove_container(host, name))
 
 
+def _vmware(host: base.Host) -> Backend:
+    # A few round trips to the server per command, and the build under the same timeout.
+    return Backend("vmware", host, host.machine_keys(), 10, lambda: clone_leftovers(host),
+                   lambda item: reset(host, item))
+
+
 @pytest.fixture(scope="module",
                 params=[pytest.param("lxc", marks=pytest.mark.lxc), pytest.param("kvm", marks=pytest.mark.kvm),
-                        pytest.param("docker", marks=pytest.mark.docker)])
+                        pytest.param("docker", marks=pytest.mark.docker),
+                        pytest.param("vmware", marks=pytest.mark.vmware)])
 def backend(request: pytest.FixtureRequest) -> Backend:
     """One backend on a real guest (skips with the reason where it cannot run)."""
-    make = {"lxc": _lxc, "kvm": _kvm, "docker": _docker}[request.param]
+    make = {"lxc": _lxc, "kvm": _kvm, "docker": _docker, "vmware": _vmware}[request.param]
     return make(request.getfixturevalue(f"{request.param}_host"))
 
 
