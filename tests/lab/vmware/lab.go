@@ -64,11 +64,9 @@ func (l *lab) PutObject(obj mo.Reference) {
 	}
 }
 
-// RemoveObject: a destroyed VM takes its container with it.
+// RemoveObject: a destroyed VM takes its container with it (a removed snapshot's committed
+// image stays until the lab stops: a clone may still start from it).
 func (l *lab) RemoveObject(ref types.ManagedObjectReference) {
-	if ref.Type != "VirtualMachine" {
-		return
-	}
 	l.mu.Lock()
 	g := l.guests[ref]
 	delete(l.guests, ref)
@@ -198,13 +196,13 @@ func (l *lab) power(vm *mo.VirtualMachine) {
 		if max := int32(runtime.NumCPU()); cpus > max {
 			cpus = max // docker refuses more CPUs than the host has
 		}
+		memory := strconv.Itoa(int(vm.Config.Hardware.MemoryMB)) + "m" // swap = memory: none
 		limits := []string{
-			"--memory", strconv.Itoa(int(vm.Config.Hardware.MemoryMB)) + "m",
-			"--memory-swap", strconv.Itoa(int(vm.Config.Hardware.MemoryMB)) + "m",
+			"--memory", memory, "--memory-swap", memory,
 			"--cpus", strconv.Itoa(int(cpus)),
 			"--pids-limit", strconv.Itoa(l.pids),
 		}
-		if err := g.start(image, l.label, vm.Name, limits); err != nil {
+		if err := g.start(image, l.label, limits); err != nil {
 			log.Printf("power on %s: %s", vm.Name, err)
 			return // tools stay "not running": guest calls fail as on a VM that did not boot
 		}
@@ -220,16 +218,16 @@ func (l *lab) tools(ref types.ManagedObjectReference, running bool) {
 	if !ok {
 		return
 	}
-	status, ok2, state := types.VirtualMachineToolsRunningStatusGuestToolsNotRunning, types.VirtualMachineToolsStatusToolsNotRunning, "notRunning"
+	status, tools, state := types.VirtualMachineToolsRunningStatusGuestToolsNotRunning, types.VirtualMachineToolsStatusToolsNotRunning, "notRunning"
 	if running {
-		status, ok2, state = types.VirtualMachineToolsRunningStatusGuestToolsRunning, types.VirtualMachineToolsStatusToolsOk, "running"
+		status, tools, state = types.VirtualMachineToolsRunningStatusGuestToolsRunning, types.VirtualMachineToolsStatusToolsOk, "running"
 	}
 	simulator.Map.Update(vm, []types.PropertyChange{
 		{Name: "guest.toolsRunningStatus", Val: string(status)},
-		{Name: "guest.toolsStatus", Val: ok2},
+		{Name: "guest.toolsStatus", Val: tools},
 		{Name: "guest.guestState", Val: state},
 		{Name: "summary.guest.toolsRunningStatus", Val: string(status)},
-		{Name: "summary.guest.toolsStatus", Val: ok2},
+		{Name: "summary.guest.toolsStatus", Val: tools},
 	})
 }
 
