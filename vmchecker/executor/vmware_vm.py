@@ -21,6 +21,7 @@ import logging
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 STEP_PL = guest.program("vmware-step.pl")
 STEPS = "steps"             # BASE/steps/N: the files of the job's Nth command
 KILL_GRACE = 30.0           # seconds for the wrapper to end a step that outlived its time
-REPORT_MAX = 4096
+REPORT_HEAD = 256          # bytes of a report's first line
+REPORT_KEEP = 16 * 1024    # bytes of our own commands' output brought back (their errors)
 # sh: perl runs the wrapper text given as the first argument.
 WRAPPER = 'p=$1; shift; exec /usr/bin/perl -e "$p" -- "$@"'
 # Root, in BASE: unpack the job's files (owners by name: the guest's passwd decides),
@@ -48,6 +50,49 @@ COPY_IN = (f'chmod 0700 {STEPS} && tar -xpf {STEPS}/in.tar; rc=$?; rm -f {STEPS}
 
 def _number(text: str) -> int | None:
     return None if text == "-" else int(text)
+
+
+@dataclass(frozen=True)
+class Report:
+    """How a command ended, as the wrapper's report says, with the first bytes of its
+    output and the whole size of each stream."""
+
+    folder: str
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    cpu_us: int | None
+    max_rss_kb: int | None
+    out: bytes
+    out_total: int
+    err: bytes
+    err_total: int
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.timed_out and self.exit_code == 0
+
+    def why(self) -> str:
+        """Why a command of ours failed, in its own words where it has some."""
+        if self.timed_out:
+            return "it did not finish in time"
+        return self.err.decode("utf-8", "replace").strip() or f"exit code {self.exit_code}, signal {self.signal}"
+
+    @classmethod
+    def parse(cls, data: bytes, folder: str, code: int | None, vm: str) -> Report:
+        """The report in ``data``; ``code`` is the wrapper's exit code (None: it was
+        killed at the time limit and the report is the kill's)."""
+        line, _, rest = data.partition(b"\n")
+        fields = line.decode("ascii", "replace").split()
+        try:
+            if len(fields) != 9 or fields[0] != "vmck":
+                raise ValueError(line)
+            out_kept, out_total, err_kept, err_total = (int(f) for f in fields[5:])
+            return cls(folder, _number(fields[1]), _number(fields[2]), code is None, _number(fields[3]),
+                       _number(fields[4]), rest[:out_kept], out_total, rest[out_kept:out_kept + err_kept], err_total)
+        except ValueError:
+            raise ExecutorError(f"the step wrapper failed in VMware VM {vm!r} (exit code {code}):"
+                                f" {line.decode('utf-8', 'replace').strip() or 'no report'}") from None
 
 
 class VmwareVM(base.VM):
@@ -96,41 +141,39 @@ class VmwareVM(base.VM):
         ops = self._require_ops()
         buf = io.BytesIO()
         load.write(buf)
-        ops.mkdir(f"{guest_dir}/{STEPS}")
+        if guest_dir != self.base:   # wait_ready made the base's
+            ops.mkdir(f"{guest_dir}/{STEPS}")
         ops.upload(f"{guest_dir}/{STEPS}/in.tar", buf.getvalue(), guest.COPY_TIMEOUT)
-        folder, report = self._command(["/bin/sh", "-c", COPY_IN], guest_dir, guest.COPY_TIMEOUT)
-        if report is None or report[1] != "0":
+        done = self._command(["/bin/sh", "-c", COPY_IN], guest_dir, guest.COPY_TIMEOUT, 0)
+        if not done.succeeded:
             raise ExecutorError(f"copying the job's files into {guest_dir} in VMware VM {self.name!r} failed:"
-                                f" {self._errors(folder, report)}")
+                                f" {done.why()}")
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
-        ops = self._require_ops()
         argv = ["/bin/sh", "-c", guest.COPY_OUT, "sh", guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS), "-"]
-        folder, report = self._command(argv, "/", guest.COPY_TIMEOUT)
-        if report is None or report[1] != "0":
+        limit = results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024   # the tar comes back in the report
+        done = self._command(argv, "/", guest.COPY_TIMEOUT, limit)
+        if not done.succeeded:
             raise ExecutorError(f"copying results out of {guest_dir} in VMware VM {self.name!r} failed:"
-                                f" {self._errors(folder, report)}")
-        limit = results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024
-        data, size = ops.download(f"{folder}/out", limit, guest.COPY_TIMEOUT)
-        if size > len(data):
-            raise ExecutorError(f"the results copied out of VMware VM {self.name!r} are {size} bytes, more than"
-                                f" {limit}")
-        results.extract_vmrs(data, dest, cap, self.name)
+                                f" {done.why()}")
+        if done.out_total > len(done.out):
+            raise ExecutorError(f"the results copied out of VMware VM {self.name!r} are {done.out_total} bytes,"
+                                f" more than {limit}")
+        results.extract_vmrs(done.out, dest, cap, self.name)
 
     def run(self, argv: list[str], cwd: str, timeout: float,
             stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
         started = time.monotonic()
-        folder, report = self._command(argv, cwd, timeout, nproc=str(self.machine.limits.pids))
+        done = self._command(argv, cwd, timeout, stdout.cap + 1, nproc=str(self.machine.limits.pids))
         wall = round(time.monotonic() - started, 3)
-        for name, writer in (("out", stdout), ("err", stderr)):
-            data, size = self._require_ops().download(f"{folder}/{name}", writer.cap + 1, guest.COPY_TIMEOUT)
+        for writer, data, total in ((stdout, done.out, done.out_total), (stderr, done.err, done.err_total)):
             writer.write(data)
-            writer.dropped += max(size - len(data), 0)   # counted from the file's size, never read
-        if report is None:
+            writer.dropped += max(total - len(data), 0)   # counted from the file's size, never read
+        if done.timed_out:
             return results.StepResult(signal=signal.SIGKILL, timed_out=True, wall_s=wall)
-        usec, rss = _number(report[3]), _number(report[4])
-        return results.StepResult(exit_code=_number(report[1]), signal=_number(report[2]), wall_s=wall,
-                                  cpu_s=None if usec is None else round(usec / 1e6, 3), max_rss_kb=rss)
+        return results.StepResult(exit_code=done.exit_code, signal=done.signal, wall_s=wall,
+                                  cpu_s=None if done.cpu_us is None else round(done.cpu_us / 1e6, 3),
+                                  max_rss_kb=done.max_rss_kb)
 
     def stop(self) -> None:
         if self._vm is not None:
@@ -141,35 +184,30 @@ class VmwareVM(base.VM):
 
     # -- helpers
 
-    def _command(self, argv: list[str], cwd: str, timeout: float, nproc: str = "-") -> tuple[str, list[str] | None]:
-        """Run ``argv`` in the guest under the wrapper, at most ``timeout`` seconds: its
-        folder and its report's fields, or None when it was killed at the time limit."""
+    def _command(self, argv: list[str], cwd: str, timeout: float, keep: int, nproc: str = "-") -> Report:
+        """Run ``argv`` in the guest under the wrapper, at most ``timeout`` seconds (then
+        it is killed there), and read its report with the first ``keep`` bytes of its
+        stdout and stderr (``keep`` 0: only whether it succeeded, and why not)."""
         ops = self._require_ops()
         self._commands += 1
         folder = f"{self.base}/{STEPS}/{self._commands}"
         student = self.machine.student_user
-        pid = ops.start(WRAPPER, [STEP_PL, "run", folder, student, nproc, guest.GUEST_PATH, cwd, *argv])
+        pid = ops.start(WRAPPER, [STEP_PL, "run", folder, student, nproc, str(keep), guest.GUEST_PATH, cwd, *argv])
         code = ops.wait(pid, time.monotonic() + timeout)
         if code is None:
             log.info("%s: a command outlived its %s s; killing it in the guest", self.name, timeout)
             ops.terminate(pid)
-            killer = ops.start(WRAPPER, [STEP_PL, "kill", folder, student])
-            if ops.wait(killer, time.monotonic() + KILL_GRACE) != 0:
+            killer = ops.start(WRAPPER, [STEP_PL, "kill", folder, student, str(keep)])
+            killed = ops.wait(killer, time.monotonic() + KILL_GRACE)
+            if killed is None:
                 raise ExecutorError(f"VMware VM {self.name!r} did not end a command that outlived its {timeout} s")
-            return folder, None
-        text = ops.download(f"{folder}/report", REPORT_MAX, guest.COPY_TIMEOUT)[0].decode("utf-8", "replace")
-        fields = text.split()
-        if len(fields) != 5 or fields[0] != "vmck":
-            raise ExecutorError(f"the step wrapper failed in VMware VM {self.name!r} (exit code {code}):"
-                                f" {text.strip() or 'no report'}")
-        return folder, fields
-
-    def _errors(self, folder: str, report: list[str] | None) -> str:
-        """Why a command of ours failed, from its stderr."""
-        if report is None:
-            return "it did not finish in time"
-        err = self._require_ops().download(f"{folder}/err", REPORT_MAX, guest.COPY_TIMEOUT)[0]
-        return err.decode("utf-8", "replace").strip() or f"exit code {report[1]}"
+            if killed != 0:
+                log.warning("%s: processes of %s survived being killed", self.name, student)
+        if code == 0 and keep == 0:   # nothing to read back: save the round trips
+            return Report(folder, 0, None, False, None, None, b"", 0, b"", 0)
+        keep = keep or REPORT_KEEP
+        data, _ = ops.download(f"{folder}/report", REPORT_HEAD + 2 * keep, guest.COPY_TIMEOUT)
+        return Report.parse(data, folder, code, self.name)
 
     def _configure(self, vm: Any) -> None:
         """RAM, vCPUs and network cards as the machine says, in one reconfiguration
