@@ -10,6 +10,7 @@ here asserts on how long something took.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import threading
 from pathlib import Path
@@ -20,7 +21,7 @@ pytest.importorskip("pyVmomi")
 
 from tests.executor.helpers import around_run_step, run_job, vmr  # noqa: E402
 from tests.executor.vmware_fixtures import clone_leftovers, running_guests  # noqa: E402
-from tests.util import free_port  # noqa: E402
+from tests.util import free_port, wait_for  # noqa: E402
 from vmchecker.config import parse_machine  # noqa: E402
 from vmchecker.errors import ExecutorError  # noqa: E402
 from vmchecker.executor.vmware import VmwareHost  # noqa: E402
@@ -120,6 +121,38 @@ def test_revert_removes_what_a_job_wrote_on_the_same_vm(vmware_host, tmp_path):
     job, out = run_job(vmware_host, tmp_path / "check", machine, run=check)
     assert job.status == "done" and job.vm == "vmck-lab-2"
     assert vmr(out, "run-stdout.vmr") == "checked\n"
+    assert clone_leftovers(vmware_host) == []
+
+
+@pytest.mark.vmware
+def test_one_job_per_vm_at_a_time(vmware_host, tmp_path, monkeypatch, caplog):
+    # Two jobs, one VM: the job that holds it waits, before its run step, until the other
+    # says it waits for a free VM; then the second runs only once the first is done.
+    caplog.set_level(logging.INFO, logger="vmchecker.executor.vmware_modes")
+    order: list[tuple[str, str]] = []
+
+    def before(results: Path) -> None:
+        order.append(("run", results.parent.name))
+        if len(order) == 1:
+            wait_for(lambda: any("is busy" in r.getMessage() for r in caplog.records), "the other job to wait",
+                     timeout=BARRIER_WAIT)
+
+    around_run_step(monkeypatch, vmware_host, before=before,
+                    after=lambda results: order.append(("ran", results.parent.name)))
+    machine = vmware_host.machine_keys(vms=["vmck-lab-1"])
+    done = {}
+    threads = [threading.Thread(target=lambda n=n: done.update({n: run_job(vmware_host, tmp_path / n, machine,
+                                                                           job_id=n)}))
+               for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in ("a", "b"):
+        job, out = done[name]
+        assert job.status == "done" and job.vm == "vmck-lab-1", (name, vmr(out, "vmchecker-stderr.vmr"))
+    first, second = order[0][1], order[2][1]
+    assert order == [("run", first), ("ran", first), ("run", second), ("ran", second)] and first != second
     assert clone_leftovers(vmware_host) == []
 
 
