@@ -28,7 +28,7 @@ CONSTANTS = {name for name in vars(contract) if name.isupper()}
 RETIRED = {"STATUS_DONE", "STATUS_ERROR", "RESULT_STATUSES", "ARCHIVE_NAME", "MEMBERS"}
 ENUMS = {name: cls for name, cls in vars(contract).items()
          if isinstance(cls, type) and issubclass(cls, enum.Enum) and cls.__module__ == contract.__name__}
-PATTERNS = {contract.JOB_ID_RE.pattern, contract.ACCOUNT_RE.pattern}
+PATTERNS = {contract.JOB_ID_RE.pattern, contract.ACCOUNT_RE.pattern, contract.ID_RE.pattern}
 LITERALS = (contract.GRADE_VMR, contract.RESULT_JSON, contract.VMCHECKER_STDERR, contract.SUBMISSION_CONFIG,
             contract.ARCHIVE)
 # Exceptions that may live outside errors.py: private, documented, never leaving their module.

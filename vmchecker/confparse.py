@@ -25,12 +25,12 @@ from typing import Any
 
 import yaml
 
+from vmchecker.contract import ID_RE
 from vmchecker.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # course, assignment, machine, tester ids
 
 
 # --------------------------------------------------------------------------- values

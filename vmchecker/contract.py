@@ -5,7 +5,8 @@ second definition anywhere else in the package is a bug (``tests/test_contract.p
 greps for them): import from here.
 
 - **File names** of a submission folder, a bundle and a job's results.
-- **Identifiers**: the job id and account name patterns.
+- **Identifiers**: the patterns of a job id, an account name and the names the configs
+  and the daemon's calls share (course, assignment, machine, tester).
 - **Statuses**: where a *submission* is (:class:`SubmissionStatus`, written to its
   ``grade.vmr`` until graded), where a *job* is in the storer's journal
   (:class:`JobState`), and how a job *ended* on the tester (:class:`ResultStatus`, the
@@ -48,6 +49,7 @@ DONE_MARKER = ".complete"                  # in a tester's done/<job>/, written 
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ACCOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # course, assignment, machine, tester ids
 
 # --------------------------------------------------------------------------- statuses
 

@@ -24,8 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
-from vmchecker.confparse import ID_RE
-from vmchecker.contract import JOB_ID_RE, ResultStatus
+from vmchecker.contract import ID_RE, JOB_ID_RE, ResultStatus
 from vmchecker.errors import CallRefused, RpcError, TryLater
 
 log = logging.getLogger(__name__)
