@@ -31,11 +31,11 @@ class RunningDaemon:
     ``dispatch=True``: the daemon's own ``serve()``, as the process runs it: the
     server, the dispatcher loop and the start-up sweep of saved submissions."""
 
-    def __init__(self, global_config: Path, state_dir: Path, *, dispatch: bool = False, poll: float = 0.2):
+    def __init__(self, global_config: Path, state_dir: Path, *, dispatch: bool = False, poll: float = 0.2,
+                 listen: str = "127.0.0.1:0"):
         from vmchecker.storer.daemon import StorerDaemon
 
-        self.daemon: StorerDaemon = StorerDaemon(global_config, listen="127.0.0.1:0", state_dir=state_dir,
-                                                 poll=poll)
+        self.daemon: StorerDaemon = StorerDaemon(global_config, listen=listen, state_dir=state_dir, poll=poll)
         self.port = self.daemon.port
         self.url = f"http://127.0.0.1:{self.port}/"
         self.dispatch = dispatch
@@ -71,13 +71,17 @@ class RunningDaemon:
 
 @pytest.fixture
 def running_daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
-    """``running_daemon(global_config, dispatch=False, state_dir=None)`` starts the real
-    storer daemon for the courses of ``global_config`` (state in tmp_path/daemon-state by
-    default); every daemon started is stopped after the test."""
+    """``running_daemon(global_config, dispatch=False, state_dir=None, listen=None)`` starts
+    the real storer daemon for the courses of ``global_config`` (state in
+    tmp_path/daemon-state by default, on a free loopback port unless ``listen`` names one:
+    a daemon restarted where its testers know it); every daemon started is stopped after
+    the test."""
     started: list[RunningDaemon] = []
 
-    def start(global_config: Path, *, dispatch: bool = False, state_dir: Path | None = None) -> RunningDaemon:
-        daemon = RunningDaemon(global_config, state_dir or tmp_path / "daemon-state", dispatch=dispatch)
+    def start(global_config: Path, *, dispatch: bool = False, state_dir: Path | None = None,
+              listen: str | None = None) -> RunningDaemon:
+        daemon = RunningDaemon(global_config, state_dir or tmp_path / "daemon-state", dispatch=dispatch,
+                               listen=listen or "127.0.0.1:0")
         started.append(daemon)
         return daemon
 

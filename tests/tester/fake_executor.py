@@ -21,6 +21,10 @@ fake.json keys (all optional):
   result_files more files to write in results/ (name -> text)
   host_pid     start a host command as the real executor does (vmchecker.executor.hostcmds.
                HostCommands, recorded in results/) that writes its pid here and sleeps
+  wait_file    a barrier: after the start log, wait until this file exists (a guard of
+               PROBE_WAIT seconds only keeps a broken test from hanging)
+  finished     file to append "<job_id>\\n" to once the results are written (runs completed)
+  grade        text of the grade file the tests wrote (results/grade.vmr, grade_file true)
 """
 
 import json
@@ -54,6 +58,10 @@ def main() -> int:
         if started.exists() and action == "hang":
             action = "ok"
         started.write_text(str(os.getpid()))
+    if spec.get("wait_file"):
+        deadline = time.monotonic() + PROBE_WAIT
+        while not Path(spec["wait_file"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
     if spec.get("host_pid"):
         from vmchecker.executor.hostcmds import PGIDS_SUFFIX, HostCommands
 
@@ -83,10 +91,16 @@ def main() -> int:
     (results / "vmchecker-stderr.vmr").write_text("")
     for name, text in spec.get("result_files", {}).items():
         (results / name).write_text(text)
+    if "grade" in spec:
+        (results / "grade.vmr").write_text(spec["grade"])
     status = "error" if action == "error" else "done"
     steps = {name: {"attempted": True, "exit_code": 0, "signal": None, "timed_out": False} for name in ("build", "run")}
-    result = {"status": status, "backend": "fake", "total_s": 0.01, "grade_file": False, "steps": steps, **extra}
+    result = {"status": status, "backend": "fake", "total_s": 0.01, "grade_file": "grade" in spec, "steps": steps,
+              **extra}
     (results / "result.json").write_text(json.dumps(result))
+    if spec.get("finished"):
+        with open(spec["finished"], "a") as f:
+            f.write(job_id + "\n")
     return 0
 
 
