@@ -39,3 +39,62 @@ def test_config_flag_only_where_it_is_read(module, capsys):
     offered = "--config" in capsys.readouterr().out
     source = (REPO / "vmchecker" / "cli" / f"{module}.py").read_text()
     assert offered == ("args.config" in source)
+
+
+# What a command's start (``--help``, a mistyped command line) must not load: the
+# configuration (PyYAML), the repository and archive formats, the daemon's XML-RPC client
+# (http.client, email) and the journal. A grader's shell loop pays for every module each
+# command imports before it can say anything; these are imported by the work functions.
+HEAVY = ("yaml", "xmlrpc", "http", "email", "ssl", "tarfile", "zipfile", "gzip", "sqlite3", "json", "datetime",
+         "dataclasses", "vmchecker.config", "vmchecker.confparse", "vmchecker.rpc", "vmchecker.repo",
+         "vmchecker.submit", "vmchecker.archive", "vmchecker.queueing")
+MODULES_MARK = "--- modules ---"
+
+
+def loaded_by(code: str) -> set[str]:
+    """The modules a fresh interpreter loads for ``code`` beyond what starting it loads."""
+    def run(body: str) -> set[str]:
+        probe = f"{body}\nimport sys\nprint({MODULES_MARK!r}, *sys.modules, sep='\\n')"
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert MODULES_MARK in done.stdout, done.stderr
+        return set(done.stdout.split(MODULES_MARK, 1)[1].split())
+    return run(code) - run("")
+
+
+def heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--no-such-option"]], ids=["help", "bad-command-line"])
+@pytest.mark.parametrize("command", ["submit", "status"])
+def test_a_start_loads_only_the_command_line_parser(command, argv):
+    """``vmchecker-submit`` and ``vmchecker-status`` answer ``--help`` and a bad command
+    line having loaded their own module, the shared CLI helpers and the errors: nothing of
+    the configuration, the repository or the daemon's client."""
+    loaded = loaded_by(f"from vmchecker.cli.{command} import main\n"
+                       f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")
+    assert not heavy(loaded), f"vmchecker-{command} {' '.join(argv)} loads {sorted(heavy(loaded))}"
+    assert {m for m in loaded if m.startswith("vmchecker")} == {
+        "vmchecker", "vmchecker.cli", "vmchecker.cli.common", f"vmchecker.cli.{command}", "vmchecker.errors"}
+
+
+def test_status_of_a_named_daemon_reads_no_config():
+    """``vmchecker-status --url`` asks the daemon without reading a config: the client
+    comes without PyYAML or the configuration schema (the wire format is not the files')."""
+    loaded = loaded_by("from vmchecker.cli.status import main\n"
+                       "assert main(['--url', 'http://127.0.0.1:9/']) == 8")
+    assert "vmchecker.rpc" in loaded
+    assert not {"yaml", "vmchecker.config", "vmchecker.confparse"} & loaded, sorted(loaded)
+
+
+def test_the_work_loads_what_the_start_left_out(tmp_path):
+    """The lazy imports are real imports: a stored submission goes through the same
+    modules as before (``--no-queue``: no daemon needed)."""
+    from tests.util import HELLO_C, make_zip, write_course
+
+    write_course(tmp_path)
+    archive = make_zip(tmp_path / "hello.zip", {"hello.c": HELLO_C})
+    loaded = loaded_by("from vmchecker.cli.submit import main\n"
+                       f"assert main(['--config', {str(tmp_path / 'global.yaml')!r}, '--skip-time-checks',"
+                       f" '--no-queue', 'so', '1-hello', 'bob', {str(archive)!r}]) == 0")
+    assert {"yaml", "vmchecker.config", "vmchecker.submit", "vmchecker.archive", "vmchecker.queueing"} <= loaded

@@ -1,13 +1,17 @@
-"""``vmchecker-status``: what the storer daemon is doing (waiting jobs, testers)."""
+"""``vmchecker-status``: what the storer daemon is doing (waiting jobs, testers).
+
+The module imports only what parsing the command line needs: the configuration (PyYAML)
+is read by :func:`fetch` only when no ``--url`` is given, and the XML-RPC client is
+imported there too, so ``--help`` answers at once (tests/test_commands.py checks which
+modules a start loads; bench/commands.py times it).
+"""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
+import time
 
-from vmchecker import config, rpc
 from vmchecker.cli import common
 
 PROG = "vmchecker-status"
@@ -24,12 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _when(epoch: float | None) -> str:
-    return dt.datetime.fromtimestamp(epoch).strftime("%H:%M:%S") if epoch else "-"
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
 def fetch(args: argparse.Namespace) -> dict:
+    from vmchecker import rpc
+
     url = args.url
     if url is None:
+        from vmchecker import config
+
         glob = config.load_global(args.config)
         course_id = args.course or next(iter(sorted(glob.courses)), None)
         url = config.find_course(course_id, args.config).storer.daemon if course_id else glob.daemon_url
@@ -66,6 +74,8 @@ def render(status: dict) -> str:
 
 
 def work(args: argparse.Namespace) -> int:
+    import json
+
     status = fetch(args)
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else render(status))
     return 0

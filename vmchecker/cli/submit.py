@@ -9,30 +9,37 @@ ACCOUNT must take part in the course, as on the web: one of its students
 ``open_to_all_users``. An LDAP group of students (``course.students_ldap_group``) is
 known only to ``vmchecker-web``, which has the LDAP connection; for such a student
 ``--not-listed`` says the grader has checked.
+
+The module imports only what parsing the command line needs; the configuration,
+repository and daemon modules (PyYAML, the archive formats, the XML-RPC client) are
+imported by the functions that use them, so ``--help`` and a mistyped command line answer
+at once (tests/test_commands.py checks which modules a start loads; bench/commands.py
+times it).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vmchecker import config, confparse
 from vmchecker.cli import common
-from vmchecker.config import CourseConfig
 from vmchecker.errors import SubmissionRefused
-from vmchecker.queueing import queue_submission
-from vmchecker.repo import check_account
-from vmchecker.submit import submit
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from vmchecker.config import CourseConfig
 
 PROG = "vmchecker-submit"
 
 
 def upload_time(value: str) -> dt.datetime:
     """argparse type for ``--upload-time``."""
+    from vmchecker.confparse import parse_datetime
+
     try:
-        return confparse.parse_datetime(value)
+        return parse_datetime(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -52,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("course", metavar="COURSE", help="course id from the global config")
     p.add_argument("assignment", metavar="ASSIGNMENT")
     p.add_argument("account", metavar="ACCOUNT")
-    p.add_argument("archive", metavar="ARCHIVE", type=Path)
+    p.add_argument("archive", metavar="ARCHIVE")
     return p
 
 
 def check_student(course: CourseConfig, account: str) -> None:
     """Refuse an account that does not take part in the course, saying how to fix it."""
+    from vmchecker.repo import check_account
+
     check_account(account)
     if course.admits(account):
         return
@@ -73,13 +82,20 @@ def check_student(course: CourseConfig, account: str) -> None:
 
 
 def work(args: argparse.Namespace) -> int:
-    course = config.find_course(args.course, args.config)
+    from pathlib import Path
+
+    from vmchecker.config import find_course
+    from vmchecker.confparse import format_datetime
+    from vmchecker.queueing import queue_submission
+    from vmchecker.submit import submit
+
+    course = find_course(args.course, args.config)
     if not args.not_listed:
         check_student(course, args.account)
-    sub = submit(course, args.assignment, args.account, args.archive,
+    sub = submit(course, args.assignment, args.account, Path(args.archive),
                  upload_time=args.upload_time, skip_time_checks=args.skip_time_checks)
     print(f"saved {course.id}/{sub.assignment}/{sub.account} upload of"
-          f" {confparse.format_datetime(sub.upload_time)} in {sub.path}")
+          f" {format_datetime(sub.upload_time)} in {sub.path}")
     if args.no_queue:
         print(f"status: {sub.status().value} (not queued: --no-queue)")
         return 0
