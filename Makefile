@@ -55,6 +55,7 @@ demo-stop:
 bench: venv base kvm-base
 	$(VENV)/bin/python bench/executor.py
 	$(VENV)/bin/python bench/dispatch.py
+	$(VENV)/bin/python bench/commands.py
 	$(VENV)/bin/python bench/scheduler.py
 	$(VENV)/bin/python bench/hostile.py
 	$(VENV)/bin/python bench/chaos.py
