@@ -5,7 +5,8 @@ and the queue manager restarts in between. Each pending notification
 is one small JSON file under ``state/notify/`` written atomically; a background thread
 sends the due ones and reschedules failures with capped exponential backoff. An entry is
 removed only when the daemon answered: accepted, or refused for good (a fault other than
-``rpc.FAULT_TRY_LATER``, which retrying cannot fix and is logged as an error).
+``rpc.FAULT_TRY_LATER``, which retrying cannot fix and is logged as an error). The same
+thread tells the daemons that a restarted queue manager is back (``tester_back``).
 """
 
 from __future__ import annotations

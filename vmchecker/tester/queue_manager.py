@@ -14,7 +14,9 @@ At start-up, before taking the bundles already queued (oldest first), it stops e
 a killed queue manager left running (and the host commands they recorded), asks each
 backend to clean its leftovers (e.g. LXC clones, KVM overlays), clears ``work/``, and
 finishes every job that was committed but whose bundle is still queued (unless that
-bundle arrived after the commit: a resend of the job, see below). Stopping (SIGTERM)
+bundle arrived after the commit: a resend of the job, see below). Then its pending
+notifications go at once, and each storer daemon it knows hears that it is back
+(:mod:`vmchecker.tester.storers`), to look at its jobs here now. Stopping (SIGTERM)
 kills the running executors and leaves their bundles queued for the next start. An
 unexpected error in the main loop is logged and the loop goes on: running jobs never
 pay for a hiccup of inotify or of the disk.
