@@ -67,7 +67,7 @@ class VmwareHost(base.Host):
             raise ExecutorError(f"machine {machine.name!r}: revert must be snapshot or linked-clone,"
                                 f" not {machine.revert!r}")
         session = self.session(machine.vmware_url, machine.vmware_user, machine.vmware_credentials)
-        session.content  # noqa: B018  (logs in now: a server that is down fails the job before any VM is taken)
+        session.connect()   # now: a server that is down fails the job before any VM is taken
         return MODES[machine.revert](machine, job_id, session, self.state)
 
     def clone_records(self) -> list[Path]:

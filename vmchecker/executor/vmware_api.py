@@ -95,14 +95,15 @@ class Session:
 
     @property
     def content(self) -> Any:
-        return self._connect().content
+        return self.connect().content
 
     @property
     def guest_password(self) -> str:
-        self._connect()
+        self.connect()
         return self._guest_password
 
-    def _connect(self) -> Any:
+    def connect(self) -> Any:
+        """The logged-in ServiceInstance (logging in now if this session is not)."""
         with self._lock:
             if self._si is None:
                 secret = read_credentials(self.credentials, self.url)
@@ -155,7 +156,7 @@ class Session:
         """``fn(*args, **kwargs)``, a vSphere call (or a property read) about ``vm``; any
         fault or lost connection becomes an ExecutorError naming both."""
         for attempt in (1, 2):
-            si = self._connect()
+            si = self.connect()
             try:
                 return fn(*args, **kwargs)
             except vim.fault.NotAuthenticated:

@@ -3,7 +3,7 @@
 # inline (perl -e "$(cat vmware-step.pl)" -- ARGS...; perl-base is in every Debian guest):
 #
 #   run DIR STUDENT NPROC KEEP PATH CWD ARGV...
-#     Makes DIR (root's, 0700), writes its own pid to DIR/pid, leads a process group of
+#     Makes DIR (its own, 0700), writes its own pid to DIR/pid, leads a process group of
 #     its own and runs ARGV in CWD with a clean environment (PATH, HOME, LANG), stdin from
 #     /dev/null, stdout to DIR/out and stderr to DIR/err, and RLIMIT_NPROC at NPROC ("-":
 #     none; root is exempt, so it bounds the student's processes). When ARGV ends, kills
@@ -20,7 +20,9 @@
 use strict; use warnings; use Config;
 my ($mode, $dir, $student, @rest) = @ARGV;
 my @pw = getpwnam($student // "");
-my ($uid, $gid) = @pw && $pw[2] != 0 ? ($pw[2], $pw[3]) : (undef, undef);
+# Only root can end the student's processes (a guest_user that is not root runs the
+# student's code as itself: no separation, INSTALL says so).
+my ($uid, $gid) = @pw && $pw[2] != 0 && $> == 0 ? ($pw[2], $pw[3]) : (undef, undef);
 sub slurp { my ($f) = @_; open(my $h, "<", $f) or return ""; local $/; my $v = <$h>; return $v // "" }
 sub nap { select(undef, undef, undef, $_[0]) }
 sub put { my ($f, $v) = @_; open(my $h, ">:raw", "$f.tmp") or return 0; print {$h} $v; close($h) or return 0; return rename("$f.tmp", $f) }
@@ -84,7 +86,7 @@ if ($mode eq "kill") {
 $mode eq "run" or die "vmware-step: unknown mode $mode\n";
 my ($nproc, $keep, $path, $cwd, @argv) = @rest;
 mkdir $dir, 0700;
-(-d $dir && !-l $dir && (lstat $dir)[4] == 0 && chmod(0700, $dir)) or die "vmware-step: bad folder $dir\n";
+(-d $dir && !-l $dir && (lstat $dir)[4] == $> && chmod(0700, $dir)) or die "vmware-step: bad folder $dir\n";
 unlink "$dir/report";
 put("$dir/pid", "$$\n") or die "vmware-step: cannot write $dir/pid: $!\n";
 setpgrp(0, 0);   # fails only for a session leader, whose group is its pid already
