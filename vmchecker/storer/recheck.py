@@ -137,9 +137,9 @@ class Rechecker:
                     continue
                 watch.asked, watch.busy, watch.last_recheck = False, True, now
                 watch.rechecks += 1
-                due_now.append(watch)
-        for watch in due_now:
-            self._start(watch, self._recheck_task(watch.course, watch.tester, watch.why))
+                due_now.append((watch, self._recheck_task(watch.course, watch.tester, watch.why)))
+        for watch, task in due_now:
+            self._start(watch, task)
         for course in self.courses.loaded():
             for link in course.known_links():
                 if link.last_error is not None:
