@@ -25,7 +25,9 @@ from tests.util import free_port, wait_for  # noqa: E402
 from vmchecker.config import parse_machine  # noqa: E402
 from vmchecker.errors import ExecutorError  # noqa: E402
 from vmchecker.executor.vmware import VmwareHost  # noqa: E402
+from vmchecker.executor.vmware_api import Session  # noqa: E402
 from vmchecker.executor.vmware_modes import LinkedCloneVM  # noqa: E402
+from vmchecker.executor.vmware_vm import Report  # noqa: E402
 
 BARRIER_WAIT = 600   # a guard: a job that fails first breaks the wait at once
 
@@ -84,6 +86,21 @@ def test_a_password_in_the_config_is_refused():
 
     with pytest.raises(ConfigError, match="vmware_credentials"):
         parse_machine({"name": "m", "type": "vmware", "vm": "x", "vmware_password": "secret"}, "course.yaml")
+
+
+def test_transfer_urls_with_host_star_go_to_the_server_we_connected_to():
+    session = Session("https://vc.example.org:8443/sdk", "vmck", "/nowhere")
+    url = session.transfer_url("https://*/guestFile?id=1&token=x")
+    assert (url.scheme, url.netloc, url.path, url.query) == ("https", "vc.example.org:8443", "/guestFile", "id=1&token=x")
+    assert session.transfer_url("https://esx1.example.org:443/guestFile?id=2").netloc == "esx1.example.org:443"
+
+
+def test_a_report_the_wrapper_did_not_write_is_an_error_naming_the_vm():
+    report = Report.parse(b"vmck 0 - 1500 2048 3 5 0 0\nabc", "/vmchecker/steps/2", 0, "so-1")
+    assert (report.exit_code, report.signal, report.cpu_us, report.max_rss_kb) == (0, None, 1500, 2048)
+    assert (report.out, report.out_total, report.err, report.err_total) == (b"abc", 5, b"", 0)
+    with pytest.raises(ExecutorError, match="the step wrapper failed in VMware VM 'so-1' .*: error fork"):
+        Report.parse(b"error fork: Resource temporarily unavailable\n", "/x", 126, "so-1")
 
 
 # --------------------------------------------------------------------------- on the lab
