@@ -191,7 +191,7 @@ class VmwareLab:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), 0o600)
-            f.write(self.password + "\n")
+            f.write(self.password)  # the password alone, no newline
         return path
 
     def machine(self, credentials: Path, **overrides: object) -> dict:
