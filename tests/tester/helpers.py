@@ -41,7 +41,8 @@ def make_tester(root: Path, slots: int = 2, executor_timeout: int = 60, storer_d
 def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machine_type: str = "lxc",
                 notify_url: str = "", archive_members: dict | None = None,
                 build_sh: str = "#!/bin/bash\nmake\n", run_sh: str = HELLO_RUN,
-                timeout: int = 30, boot_timeout: int = 120, machine_keys: dict | None = None) -> Path:
+                timeout: int = 30, boot_timeout: int = 120, machine_keys: dict | None = None,
+                tester_key: str = "") -> Path:
     """A real bundle (vmchecker.bundle.build_bundle) whose archive holds ``fake.json``."""
     work = dest_dir.parent / f".src-{job_id}"
     work.mkdir(parents=True, exist_ok=True)
@@ -59,26 +60,33 @@ def make_bundle(dest_dir: Path, job_id: str, fake: dict | None = None, *, machin
         machine = config.Machine(name="linux", type=machine_type, vm="vm")
     info = BundleInfo(job_id=job_id, key=KEY, course="so", assignment="1-hello", account="bob",
                       submission="2026.02.20 10.00.00", upload_time="2026-02-20 10:00:00", timeout=timeout,
-                      machine=machine, notify_url=notify_url)
+                      machine=machine, notify_url=notify_url, tester_key=tester_key)
     dest = dest_dir / bundle_name("so", "1-hello", "bob", job_id)
     return build_bundle(dest, info, archive_path=archive, tests_path=None,
                         build_script=work / "build.sh", run_script=work / "run.sh")
 
 
 class RecordingStorer:
-    """A real XML-RPC server on 127.0.0.1 that records ``notify`` calls."""
+    """A real XML-RPC server on 127.0.0.1 that records ``notify`` calls (and, apart,
+    ``tester_back`` calls in ``back_calls``)."""
 
     def __init__(self, port: int = 0, answer: Callable[..., object] | None = None):
         self.calls: list[tuple] = []
+        self.back_calls: list[tuple] = []
         self._answer = answer or (lambda *args: True)
         self.server = xmlrpc.server.SimpleXMLRPCServer(("127.0.0.1", port), logRequests=False, allow_none=False)
         self.server.register_function(self._notify, "notify")
+        self.server.register_function(self._back, "tester_back")
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def _notify(self, *args: object) -> object:
         self.calls.append(args)
         return self._answer(*args)
+
+    def _back(self, *args: object) -> bool:
+        self.back_calls.append(args)
+        return True
 
     def __enter__(self) -> RecordingStorer:
         self._thread.start()
