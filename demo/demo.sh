@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo behind `make demo` / `make demo-stop`: a storer and a tester on this one
 # machine. Course `demo` (1-hello on machine `linux`, type lxc; 1-hello-kvm on
-# `linux-kvm`, type kvm), a tester folder, sshd on loopback for the storer's SFTP, the
+# `linux-kvm`, type kvm; 1-hello-docker on `linux-docker`, type docker; 1-hello-vmware on
+# `linux-vmware`, type vmware, whose vSphere server is the test lab's of tests/lab/vmware,
+# two VMs backed by containers), a tester folder, sshd on loopback for the storer's SFTP, the
 # storer daemon, the queue manager and the web interface. `start` sets up what is missing, starts what is not running,
 # submits the sample archive and prints its results; it is safe to run twice.
 # Everything lives in demo-run/ next to this folder; the course is registered in the
@@ -17,6 +19,7 @@ course="$run/course"
 tester="$run/tester"
 sshdir="$run/sshd"
 logs="$run/log"
+vmware="$run/vmware"
 pids="$run/pids"
 ssh_port=${DEMO_SSH_PORT:-22022}
 daemon_port=${DEMO_DAEMON_PORT:-19999}
@@ -116,6 +119,26 @@ machines:
     build_script: build.sh
     run_script: run.sh
     limits: {memory_mb: 256, pids: 256, cpus: 1, output_kb: 256}
+  linux-docker:
+    type: docker
+    testers: [t1]
+    image: vmchecker-base:latest
+    build_script: build.sh
+    run_script: run.sh
+    limits: {memory_mb: 512, pids: 256, cpus: 1, output_kb: 256}
+  linux-vmware:
+    type: vmware
+    testers: [t1]
+    vm: vmck-demo-1
+    vms: [vmck-demo-1, vmck-demo-2]     # one VM per slot, each reverted to its snapshot per job
+    snapshot: clean
+    revert: snapshot
+    vmware_url: $(cat "$vmware/url")
+    vmware_user: $(cat "$vmware/user")
+    vmware_credentials: $vmware/credentials   # the password, on the tester, mode 0600
+    build_script: build.sh
+    run_script: run.sh
+    limits: {memory_mb: 512, pids: 256, cpus: 1, output_kb: 256}
 assignments:
   defaults:
     timeout: 30
@@ -137,6 +160,18 @@ assignments:
     machine: linux-kvm
     statement: https://en.wikipedia.org/wiki/%22Hello,_World!%22_program
     order: 2
+  1-hello-docker:
+    title: Hello, world (in a Docker container)
+    deadline: 2030-06-30 23:55:00
+    machine: linux-docker
+    statement: https://en.wikipedia.org/wiki/%22Hello,_World!%22_program
+    order: 3
+  1-hello-vmware:
+    title: Hello, world (in a VMware VM)
+    deadline: 2030-06-30 23:55:00
+    machine: linux-vmware
+    statement: https://en.wikipedia.org/wiki/%22Hello,_World!%22_program
+    order: 4
 EOF
 }
 
@@ -208,6 +243,10 @@ wait_graded() {  # wait_graded ASSIGNMENT ACCOUNT: until the current submission 
 start() {
     mkdir -p "$run" "$logs" "$pids"
     lxc-info -n vmchecker-base >/dev/null 2>&1 || { echo "no LXC base container: run 'make base'" >&2; exit 1; }
+    say "the Docker engine, the guest image, and the VMware lab server in $vmware"
+    "$top/tools/dockerd.sh" start
+    "$top/lxc-resources/docker-image.sh" vmchecker-base
+    (cd "$top" && "$bin/python" -m tests.lab.vmware_lab start --dir "$vmware" --vms vmck-demo-1,vmck-demo-2)
     setup_course
     setup_tester
     setup_sshd
@@ -226,13 +265,14 @@ start() {
     for sample in hello broken; do
         (cd "$here/sample/$sample" && rm -f "$run/$sample.zip" && zip -q "$run/$sample.zip" hello.c Makefile)
     done
-    for assignment in 1-hello 1-hello-kvm; do
+    for assignment in 1-hello 1-hello-kvm 1-hello-docker 1-hello-vmware; do
         say "submitting the sample archive for $assignment as 'student'"
         "$bin/vmchecker-submit" --skip-time-checks demo "$assignment" student "$run/hello.zip"
     done
     say "submitting a sample that does not compile for 1-hello as 'newbie' (it must score 0)"
     "$bin/vmchecker-submit" --skip-time-checks demo 1-hello newbie "$run/broken.zip"
-    for assignment_account in 1-hello:student 1-hello-kvm:student 1-hello:newbie; do
+    for assignment_account in 1-hello:student 1-hello-kvm:student 1-hello-docker:student 1-hello-vmware:student \
+                              1-hello:newbie; do
         assignment=${assignment_account%%:*} account=${assignment_account#*:}
         wait_graded "$assignment" "$account"
         say "results of demo/$assignment/$account"
@@ -258,6 +298,9 @@ EOF
 stop() {
     mkdir -p "$pids"
     for name in web queue-manager daemon sshd; do stop_bg "$name"; done
+    if [ -d "$vmware" ]; then
+        (cd "$top" && "$bin/python" -m tests.lab.vmware_lab stop --dir "$vmware") && echo "VMware lab stopped"
+    fi
     echo "demo stopped (its files stay in $run/)"
 }
 
