@@ -148,7 +148,7 @@ def trees() -> list[tuple[str, ast.Module]]:
 def test_the_contract_defines_what_this_test_looks_for():
     assert {"GRADE_VMR", "RESULT_JSON", "VMCHECKER_STDERR", "SUBMISSION_CONFIG", "ARCHIVE", "JOB_ID_RE",
             "ACCOUNT_RE"} <= CONSTANTS
-    assert set(ENUMS) == {"SubmissionStatus", "JobState", "ResultStatus"}
+    assert set(ENUMS) == {"SubmissionStatus", "JobState", "ResultStatus", "Stage"}
 
 
 def test_each_protocol_word_is_defined_once(trees):

@@ -13,6 +13,8 @@ greps for them): import from here.
   ``status`` of ``result.json`` and of ``notify()``). They are three views of one job,
   kept apart because each has its own moves, but their words are the same where they mean
   the same thing (``done``, ``error``).
+- **Stages** of a job's timeline (:class:`Stage`): the moments the storer's journal, the
+  tester's ``result.json`` and its notification record, each on its own machine's clock.
 """
 
 from __future__ import annotations
@@ -78,3 +80,48 @@ class ResultStatus(enum.StrEnum):
 
     DONE = "done"
     ERROR = "error"
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+class Stage(enum.StrEnum):
+    """A moment in a job's life, in the order they happen; the value is what the journal,
+    ``result.json``'s ``timeline`` and a notification's stats (``STAGE_STAT_PREFIX`` + value)
+    carry. Each is taken on the clock of the machine where it happens (:data:`TESTER_STAGES`
+    on the tester's, the others on the storer's): the two clocks may differ."""
+
+    STORED = "stored"                       # storer: the upload (or recheck) is stored, status saved
+    QUEUED = "queued"                       # storer: the job is journaled
+    DISPATCHED = "dispatched"               # storer: the scheduler chose a tester
+    SENDING = "sending"                     # storer: bundle built, journaled sent; the upload starts
+    ON_TESTER = "on_tester"                 # storer: the bundle is in the tester's queue (confirmed)
+    RECEIVED = "received"                   # tester: the queue manager saw the bundle
+    SLOT_TAKEN = "slot_taken"               # tester: a slot took the job (unpack, start the executor)
+    EXECUTOR_STARTED = "executor_started"   # tester: the executor began the job
+    GUEST_READY = "guest_ready"             # tester: the guest is reverted, started and answers
+    BUILD_STARTED = "build_started"
+    BUILD_ENDED = "build_ended"
+    RUN_STARTED = "run_started"
+    RUN_ENDED = "run_ended"
+    CHECK_STARTED = "check_started"         # only where the machine has a check step
+    CHECK_ENDED = "check_ended"
+    EXECUTOR_ENDED = "executor_ended"       # tester: the guest is gone, result.json written
+    RESULTS_DURABLE = "results_durable"     # tester: results committed in done/<job>/
+    NOTIFIED = "notified"                   # tester: notify() sent to the storer
+    NOTIFY_RECEIVED = "notify_received"     # storer: that notify() arrived
+    RESULTS_FETCHED = "results_fetched"     # storer: the result files are in the submission
+    GRADED = "graded"                       # storer: the final grade.vmr is written
+
+    @classmethod
+    def step(cls, name: str, edge: str) -> Stage:
+        """The stage where a step (``build``, ``run``, ``check``) ``started`` or ``ended``."""
+        return cls(f"{name}_{edge}")
+
+
+TESTER_STAGES = frozenset({
+    Stage.RECEIVED, Stage.SLOT_TAKEN, Stage.EXECUTOR_STARTED, Stage.GUEST_READY, Stage.BUILD_STARTED,
+    Stage.BUILD_ENDED, Stage.RUN_STARTED, Stage.RUN_ENDED, Stage.CHECK_STARTED, Stage.CHECK_ENDED,
+    Stage.EXECUTOR_ENDED, Stage.RESULTS_DURABLE, Stage.NOTIFIED,
+})
+STAGE_STAT_PREFIX = "at_"                  # a notification's stats carry each tester stage as at_<stage>

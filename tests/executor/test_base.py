@@ -104,6 +104,23 @@ def test_full_flow_in_order(tmp_path):
     assert data["grade_file"] is True and data["steps"]["run"]["timeout_s"] == 5
 
 
+def test_result_json_says_when_each_stage_happened_in_order(tmp_path):
+    _job, out, _host = run_job(tmp_path, build="echo built\n", run="echo ran\n")
+    data = json.loads(vmr(out, "result.json"))
+    order = ["executor_started", "guest_ready", "build_started", "build_ended", "run_started", "run_ended",
+             "executor_ended"]
+    assert list(data["timeline"]) == order and list(data["timeline_s"]) == order
+    times = list(data["timeline"].values())
+    assert times == sorted(times) and data["timeline_s"]["executor_started"] == 0
+    assert list(data["timeline_s"].values()) == sorted(data["timeline_s"].values())
+
+
+def test_a_failed_start_has_no_guest_ready_in_its_timeline(tmp_path):
+    _job, out, _host = run_job(tmp_path, FolderHost(tmp_path / "guest", start=ExecutorError("did not start")))
+    timeline = json.loads(vmr(out, "result.json"))["timeline"]
+    assert list(timeline) == ["executor_started", "executor_ended"]
+
+
 def test_no_grade_file_is_said_in_result_json_and_nothing_stands_for_it(tmp_path):
     job, out, _ = run_job(tmp_path, run="echo 10 > grade.vmr\n")
     assert job.status == "done" and not (out / "results" / "grade.vmr").exists()

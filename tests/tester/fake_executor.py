@@ -42,6 +42,7 @@ PROBE_WAIT = 120   # seconds: a guard, never reached when the queue manager work
 
 
 def main() -> int:
+    started_at = time.time()
     bundle = Path(sys.argv[1])
     info = yaml.safe_load((bundle / "submission-config.yaml").read_text())
     job_id = info["job_id"]
@@ -82,6 +83,7 @@ def main() -> int:
         while True:
             time.sleep(1)
     time.sleep(spec.get("sleep", 0))
+    timeline = {"executor_started": started_at, "run_started": time.time()}
     if action == "crash":
         print("fake executor: crashing as asked", file=sys.stderr)
         return 3
@@ -95,8 +97,9 @@ def main() -> int:
         (results / "grade.vmr").write_text(spec["grade"])
     status = "error" if action == "error" else "done"
     steps = {name: {"attempted": True, "exit_code": 0, "signal": None, "timed_out": False} for name in ("build", "run")}
+    timeline["executor_ended"] = time.time()
     result = {"status": status, "backend": "fake", "total_s": 0.01, "grade_file": "grade" in spec, "steps": steps,
-              **extra}
+              "timeline": timeline, **extra}
     (results / "result.json").write_text(json.dumps(result))
     if spec.get("finished"):
         with open(spec["finished"], "a") as f:

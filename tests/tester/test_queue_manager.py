@@ -428,6 +428,21 @@ def test_notification_waits_for_an_absent_storer_across_restarts(tmp_path):
     assert_finished(cfg, "j1", "done")  # results stay until the storer pulls them
 
 
+def test_the_notification_says_when_each_tester_stage_happened(tmp_path):
+    """at_<stage> stats on the tester's clock, in the order they happen: the queue manager's
+    own (received, slot taken, results durable, notified) around the executor's timeline."""
+    with RecordingStorer() as storer:
+        cfg = make_tester(tmp_path / "tester", storer_daemon=storer.url)
+        make_bundle(cfg.queue_dir, "j1", {})
+        qm(cfg).run()
+    stats = storer.calls[0][4]
+    order = ["received", "slot_taken", "executor_started", "run_started", "executor_ended", "results_durable",
+             "notified"]
+    stages = {k.removeprefix("at_"): v for k, v in stats.items() if k.startswith("at_")}
+    assert sorted(stages, key=order.index) == order
+    assert [stages[s] for s in order] == sorted(stages.values())
+
+
 def test_background_retry_with_backoff_reaches_a_storer_that_appears(tmp_path):
     port = free_port()
     cfg = make_tester(tmp_path / "tester", storer_daemon=f"http://127.0.0.1:{port}/")

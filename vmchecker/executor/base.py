@@ -41,7 +41,7 @@ from pathlib import Path
 
 from vmchecker import bundle
 from vmchecker.config import Machine
-from vmchecker.contract import CHECK_SCRIPT, GRADE_VMR, GUEST_GRADE_VMR, RUN_KM, STEP_FILES, TESTS, ResultStatus
+from vmchecker.contract import CHECK_SCRIPT, GRADE_VMR, GUEST_GRADE_VMR, RUN_KM, STEP_FILES, TESTS, ResultStatus, Stage
 from vmchecker.errors import Interrupted, VmcheckerError
 from vmchecker.executor.hostcmds import PGIDS_SUFFIX, HostCommands
 from vmchecker.executor.interrupts import uninterruptible
@@ -119,6 +119,7 @@ class Host:
         out = ResultFiles(bundle_dir, machine.limits.output_kb * 1024)
         job = JobResult(job_id=info.job_id, backend=machine.type,
                         started_at=dt.datetime.now().isoformat(timespec="seconds"))
+        job.mark(Stage.EXECUTOR_STARTED)
         vm: VM | None = None
         kernel_messages, host_commands = (HostCommands(what, out.dir / f".{what}{PGIDS_SUFFIX}")
                                           for what in ("kernel_messages", "host_commands"))
@@ -138,6 +139,7 @@ class Host:
                 with job.phase("start"):
                     vm.start()
                     vm.wait_ready(machine.boot_timeout)
+                job.mark(Stage.GUEST_READY)
                 job.guest_start_s = job.phases["start"]
                 host_commands.start(machine.host_commands, env, None)
                 with job.phase("copy_in"):
@@ -178,8 +180,10 @@ class Host:
                 if name == "run" and not job.steps["build"].succeeded:
                     job.steps[name] = StepResult(attempted=False)
                     continue
+                job.mark(Stage.step(name, "started"))
                 step = vm.run(["/bin/sh", paths.step, name, machine.guest_shell], paths.job, info.timeout,
                               stdout, stderr)
+                job.mark(Stage.step(name, "ended"))
                 job.steps[name] = dataclasses.replace(step, timeout_s=info.timeout)
                 if step.timed_out:
                     out.error(f"the {name} step did not finish within {info.timeout} s and was killed")
@@ -202,8 +206,10 @@ class Host:
             guest_grade.replace(out.dir / GUEST_GRADE_VMR)
         stdout, stderr = (out.writer(n) for n in STEP_FILES["check"])
         try:
+            job.mark(Stage.CHECK_STARTED)
             step = run_check(bundle_dir / CHECK_SCRIPT, out.dir, bundle_dir / TESTS, guest_grade,
                              info.timeout, machine.limits, stdout, stderr)
+            job.mark(Stage.CHECK_ENDED)
         finally:
             stdout.close()
             stderr.close()
@@ -229,5 +235,6 @@ class Host:
         if job.message:
             out.error(job.message)
         job.total_s = round(time.monotonic() - started, 3)
+        job.mark(Stage.EXECUTOR_ENDED)
         out.finish(job)
         log.info("job %s: %s in %.3f s", job.job_id, job.status, job.total_s)

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from vmchecker import fsutil
-from vmchecker.contract import GRADE_VMR, RESULT_JSON, RESULT_SUFFIX, RUN_KM, STEP_FILES, VMCHECKER_STDERR, ResultStatus
+from vmchecker.contract import (
+    GRADE_VMR,
+    RESULT_JSON,
+    RESULT_SUFFIX,
+    RUN_KM,
+    STEP_FILES,
+    VMCHECKER_STDERR,
+    ResultStatus,
+    Stage,
+)
 from vmchecker.errors import ExecutorError
 
 RESERVED = {VMCHECKER_STDERR, RUN_KM, *(n for pair in STEP_FILES.values() for n in pair)}
@@ -106,6 +115,19 @@ class JobResult:
     memory_mb: int | None = None
     steps: dict[str, StepResult] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
+    timeline: dict[str, float] = field(default_factory=dict)     # stage -> wall-clock time (epoch seconds)
+    timeline_s: dict[str, float] = field(default_factory=dict)   # stage -> seconds since the first, monotonic
+    _first = 0.0                        # monotonic time of the first stage (a class attribute, not a field)
+
+    def mark(self, stage: Stage) -> None:
+        """Record that ``stage`` happens now: the tester's wall clock, for the storer's
+        timeline of the job, and the monotonic clock, so durations within the executor
+        stay true even if the wall clock is stepped meanwhile."""
+        now, mono = time.time(), time.monotonic()
+        if not self.timeline:
+            self._first = mono
+        self.timeline[stage.value] = round(now, 6)
+        self.timeline_s[stage.value] = round(mono - self._first, 6)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -25,7 +25,7 @@ import yaml
 
 from vmchecker import bundle, rpc
 from vmchecker.config import Machine
-from vmchecker.contract import JOB_ID_RE, RESULT_JSON, SUBMISSION_CONFIG, ResultStatus
+from vmchecker.contract import JOB_ID_RE, RESULT_JSON, STAGE_STAT_PREFIX, SUBMISSION_CONFIG, ResultStatus, Stage
 from vmchecker.errors import BundleError, VmcheckerError
 from vmchecker.executor import guest, hostcmds
 from vmchecker.tester import processes, results
@@ -108,6 +108,7 @@ class Job:
         self.aborted = threading.Event()
         self.killed = False  # the executor had to be killed: its guest may be left over
         self.machine: Machine | None = None   # with the tester's overrides, once the bundle is read
+        self.received_at: float | None = None  # when the queue manager saw the bundle (wall clock)
         self._proc: subprocess.Popen | None = None
         self._proc_lock = threading.Lock()
 
@@ -137,7 +138,9 @@ class Job:
         """Run the job; None if it was aborted (no result, bundle to run again later)."""
         identity = {**dict.fromkeys(IDENTITY, ""), "job_id": job_id_from_name(self.bundle.name)}
         started = time.monotonic()
-        stats: dict[str, Any] = {"tester": self.config.tester.name}
+        stats: dict[str, Any] = {"tester": self.config.tester.name, STAGE_STAT_PREFIX + Stage.SLOT_TAKEN: time.time()}
+        if self.received_at is not None:
+            stats[STAGE_STAT_PREFIX + Stage.RECEIVED] = self.received_at
         try:
             if self.work.exists():   # a leftover that cannot go fails the job, never mixes into it
                 shutil.rmtree(self.work)
@@ -200,6 +203,7 @@ class Job:
         if self.aborted.is_set():
             return ResultStatus.ERROR.value
         status, data = results.read_status(self.results_dir)
+        stats.update(results.stage_stats(data))
         stats.update({k: v for k, v in data.items() if k not in stats and not isinstance(v, (dict, list))})
         if timed_out:
             return self._fail(f"the executor did not finish within executor_timeout ({timeout:g} s) and was killed"

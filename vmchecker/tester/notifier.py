@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmchecker import fsutil, rpc
+from vmchecker.contract import STAGE_STAT_PREFIX, Stage
 from vmchecker.errors import CallRefused, RpcError
 
 log = logging.getLogger(__name__)
@@ -180,9 +181,13 @@ class Notifier:
     # ------------------------------------------------------------------ sending
 
     def send(self, pending: Pending) -> bool:
-        """Try once; True when the entry is gone (answered), False when rescheduled."""
+        """Try once; True when the entry is gone (answered), False when rescheduled. The
+        request goes with the moment it is sent (``at_notified``, the tester's clock), for
+        the job's timeline; the journaled entry is left as it was."""
+        stamped = {**pending.request.stats, STAGE_STAT_PREFIX + Stage.NOTIFIED: time.time()}
+        request = replace(pending.request, stats=stamped) if len(stamped) <= rpc.MAX_STATS else pending.request
         try:
-            self._client(pending.url, self.timeout).notify(pending.request)
+            self._client(pending.url, self.timeout).notify(request)
         except CallRefused as exc:
             log.error("job %s: %s; dropping the notification (results stay in done/%s)",
                       pending.job_id, exc.message, pending.job_id)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from vmchecker import bundle, config, fsutil, rpc
 from vmchecker.config import Machine
-from vmchecker.contract import SUBMISSION_CONFIG
+from vmchecker.contract import STAGE_STAT_PREFIX, SUBMISSION_CONFIG, Stage
 from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.executor import hostcmds
 from vmchecker.service import Service
@@ -131,6 +131,7 @@ class QueueManager(Service):
         self.storers = KnownStorers(config.state_dir / storers.STORERS_FILE)
         self._waiting: deque[str] = deque()
         self._known: set[str] = set()  # waiting or running
+        self._received: dict[str, float] = {}  # when each waiting bundle was seen (its timeline's "received")
         self._running: dict[str, tuple[Job, threading.Thread]] = {}
         self._commit_lock = threading.Lock()
         self._wake = threading.Event()
@@ -235,6 +236,7 @@ class QueueManager(Service):
         for name in names:
             if name not in self._known and (self.config.queue_dir / name).is_file():
                 log.info("bundle %r queued", name)
+                self._received[name] = time.time()
                 self._known.add(name)
                 self._waiting.append(name)
 
@@ -242,10 +244,12 @@ class QueueManager(Service):
         while self._waiting and len(self._running) < self.config.tester.slots and not self.stop.is_set():
             name = self._waiting.popleft()
             bundle_path = self.config.queue_dir / name
+            received = self._received.pop(name, None)
             if not bundle_path.is_file() or self._drop_duplicate(bundle_path):  # removed by hand meanwhile
                 self._known.discard(name)
                 continue
             job = Job(bundle_path, self.config, self._executor_command, self.kill_grace)
+            job.received_at = received
             thread = threading.Thread(target=self._run_job, args=(job,), name=f"slot:{job.name}", daemon=True)
             self._running[name] = (job, thread)
             thread.start()
@@ -309,7 +313,7 @@ class QueueManager(Service):
         try:
             with self._commit_lock:
                 files = results.commit(outcome.results_dir, self.config.done_dir, outcome.job_id, marker)
-                held = self._journal_notification({**marker, "files": files}, hold=True)
+                held = self._journal_notification({**marker, "files": files, "committed": time.time()}, hold=True)
                 self._remove_bundle(outcome.bundle)
         finally:
             if held:   # journaled: never leave it held for the life of this process
@@ -324,15 +328,19 @@ class QueueManager(Service):
             log.error("cannot remember the storer of job %s: %s", outcome.job_id, exc)
 
     def _journal_notification(self, marker: dict, hold: bool = False) -> bool:
-        """Journal the notification a completion marker describes; False if it cannot be sent."""
+        """Journal the notification a completion marker describes; False if it cannot be sent.
+        Its stats gain the moment the results became durable (the marker's ``committed``)."""
         job_id = marker.get("job_id", "?")
         url = self.config.notify_url(str(marker.get("notify_url") or ""))
+        stats = marker.get("stats", {})
+        if isinstance(stats, dict) and isinstance(marker.get("committed"), (int, float)) and len(stats) < rpc.MAX_STATS:
+            stats = {**stats, STAGE_STAT_PREFIX + Stage.RESULTS_DURABLE: marker["committed"]}
         try:
             if not url:
                 raise RpcError("the bundle has no notify_url and tester.storer_daemon is not set")
             rpc.check_url(url)
             request = rpc.NotifyRequest.validate(job_id, marker.get("key"), marker.get("status"),
-                                                 marker.get("files", []), marker.get("stats", {}))
+                                                 marker.get("files", []), stats)
         except RpcError as exc:
             log.error("job %s: cannot notify the storer (%s); results stay in %s", job_id, exc.message,
                       self.config.done_dir / str(job_id))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -19,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from vmchecker import fsutil, rpc
-from vmchecker.contract import DONE_MARKER, RESULT_JSON, VMCHECKER_STDERR, ResultStatus
+from vmchecker.contract import (
+    DONE_MARKER,
+    RESULT_JSON,
+    STAGE_STAT_PREFIX,
+    TESTER_STAGES,
+    VMCHECKER_STDERR,
+    ResultStatus,
+)
 from vmchecker.errors import RpcError
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,18 @@ def read_status(results_dir: Path) -> tuple[str | None, dict[str, Any]]:
     if not isinstance(data, dict) or data.get("status") not in tuple(ResultStatus):
         return None, data if isinstance(data, dict) else {}
     return data["status"], data
+
+
+def stage_stats(result: dict[str, Any]) -> dict[str, float]:
+    """The tester's stages of a ``result.json`` (its ``timeline``: stage -> wall-clock
+    time) as a notification's stats, ``at_<stage>``: how the executor's moments reach the
+    storer's journal. Anything that is not a known tester stage with a finite time is left out."""
+    timeline = result.get("timeline")
+    if not isinstance(timeline, dict):
+        return {}
+    return {STAGE_STAT_PREFIX + stage: float(at) for stage, at in timeline.items()
+            if stage in TESTER_STAGES and isinstance(at, (int, float)) and not isinstance(at, bool)
+            and math.isfinite(at)}
 
 
 def write_error(results_dir: Path, reason: str, details: dict[str, Any] | None = None) -> None:
