@@ -8,7 +8,7 @@ BASE ?= vmchecker-base
 KVM_BASE ?= vmchecker-kvm-base
 STAMPS := .stamps
 
-.PHONY: all deps venv base kvm-base docker-base vmware-lab test lint demo demo-stop bench clean
+.PHONY: all deps venv base kvm-base docker-base vmware-lab deb test lint demo demo-stop bench clean
 
 all: venv
 
@@ -40,6 +40,11 @@ vmware-lab: deps
 docker-base: base
 	lxc-resources/docker-image.sh $(BASE)
 
+# The Debian package build/deb/vmchecker_<version>_all.deb (debhelper, dh-python; offline;
+# returns at once when nothing changed). tests/test_deb.py installs it in a container.
+deb: deps
+	tools/build-deb.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
@@ -61,4 +66,4 @@ bench: venv base kvm-base
 	$(VENV)/bin/python bench/chaos.py
 
 clean:
-	rm -rf $(VENV) $(STAMPS) *.egg-info
+	rm -rf $(VENV) $(STAMPS) *.egg-info build/deb

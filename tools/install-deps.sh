@@ -13,6 +13,7 @@ packages=(
   docker.io                                               # Docker backend; guests of the VMware lab
   golang-go golang-github-vmware-govmomi-dev              # the VMware lab server (tests/lab/vmware),
   golang-github-google-uuid-dev                           #   built offline from Debian's sources
+  debhelper dh-python python3-setuptools dpkg-dev         # make deb (tools/build-deb.sh)
   "$@"
 )
 missing=()
