@@ -2,8 +2,9 @@
 """Scheduler benchmark: a seeded discrete-event simulation of the storer and its testers.
 
 Compares the estimated-queue-time scheduler (the real ``vmchecker.storer.scheduler``
-classes) with the original master's fewest-queued-files, round robin, random idle,
-and a clairvoyant greedy scheduler, on the SAME arrival stream per seed.
+classes, ``storer.scheduler: estimate``) with the original master's fewest-queued-files
+(the same classes, ``storer.scheduler: fewest``), round robin, random idle, and a
+clairvoyant greedy scheduler, on the SAME arrival stream per seed.
 
 Model (all times in seconds):
 
@@ -26,7 +27,8 @@ Model (all times in seconds):
 * The clairvoyant knows every job's true evaluation time on every tester, each
   tester's true queue and whether it is down right now (not the future): it sends
   each job where it truly finishes first. Greedy, so not a lower bound.
-* This scheduler starts cold (estimates = timeouts) and learns during the run.
+* This scheduler starts cold (nothing measured: every estimate is a timeout) and learns
+  during the run.
 
 Wait = time from the submission until its results reach the storer (what a student
 waits for). Makespan = first arrival to last result. The last line holds the
@@ -200,11 +202,13 @@ class EstimatedQueueTime(Policy):
     """This project's scheduler, the real class."""
 
     name = "estimated"
+    policy = "estimate"
 
     def __init__(self, sim: Simulation):
         super().__init__(sim)
         states = [TesterState(t.name, t.slots, frozenset({MACHINE})) for t in TESTERS]
-        self.scheduler = Scheduler(states, TIMEOUTS, penalty_factor=PENALTY_FACTOR, notify_margin=NOTIFY_MARGIN)
+        self.scheduler = Scheduler(states, TIMEOUTS, penalty_factor=PENALTY_FACTOR, notify_margin=NOTIFY_MARGIN,
+                                   policy=self.policy)
 
     def choose(self, job: Job, exclude: set[str], now: float) -> str:
         tester = self.scheduler.select(job.assignment, MACHINE, exclude, now=now)
@@ -221,13 +225,12 @@ class EstimatedQueueTime(Policy):
         self.scheduler.on_failure(tester, job.id, job.assignment, "simulated", now=now)
 
 
-class FewestQueued(Policy):
-    """The original master: the tester with the fewest bundles in its queue."""
+class FewestQueued(EstimatedQueueTime):
+    """The original master: the tester with the fewest bundles in its queue (the real
+    class under ``storer.scheduler: fewest``)."""
 
     name = "fewest"
-
-    def choose(self, job: Job, exclude: set[str], now: float) -> str:
-        return min(self.candidates(exclude), key=lambda n: len(self.sim.in_flight[n]))
+    policy = "fewest"
 
 
 class RoundRobin(Policy):

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GLOBAL_CONFIG = "/etc/vmchecker/config.yaml"
 MACHINE_TYPES = ("lxc", "kvm", "vmware", "docker")
 VMWARE_REVERTS = ("snapshot", "linked-clone")
+SCHEDULERS = ("estimate", "fewest")   # storer.scheduler: how the daemon picks a tester (storer/scheduler.py)
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a guest user name, as useradd takes it
 
 
@@ -84,6 +85,9 @@ class StorerSettings:
     retry_delay: float = 30.0
     failure_penalty_factor: float = 10.0
     notify_margin: int = 60
+    # How a tester is picked: estimate (the tester expected to finish the job first, from
+    # measured times) or fewest (the fewest jobs in flight, as the original vmchecker did).
+    scheduler: str = "estimate"
 
 
 @dataclass(frozen=True)
@@ -313,6 +317,9 @@ def load_course(path: Path | str) -> CourseConfig:
         except ValueError:
             raise ConfigError(path, f"storer.queue_task_from[{i}]",
                               f"{entry!r} is not an IP address or network (such as 10.0.0.5 or 10.0.0.0/24)") from None
+    if storer.scheduler not in SCHEDULERS:
+        raise ConfigError(path, "storer.scheduler",
+                          f"unknown scheduler {storer.scheduler!r} (known: {', '.join(SCHEDULERS)})")
     testers = _named(Tester, data.get("testers"), path, "testers", "tester")
     for t in testers.values():
         if t.slots < 1:

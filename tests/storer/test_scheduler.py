@@ -1,16 +1,21 @@
-"""The estimated-queue-time scheduler, driven with an explicit clock."""
+"""The scheduler, driven with an explicit clock: the estimated-queue-time policy, the
+fewest-jobs policy, and the switch between them."""
 
 from __future__ import annotations
 
 import functools
 import heapq
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
+from tests.util import write_course
+from vmchecker import config
 from vmchecker.config import CourseConfig
-from vmchecker.errors import NotFound
+from vmchecker.errors import ConfigError, NotFound
+from vmchecker.storer.courses import Courses
 from vmchecker.storer.journal import Journal
 from vmchecker.storer.scheduler import Estimate, Scheduler, notify_deadline
 from vmchecker.storer.scheduler import TesterState as State  # not "Test*": pytest would collect it
@@ -293,3 +298,67 @@ def test_estimates_persist_through_the_journal(tmp_path: Path, course: CourseCon
     assert again.estimates() == saved
     assert again.estimate("t1", "1-hello", now=100.0) == pytest.approx((7.0 + 10 * 90.0) / 2)
     assert s.penalty("1-hello") == course.storer.failure_penalty_factor * 90
+
+
+# ---------------------------------------------------------------- the policy switch
+
+
+def test_fewest_picks_the_tester_with_the_fewest_jobs_in_flight() -> None:
+    """``fewest``, the original vmchecker's rule: the count of jobs sent and not notified
+    decides, whatever the estimates say; ties go to the tester the course lists first."""
+    s = make(("slow", 1), ("fast", 4), policy="fewest")
+    teach(s, "slow", 100.0)
+    teach(s, "fast", 1.0)
+    assert s.select(A, M, now=0.0) == "slow"   # 0 and 0: the first listed
+    s.on_sent("slow", "j1", A, now=0.0)
+    assert s.select(A, M, now=0.0) == "fast"
+    s.on_sent("fast", "j2", A, now=0.0)
+    assert s.select(A, M, now=0.0) == "slow"   # 1 and 1: the first listed, slots ignored
+    assert s.select(A, M, exclude={"slow"}, now=0.0) == "fast"
+    assert s.select(A, "vmware", now=0.0) is None
+    # the same state under the estimate policy: the fast tester
+    e = make(("slow", 1), ("fast", 4))
+    teach(e, "slow", 100.0)
+    teach(e, "fast", 1.0)
+    e.on_sent("slow", "j1", A, now=0.0)
+    e.on_sent("fast", "j2", A, now=0.0)
+    assert e.select(A, M, now=0.0) == "fast"
+    with pytest.raises(ValueError, match="unknown scheduler 'fastest'"):
+        make(("t1", 1), policy="fastest")
+
+
+def test_the_course_config_chooses_the_policy(tmp_path: Path) -> None:
+    path = write_course(tmp_path)
+    assert config.load_course(path).storer.scheduler == "estimate"
+    assert Scheduler.from_config(config.load_course(path)).policy == "estimate"
+    path = write_course(tmp_path, extra={"storer": {"scheduler": "fewest"}})
+    assert Scheduler.from_config(config.load_course(path)).policy == "fewest"
+    path = write_course(tmp_path, extra={"storer": {"scheduler": "round-robin"}})
+    with pytest.raises(ConfigError, match=r"storer\.scheduler: unknown scheduler 'round-robin'"
+                                          r" \(known: estimate, fewest\)"):
+        config.load_course(path)
+
+
+def test_the_daemon_schedules_each_course_by_its_policy(tmp_path: Path) -> None:
+    """The daemon's course registry builds each course's scheduler with the course's
+    policy, and an edit of the switch takes effect at the next look, like any edit."""
+    testers = {"t1": {"host": "192.0.2.1", "user": "u", "queue": "/q", "slots": 1},
+               "t2": {"host": "192.0.2.2", "user": "u", "queue": "/q", "slots": 1}}
+    write_course(tmp_path, extra={"storer": {"scheduler": "fewest"}, "testers": testers,
+                                  "machines": {"linux": {"testers": ["t1", "t2"]}}})
+    with Journal(tmp_path / "journal.db") as journal:
+        journal.save_estimate("so", "t1", "1-hello", Estimate(100.0, 1, 100.0, 1))
+        journal.save_estimate("so", "t2", "1-hello", Estimate(5.0, 1, 5.0, 1))
+        courses = Courses(tmp_path / "global.yaml", journal)
+        scheduler = courses.get("so").scheduler
+        assert scheduler.policy == "fewest"
+        assert scheduler.assign("j1", "1-hello", "linux", now=0.0)[0] == "t1"   # fewest: the first listed
+        write_course(tmp_path, extra={"storer": {"scheduler": "estimate"}, "testers": testers,
+                                      "machines": {"linux": {"testers": ["t1", "t2"]}}})
+        path = tmp_path / "so" / "config.yaml"
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))   # a later edit
+        scheduler = courses.get("so").scheduler
+        assert scheduler.policy == "estimate"
+        assert scheduler.assign("j2", "1-hello", "linux", now=0.0)[0] == "t2"   # the faster one
+        courses.close()

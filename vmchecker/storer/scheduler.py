@@ -1,5 +1,11 @@
-"""Which tester gets a job: estimated queue time, after the thesis (docs/ARCHITECTURE.md).
+"""Which tester gets a job: the course's ``storer.scheduler`` policy.
 
+``fewest`` is what the original vmchecker did: the tester with the fewest jobs sent and
+not yet notified (ties: the tester the course lists first). It knows nothing of speeds
+or assignments, so a slow tester gets as many jobs as a fast one.
+
+``estimate`` (the default) is the estimated queue time, after the thesis
+(docs/ARCHITECTURE.md).
 For tester *q* and assignment *a*, ``Et_q(a)`` is the running mean of the measured
 evaluation times of *a* on *q* (before any measurement: a configured guess, else the
 assignment's timeout). The expected finish of a new job of *a* on *q* is::
@@ -45,7 +51,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from vmchecker.config import CourseConfig
+from vmchecker.config import SCHEDULERS, CourseConfig
 from vmchecker.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -154,12 +160,17 @@ class Scheduler:
         window: int = DEFAULT_WINDOW,
         estimates: Mapping[tuple[str, str], Estimate] | None = None,
         persist: Callable[[str, str, Estimate], None] | None = None,
+        policy: str = "estimate",
     ):
-        """``testers``: their names, slots and machines. ``timeouts``: assignment ->
-        timeout in seconds (build and run each). ``guesses``: assignment -> initial
-        Et instead of the timeout. ``estimates``: ``(tester, assignment) -> Estimate``
-        read back from the journal. ``persist(tester, assignment, estimate)`` is
-        called, under the lock, after every change of an estimate."""
+        """``testers``: their names, slots and machines, in the course's order.
+        ``timeouts``: assignment -> timeout in seconds (build and run each). ``guesses``:
+        assignment -> initial Et instead of the timeout. ``estimates``: ``(tester,
+        assignment) -> Estimate`` read back from the journal. ``persist(tester,
+        assignment, estimate)`` is called, under the lock, after every change of an
+        estimate. ``policy``: one of :data:`~vmchecker.config.SCHEDULERS`."""
+        if policy not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {policy!r} (known: {', '.join(SCHEDULERS)})")
+        self.policy = policy
         self._testers = {t.name: t for t in testers}
         self._timeouts = dict(timeouts)
         self._guesses = dict(guesses or {})
@@ -181,7 +192,7 @@ class Scheduler:
         guesses: Mapping[str, float] | None = None,
     ) -> Scheduler:
         """A scheduler for one course: its testers, the machines each serves, the
-        assignments' timeouts, and the storer's penalty factor and notify margin."""
+        assignments' timeouts, and the storer's policy, penalty factor and notify margin."""
         serves: dict[str, set[str]] = {name: set() for name in course.testers}
         for machine in course.machines.values():
             for tester in machine.testers:
@@ -197,6 +208,7 @@ class Scheduler:
                                                             default=0),
             estimates=estimates,
             persist=persist,
+            policy=course.storer.scheduler,
         )
 
     # ------------------------------------------------------------------ estimates
@@ -343,6 +355,8 @@ class Scheduler:
         candidates = [t for t in serving if t.name not in exclude] or serving
         if not candidates:
             return None
+        if self.policy == "fewest":   # min() keeps the first of equals: the course's order
+            return min(candidates, key=lambda t: len(t.in_flight))
         return min(candidates, key=lambda t: (self._finish(t, assignment, now), len(t.in_flight), t.name))
 
     def _store(self, state: TesterState, assignment: str, estimate: Estimate) -> Estimate:
