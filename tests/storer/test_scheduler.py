@@ -1,4 +1,5 @@
-"""The scheduler, driven with an explicit clock: the estimated-queue-time policy, the
+"""The scheduler, driven with an explicit clock: the estimated-queue-time policy (and each
+finding of bench/scheduler.py that changed it: slots, pairs never measured), the
 fewest-jobs policy, and the switch between them."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from vmchecker import config
 from vmchecker.config import CourseConfig
 from vmchecker.errors import ConfigError, NotFound
 from vmchecker.storer.courses import Courses
+from vmchecker.storer.estimates import Speeds
 from vmchecker.storer.journal import Journal
 from vmchecker.storer.scheduler import Estimate, Scheduler, notify_deadline
 from vmchecker.storer.scheduler import TesterState as State  # not "Test*": pytest would collect it
@@ -69,6 +71,43 @@ def test_penalty_is_a_sample_of_the_mean_but_not_of_the_measured_time() -> None:
     assert p.value(620.0, half_life=0.0, prior=100.0) == pytest.approx(p.mean)  # 0: never forgiven
 
 
+def test_a_pair_never_measured_borrows_from_the_pairs_measured() -> None:
+    """Cold start, estimates per tester x assignment: a pair never measured sat at the
+    timeout, so a fast tester never tried on an assignment never got it; now its guess is
+    its slowness times the assignment's size, learnt from the other pairs."""
+    s = make(("fast", 1), ("slow", 1))
+    teach(s, "fast", 10.0)
+    teach(s, "slow", 30.0)
+    teach(s, "slow", 120.0, assignment="2-big")
+    assert s.estimate("fast", "2-big", now=0.0) == pytest.approx(40.0)   # 120 x 10/30, not the timeout 400
+    assert s.select("2-big", M, now=0.0) == "fast"
+    # measured, a pair follows its own samples
+    teach(s, "fast", 50.0, assignment="2-big")
+    assert s.estimate("fast", "2-big", now=0.0) == pytest.approx(50.0)
+
+
+def test_a_tester_never_measured_counts_as_an_average_one() -> None:
+    """Cold start: a tester new to the course is tried (it is assumed as fast as the
+    geometric mean of the others), not kept out by the timeout until the others are full."""
+    s = make(("a", 1), ("b", 1), ("new", 1))
+    teach(s, "a", 10.0)
+    teach(s, "b", 40.0)
+    assert s.estimate("new", A, now=0.0) == pytest.approx(20.0)
+    assert s.select(A, M, exclude={"a"}, now=0.0) == "new"
+    # an assignment measured nowhere keeps its timeout (or the configured guess)
+    assert s.estimate("new", "2-big", now=0.0) == 400.0
+
+
+def test_speeds_fit_a_product_of_tester_and_assignment() -> None:
+    times = {("q1", "x"): 10.0, ("q1", "y"): 30.0, ("q2", "x"): 20.0}   # q2 is twice as slow, y three times x
+    speeds = Speeds.fit(times)
+    assert speeds.guess("q2", "y") == pytest.approx(60.0)
+    assert speeds.guess("q1", "x") == pytest.approx(10.0)
+    assert speeds.guess("q3", "x") == pytest.approx((10.0 * 20.0) ** 0.5)   # the average tester
+    assert speeds.guess("q1", "z") is None
+    assert Speeds.fit({}).guess("q1", "x") is None
+
+
 def test_scheduler_estimate_starts_at_timeout_or_guess_then_follows_samples() -> None:
     s = make(("t1", 1), timeout=90.0, guesses={"2-big": 42.0})
     assert s.estimate("t1", A) == 90.0
@@ -85,13 +124,39 @@ def test_scheduler_estimate_starts_at_timeout_or_guess_then_follows_samples() ->
 # ---------------------------------------------------------------- selection
 
 
-def test_expected_finish_is_sum_of_in_flight_estimates_plus_new_over_slots() -> None:
+def test_expected_finish_is_the_jobs_own_time_after_the_work_in_flight_over_slots() -> None:
     s = make(("t1", 2))
     teach(s, "t1", 10.0)
     teach(s, "t1", 40.0, assignment="2-big")
+    assert s.expected_finish("t1", A, now=0.0) == pytest.approx(10.0)  # a free slot: at once
     s.on_sent("t1", "j1", A, now=0.0)
+    assert s.expected_finish("t1", A, now=0.0) == pytest.approx(10.0)  # still one free
     s.on_sent("t1", "j2", "2-big", now=0.0)
-    assert s.expected_finish("t1", A, now=0.0) == pytest.approx((10.0 + 40.0 + 10.0) / 2)
+    # every slot busy: the work in flight is shared by the slots, the job's own time is not
+    assert s.expected_finish("t1", A, now=0.0) == pytest.approx((10.0 + 40.0) / 2 + 10.0)
+
+
+def test_a_free_slot_starts_the_job_at_once() -> None:
+    """Slots: the thesis's (in flight + own) / slots made a wide tester with a free slot
+    look as busy as its running jobs; the job goes where it truly finishes first."""
+    s = make(("wide", 4), ("narrow", 1))
+    teach(s, "wide", 10.0)
+    teach(s, "narrow", 15.0)
+    for i in range(3):   # three long jobs running on wide, one slot still free
+        s.on_sent("wide", f"long{i}", "2-big", now=0.0)
+    teach(s, "wide", 40.0, assignment="2-big")
+    assert s.expected_finish("wide", A, now=0.0) == pytest.approx(10.0)   # was (3*40 + 10) / 4
+    assert s.select(A, M, now=0.0) == "wide"
+
+
+def test_a_job_runs_in_one_slot() -> None:
+    """Slots: a job's own time is not shared by the slots, so a wide but slow tester does
+    not look faster at a long job than a narrow fast one."""
+    s = make(("wide", 4), ("narrow", 1))
+    teach(s, "wide", 40.0)
+    teach(s, "narrow", 20.0)
+    assert s.expected_finish("wide", A, now=0.0) == pytest.approx(40.0)   # was 40 / 4
+    assert s.select(A, M, now=0.0) == "narrow"
 
 
 def test_picks_the_least_loaded_by_estimate() -> None:
@@ -183,19 +248,19 @@ def test_a_slower_tester_gets_fewer_jobs_over_a_stream() -> None:
 
 
 def test_a_failing_tester_gets_no_work_while_failing_and_work_returns_after() -> None:
-    # the good tester alone can carry this load (10 s jobs every 6 s, 2 slots)
+    # the good tester alone cannot carry this load (10 s jobs every 4 s need 2.5 slots)
     s = make(("good", 2), ("flaky", 2), penalty_half_life=300.0)
-    picks = run_stream(s, {"good": 10.0, "flaky": 10.0}, jobs=600, gap=6.0, failing=("flaky", 1000.0, 2000.0))
+    picks = run_stream(s, {"good": 10.0, "flaky": 10.0}, jobs=900, gap=4.0, failing=("flaky", 1000.0, 2000.0))
 
     def share(lo: float, hi: float) -> int:
         return sum(1 for now, t in picks if t == "flaky" and lo <= now < hi)
 
-    assert share(0, 1000) > 50  # healthy: about half the work
-    # failing: after the first failure, only a few probes as the penalty fades
-    assert share(1000, 2000) <= 5
+    assert share(0, 1000) > 100  # healthy: about half of the 250 jobs
+    # failing: after the first failure, only a probe now and then as the penalty fades
+    assert share(1000, 2000) <= 10
     assert s.testers()[0].failed_total == share(1000, 2000)
-    # recovered: the penalty fades and successes pull the estimate back
-    assert share(2600, 3600) > 50
+    # recovered: its first success ends the penalty, and it has its half at once
+    assert share(2000, 2300) > 30
     flaky = {t.name: t for t in s.testers()}["flaky"]
     assert flaky.healthy and flaky.failures == 0
 
@@ -207,7 +272,7 @@ def test_failures_push_work_away_even_without_fading() -> None:
     s.on_sent("bad", "j", A, now=0.0)
     s.on_failure("bad", "j", A, "upload failed", now=0.0)
     assert s.estimate("bad", A, now=1e9) == pytest.approx((10.0 + 10 * 100.0) / 2)
-    for i in range(50):  # (n*10 + 10)/2 must pass (10 + 1000)/2 / 2 before the bad one gets a job
+    for i in range(99):  # n*10/2 + 10 must reach (10 + 1000)/2 before the bad one gets a job
         assert s.select(A, M, now=1e9) == "good"
         s.on_sent("good", f"g{i}", A, now=0.0)
     assert s.select(A, M, now=1e9) == "bad"

@@ -14,13 +14,25 @@ the two departures ``bench/scheduler.py`` measured:
   rest of the run). With it the tester is tried again after a while; if it is still
   broken that try is one more penalty sample, so a dead tester sees ever fewer jobs, and
   a live one gets its share back within a few half-lives.
+
+:class:`Speeds` is the guess for a pair never measured. Each pair learns only from its own
+jobs and only when chosen, so before its first job a pair sat at the assignment's timeout,
+and a tester never tried on an assignment never got the job that would have taught it
+better. Evaluation times are close to a product, how slow the tester is times how big the
+assignment is, so the pairs measured so far give both factors and their product is the
+guess: a tester never measured counts as an average one, an assignment never measured on
+any tester keeps its configured guess or its timeout.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_WINDOW = 20
+FIT_ROUNDS = 200       # a bound: the fit usually settles within a few dozen
+FIT_TOLERANCE = 1e-9   # in log seconds
 
 
 @dataclass(frozen=True)
@@ -63,3 +75,50 @@ def _step(mean: float, sample: float, count: int, window: int) -> float:
     """Windowed running mean: plain mean of the first ``window`` samples, then
     exponential with weight ``1/window``."""
     return mean + (sample - mean) / min(count, window)
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """``log Et_q(a) = slowness[q] + size[a]``, fitted to the measured pairs.
+
+    The fit is a least-squares one in logarithms, by alternating means: each assignment's
+    size is the mean of its pairs' log times less their testers' slowness, each tester's
+    slowness the mean of its pairs' log times less their assignments' sizes, the slowness
+    kept centred on 0 (an average tester). Every measured pair counts once, however many
+    jobs it has seen: an unlucky first sample of one pair moves the factors little."""
+
+    slowness: Mapping[str, float]
+    size: Mapping[str, float]
+
+    @classmethod
+    def fit(cls, measured: Mapping[tuple[str, str], float]) -> Speeds:
+        """From ``(tester, assignment) -> mean measured seconds`` (positive values only):
+        rounds until no factor moves by more than :data:`FIT_TOLERANCE` (at most
+        :data:`FIT_ROUNDS`)."""
+        logs = {pair: math.log(seconds) for pair, seconds in measured.items() if seconds > 0}
+        slowness = {tester: 0.0 for tester, _ in logs}
+        size = {assignment: 0.0 for _, assignment in logs}
+        for _ in range(FIT_ROUNDS):
+            before = size
+            size = _means([(a, x - slowness[t]) for (t, a), x in logs.items()])
+            slowness = _means([(t, x - size[a]) for (t, a), x in logs.items()])
+            centre = sum(slowness.values()) / len(slowness) if slowness else 0.0
+            slowness = {t: s - centre for t, s in slowness.items()}
+            size = {a: s + centre for a, s in size.items()}
+            if all(abs(size[a] - before[a]) <= FIT_TOLERANCE for a in size):
+                break
+        return cls(slowness, size)
+
+    def guess(self, tester: str, assignment: str) -> float | None:
+        """Et of a pair from the factors; None for an assignment never measured."""
+        if assignment not in self.size:
+            return None
+        return math.exp(self.slowness.get(tester, 0.0) + self.size[assignment])
+
+
+def _means(values: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """The mean of the values per key."""
+    found: dict[str, list[float]] = {}
+    for key, value in values:
+        found.setdefault(key, []).append(value)
+    return {key: sum(v) / len(v) for key, v in found.items()}
