@@ -1,6 +1,6 @@
 """The scheduler, driven with an explicit clock: the estimated-queue-time policy (and each
-finding of bench/scheduler.py that changed it: slots, pairs never measured), the
-fewest-jobs policy, and the switch between them."""
+finding of bench/scheduler.py that changed it: slots, pairs never measured, penalties),
+the fewest-jobs policy, and the switch between them."""
 
 from __future__ import annotations
 
@@ -69,6 +69,28 @@ def test_penalty_is_a_sample_of_the_mean_but_not_of_the_measured_time() -> None:
     assert p.value(560.0, half_life=60.0, prior=100.0) == pytest.approx(15.0 + excess / 2)
     assert p.value(620.0, half_life=60.0, prior=100.0) == pytest.approx(15.0 + excess / 4)
     assert p.value(620.0, half_life=0.0, prior=100.0) == pytest.approx(p.mean)  # 0: never forgiven
+
+
+def test_a_success_ends_the_penalty() -> None:
+    """Penalties: a penalty stayed in the running mean after the tester did the job again,
+    fading only by the clock; the first success after a failure now ends it."""
+    e = Estimate(100.0).add(10.0).add(20.0).penalise(1000.0, now=500.0).penalise(1000.0, now=510.0)
+    assert e.value(510.0, half_life=600.0, prior=100.0) > 300.0
+    back = e.add(18.0)
+    assert (back.mean, back.measured, back.penalised_at) == (pytest.approx(16.0), pytest.approx(16.0), None)
+    assert back.count == back.measured_count == 3
+    assert back.value(511.0, half_life=600.0, prior=100.0) == pytest.approx(16.0)
+    # through the scheduler: the failed tester gets its jobs back at its first success
+    s = make(("t1", 1), ("t2", 1), penalty_half_life=600.0)
+    teach(s, "t1", 10.0)
+    teach(s, "t2", 12.0)
+    s.on_sent("t1", "j", A, now=0.0)
+    s.on_failure("t1", "j", A, "cannot connect", now=0.0)
+    assert s.select(A, M, now=60.0) == "t2"
+    s.on_sent("t1", "probe", A, now=60.0)
+    s.on_finished("t1", "probe", A, 10.0)
+    assert s.estimate("t1", A, now=61.0) == pytest.approx(10.0)
+    assert s.select(A, M, now=61.0) == "t1"
 
 
 def test_a_pair_never_measured_borrows_from_the_pairs_measured() -> None:

@@ -8,12 +8,14 @@ the two departures ``bench/scheduler.py`` measured:
   exponential mean of weight ``1/window``. A plain mean over a semester stops moving: a
   tester with a thousand good samples would absorb failures unnoticed.
 * The penalty part of an estimate (its excess over the mean of measured times) halves
-  every half-life after the last failure. Without this a recovered tester gets work back
-  only when every other tester is loaded past its penalised estimate, which at ordinary
-  load may be never (in the benchmark the tester that was down stayed mostly idle for the
-  rest of the run). With it the tester is tried again after a while; if it is still
-  broken that try is one more penalty sample, so a dead tester sees ever fewer jobs, and
-  a live one gets its share back within a few half-lives.
+  every half-life after the last failure, and a success ends it. Without the halving a
+  recovered tester gets work back only when every other tester is loaded past its
+  penalised estimate, which at ordinary load may be never; with it the tester is tried
+  again after a while, and if it is still broken that try is one more penalty sample, so
+  a dead tester sees ever fewer jobs. A success ends the penalty because the tester has
+  just done the job: kept in the running mean, a penalty outlived the failure, diluted by
+  one ``window``-th per success and fading only by the clock, so work came back to a
+  recovered tester slowly while the others' queues grew.
 
 :class:`Speeds` is the guess for a pair never measured. Each pair learns only from its own
 jobs and only when chosen, so before its first job a pair sat at the assignment's timeout,
@@ -39,11 +41,12 @@ FIT_TOLERANCE = 1e-9   # in log seconds
 class Estimate:
     """``Et_q(a)`` for one tester and assignment.
 
-    ``mean`` is the running mean of every sample, penalties included (the thesis's
-    value); ``measured`` that of measured evaluation times only (None before the
-    first); ``penalised_at`` when the last penalty sample was taken. The excess of
-    ``mean`` over ``measured`` is the penalty part: it halves every ``half_life``
-    seconds after the last failure (:meth:`value`)."""
+    ``mean`` is the running mean of every sample since the last success, penalties
+    included (the thesis's value); ``measured`` that of measured evaluation times only
+    (None before the first); ``penalised_at`` when the last penalty sample was taken,
+    None once a success ended the penalty. The excess of ``mean`` over ``measured`` is the
+    penalty part: it halves every ``half_life`` seconds after the last failure
+    (:meth:`value`)."""
 
     mean: float
     count: int = 0
@@ -52,10 +55,11 @@ class Estimate:
     penalised_at: float | None = None
 
     def add(self, sample: float, window: int = DEFAULT_WINDOW) -> Estimate:
-        """The estimate after one more measured evaluation time."""
-        count, measured_count = self.count + 1, self.measured_count + 1
-        measured = sample if self.measured is None else _step(self.measured, sample, measured_count, window)
-        return Estimate(_step(self.mean, sample, count, window), count, measured, measured_count, self.penalised_at)
+        """The estimate after one more measured evaluation time: the running mean of the
+        measured times, the penalty (if any) ended."""
+        count = self.measured_count + 1
+        measured = sample if self.measured is None else _step(self.measured, sample, count, window)
+        return Estimate(measured, count, measured, count, None)
 
     def penalise(self, penalty: float, now: float, window: int = DEFAULT_WINDOW) -> Estimate:
         """The estimate after one failure, counted as a sample of ``penalty`` seconds."""
