@@ -35,7 +35,8 @@ QUEUE_TASK = "queue_task"
 NOTIFY = "notify"
 STATUS = "status"
 TESTER_BACK = "tester_back"
-METHODS = (QUEUE_TASK, NOTIFY, STATUS, TESTER_BACK)
+TIMELINES = "timelines"
+METHODS = (QUEUE_TASK, NOTIFY, STATUS, TESTER_BACK, TIMELINES)
 
 # --------------------------------------------------------------------------- limits
 
@@ -45,6 +46,7 @@ MAX_STATS = 64
 MAX_STAT_KEY_LENGTH = 64
 MAX_STAT_STRING_LENGTH = 1024
 MAX_KEY_LENGTH = 256
+MAX_TIMELINES = 100       # jobs per timelines() call: a page of submissions
 # XML-RPC <int> is 32-bit: larger Python ints cannot be marshalled.
 XMLRPC_INT_MIN, XMLRPC_INT_MAX = -(2**31), 2**31 - 1
 
@@ -65,6 +67,13 @@ def check_job_id(job_id: Any) -> str:
     if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
         raise RpcError(f"bad job_id {job_id!r}: letters, digits, '_', '.', '-', at most 128")
     return job_id
+
+
+def check_job_ids(job_ids: Any) -> list[str]:
+    """``timelines(job_ids)``: a list of at most MAX_TIMELINES job ids."""
+    if not isinstance(job_ids, (list, tuple)) or len(job_ids) > MAX_TIMELINES:
+        raise RpcError(f"bad job_ids: expected a list of at most {MAX_TIMELINES} job ids")
+    return [check_job_id(job_id) for job_id in job_ids]
 
 
 def check_key(key: Any) -> str:
@@ -285,3 +294,7 @@ class Client:
 
     def tester_back(self, request: BackRequest) -> Any:
         return self.call(TESTER_BACK, *request.params())
+
+    def timelines(self, job_ids: list[str]) -> Any:
+        """Each known job's timeline by id (:mod:`vmchecker.storer.timeline`)."""
+        return self.call(TIMELINES, list(job_ids))

@@ -106,6 +106,23 @@ def test_vmchecker_status_shows_the_daemons_view(daemon, capsys):
     assert [j["job_id"] for j in data["jobs"]] == [job_id] and data["counts"]["queued"] == 1
 
 
+def test_a_queued_jobs_timeline_starts_when_its_upload_was_stored(daemon, capsys):
+    from vmchecker.cli import status
+
+    archive = make_zip(daemon.course.root / "t.zip", {"hello.c": HELLO_C})
+    sub = submit.submit(daemon.course, "1-hello", "tina", archive, skip_time_checks=True)
+    stored = (sub.results_dir / "grade.vmr").stat().st_mtime
+    job_id = rpc.Client(daemon.url).queue_task("so", "1-hello", "tina", sub.name)
+    assert status.main(["--url", daemon.url, "--job", job_id, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(r["stage"], r["clock"]) for r in data["stages"]] == [("stored", "storer"), ("queued", "storer")]
+    assert data["stages"][0]["at"] == stored and data["state"] == "queued" and data["notes"] == []
+    with pytest.raises(CallRefused, match="bad timelines"):
+        rpc.Client(daemon.url).call(rpc.TIMELINES, "not a list")
+    with pytest.raises(CallRefused, match="bad job_id"):
+        rpc.Client(daemon.url).timelines(["../etc"])
+
+
 def test_vmchecker_status_says_when_the_daemon_is_down(capsys):
     from vmchecker.cli import status
 

@@ -16,7 +16,7 @@ from tests.fixtures import RunningDaemon
 from tests.lab import skip_unless_lab, sshd
 from tests.util import HELLO_C, make_zip, wait_for, write_course
 from vmchecker import config, grades, rpc, submit
-from vmchecker.contract import SubmissionStatus
+from vmchecker.contract import Stage, SubmissionStatus
 from vmchecker.errors import CallRefused
 from vmchecker.repo import Repository
 
@@ -179,3 +179,50 @@ def test_a_symlink_in_the_results_is_refused_and_counts_against_the_tester(setup
     assert not (sub.results_dir / "grade.vmr").is_symlink()
     assert sub.status() is SubmissionStatus.QUEUED  # resent, nothing of the tester's kept
     assert daemon.journal.get(job.id).attempts == 1
+
+
+def _tester_timeline(start: float) -> dict[str, float]:
+    order = ["executor_started", "guest_ready", "build_started", "build_ended", "run_started", "run_ended",
+             "executor_ended"]
+    return {stage: start + 0.01 * n for n, stage in enumerate(order)}
+
+
+def test_vmchecker_status_prints_a_landed_jobs_timeline_in_order(setup, capsys):
+    from vmchecker.cli import status
+
+    daemon, course, done = setup
+    job, _sub = _running_job(daemon, course, "tim")
+    now = daemon.journal.get(job.id).sent
+    stats = {"at_received": now + 0.001, "at_slot_taken": now + 0.002,
+             **{f"at_{s}": at for s, at in _tester_timeline(now + 0.003).items()},
+             "at_results_durable": now + 0.08, "at_notified": now + 0.09, "at_graded": 1.0}   # not the tester's to say
+    (done / job.id).mkdir()
+    (done / job.id / "result.json").write_text(_account(timeline=_tester_timeline(now + 0.003)))
+    assert rpc.Client(daemon.url).call(rpc.NOTIFY, job.id, job.key, "done", ["result.json"], stats) is True
+    assert status.main(["--url", daemon.url, "--job", job.id]) == 0
+    text = capsys.readouterr().out
+    printed = [line.split()[0] for line in text.splitlines()[2:] if not line.startswith("note:")]
+    # in time order: the tester may see the bundle before the storer journals that it is there
+    assert [s for s in printed if s != "on_tester"] == [s.value for s in Stage if s not in (
+        Stage.ON_TESTER, Stage.CHECK_STARTED, Stage.CHECK_ENDED)]
+    assert printed.index("sending") < printed.index("on_tester")
+    assert "+previous" in text and "since stored" in text and f"job {job.id}: so/1-hello/tim/" in text
+    assert status.main(["--url", daemon.url, "--job", job.id, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    graded = [r for r in data["stages"] if r["stage"] == "graded"]
+    assert len(graded) == 1 and graded[0]["clock"] == "storer" and graded[0]["at"] > now   # the storer's own
+    assert status.main(["--url", daemon.url, "--job", "20260101T000000-0123456789abcdef"]) == 4
+    assert "knows no job" in capsys.readouterr().err
+
+
+def test_results_pulled_without_a_notification_take_the_executors_stages_from_result_json(setup):
+    daemon, course, done = setup
+    job, _sub = _running_job(daemon, course, "quiet")
+    start = daemon.journal.get(job.id).sent + 0.01
+    (done / job.id).mkdir()
+    (done / job.id / "result.json").write_text(_account(timeline=_tester_timeline(start)))
+    lander = daemon.daemon.landing   # what the daemon does when it finds the results itself
+    assert lander.accept(daemon.daemon.courses.get("so"), job.id, "t1", "done", ["result.json"], 0.1) == "landed"
+    stages = [m.stage.value for m in daemon.journal.stages([job.id])[job.id]]
+    assert set(_tester_timeline(start)) <= set(stages) and "notify_received" not in stages
+    assert stages[-2:] == ["results_fetched", "graded"]

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from vmchecker.contract import JOB_ID_RE, JobState
+from vmchecker.contract import JOB_ID_RE, JobState, Stage
 from vmchecker.errors import JobStateError, NotFound, VmcheckerError
+from vmchecker.storer import timeline
 from vmchecker.storer.journal import Journal, check_key
+from vmchecker.storer.journal_schema import SCHEMA_VERSION
 from vmchecker.storer.scheduler import Estimate
 
 
@@ -302,7 +304,67 @@ def test_a_version_2_journal_is_migrated_with_its_sent_jobs_in_doubt(tmp_path: P
     db.commit()
     db.close()
     with Journal(path) as j:
-        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert [job.id for job in j.in_doubt()] == [sent.id]
         assert j.get(queued.id).state is JobState.QUEUED
         assert j.confirm_sent(sent.id, now=1020.0).confirmed == 1020.0
+
+
+# The jobs table exactly as version 3 of the file had it, with no stages table.
+VERSION_3 = """
+CREATE TABLE jobs (id TEXT PRIMARY KEY, key TEXT NOT NULL, course TEXT NOT NULL, assignment TEXT NOT NULL,
+    account TEXT NOT NULL, submission TEXT NOT NULL, machine TEXT NOT NULL, tester TEXT, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, sent REAL, finished REAL, deadline REAL,
+    reasons TEXT NOT NULL DEFAULT '[]', failed_on TEXT NOT NULL DEFAULT '[]', last_error TEXT NOT NULL DEFAULT '',
+    retry_at REAL, confirmed REAL);
+CREATE INDEX jobs_state ON jobs (state, created);
+CREATE TABLE estimates (course TEXT NOT NULL, tester TEXT NOT NULL, assignment TEXT NOT NULL, mean REAL NOT NULL,
+    count INTEGER NOT NULL, measured REAL, measured_count INTEGER NOT NULL DEFAULT 0, penalised_at REAL,
+    updated REAL NOT NULL, PRIMARY KEY (course, tester, assignment));
+INSERT INTO jobs (id, key, course, assignment, account, submission, machine, tester, state, created, sent,
+    finished, confirmed) VALUES
+    ('old-done', 'k1', 'so', '1-hello', 'ann', '2026.02.20 10.00.00', 'linux', 't1', 'done', 1000, 1001, 1005, 1002),
+    ('old-queued', 'k2', 'so', '1-hello', 'bob', '2026.02.20 10.00.00', 'linux', NULL, 'queued', 1010, NULL, NULL,
+     NULL);
+INSERT INTO estimates VALUES ('so', 't1', '1-hello', 4.0, 1, NULL, 0, NULL, 1005);
+PRAGMA user_version=3;
+"""
+
+
+def test_a_version_3_journal_keeps_its_rows_and_gains_timelines(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    db = sqlite3.connect(path)
+    db.executescript(VERSION_3)
+    db.close()
+    with Journal(path) as j:
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        done, queued = j.get("old-done"), j.get("old-queued")
+        assert (done.state, done.tester, done.confirmed, done.finished) == (JobState.DONE, "t1", 1002, 1005)
+        assert queued.state is JobState.QUEUED and j.load_estimates("so")[("t1", "1-hello")].mean == 4.0
+        assert j.stages(["old-done", "old-queued"]) == {}
+        # an old job's timeline is what its own columns hold
+        old = timeline.build(done, [])
+        assert [(r["stage"], r["at"]) for r in old["stages"]] == [("queued", 1000), ("sending", 1001),
+                                                                   ("on_tester", 1002), ("graded", 1005)]
+        # the old queued job moves on with its stages recorded
+        j.mark_sent("old-queued", "t1", deadline=2000.0, now=1020.0, dispatched=1019.0)
+        j.confirm_sent("old-queued", now=1021.0)
+        j.mark_done("old-queued", now=1030.0, stages={Stage.GRADED: 1030.0})
+        assert [(m.stage, m.at) for m in j.stages(["old-queued"])["old-queued"]] == [
+            (Stage.DISPATCHED, 1019.0), (Stage.SENDING, 1020.0), (Stage.ON_TESTER, 1021.0), (Stage.GRADED, 1030.0)]
+    with Journal(path) as j:   # opening the migrated file again changes nothing
+        assert len(j.stages(["old-queued"])["old-queued"]) == 4 and j.get("old-done").state is JobState.DONE
+
+
+def test_transitions_record_the_stages_of_each_attempt(journal: Journal) -> None:
+    job = journal.enqueue("so", "1-hello", "bob", "2026.02.20 10.00.00", "linux", now=1000.0, stored=999.5)
+    journal.mark_sent(job.id, "t1", deadline=1300.0, now=1002.0, dispatched=1001.0)
+    journal.record_failure(job.id, "tester down", max_attempts=3, now=1003.0)
+    journal.mark_sent(job.id, "t2", deadline=1300.0, now=1005.0, dispatched=1004.0)
+    journal.confirm_sent(job.id, now=1006.0)
+    journal.confirm_sent(job.id, now=1007.0)   # a second confirmation records nothing new
+    journal.mark_done(job.id, now=1010.0, stages={Stage.RUN_ENDED: 1008.0, Stage.GRADED: 1010.0})
+    marks = [(m.attempt, m.stage.value, m.at) for m in journal.stages([job.id, "no-such-job"])[job.id]]
+    assert marks == [(0, "stored", 999.5), (0, "queued", 1000.0), (0, "dispatched", 1001.0), (0, "sending", 1002.0),
+                     (1, "dispatched", 1004.0), (1, "sending", 1005.0), (1, "on_tester", 1006.0),
+                     (1, "run_ended", 1008.0), (1, "graded", 1010.0)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmchecker import config, confparse, rpc
-from vmchecker.contract import RESULT_JSON, JobState, ResultStatus, SubmissionStatus
+from vmchecker.contract import RESULT_JSON, JobState, ResultStatus, Stage, SubmissionStatus
 from vmchecker.errors import (
     CallRefused,
     ConfigError,
@@ -32,7 +32,7 @@ from vmchecker.errors import (
 from vmchecker.queueing import SUBMIT_ONLY, never_tested
 from vmchecker.repo import Repository, check_account
 from vmchecker.service import Service
-from vmchecker.storer import in_doubt, landing, outcomes
+from vmchecker.storer import in_doubt, landing, outcomes, timeline
 from vmchecker.storer.courses import Course, Courses, resolve_addresses, with_daemon_address
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, Journal, check_key
@@ -92,6 +92,7 @@ class StorerDaemon(Service):
         self.server.register(rpc.STATUS, self.status, self.is_local_caller)
         self.server.register(rpc.NOTIFY, self.notify, anyone)  # checks the caller per job
         self.server.register(rpc.TESTER_BACK, self.tester_back, anyone)  # checks the caller per tester
+        self.server.register(rpc.TIMELINES, self.timelines, self.is_local_caller)
         self._queue_lock = threading.Lock()
 
     def is_local_caller(self, address: str) -> bool:
@@ -247,7 +248,7 @@ class StorerDaemon(Service):
                 raise CallRefused(f"{course_id}/{assignment}/{account}/{sub.name} is already {status}:"
                               " recheck it (vmchecker-resubmit) to test it again")
             job = self.journal.enqueue(course_id, assignment, account, sub.name,
-                                       course.config.assignment(assignment).machine)
+                                       course.config.assignment(assignment).machine, stored=timeline.stored_at(sub))
         # Outside the lock, so calls for other submissions proceed meanwhile; a second
         # call for this one finds the queued job above.
         outcomes.set_status(course, job, SubmissionStatus.QUEUED, (SubmissionStatus.SAVED,), claim=True, tester="")
@@ -258,6 +259,7 @@ class StorerDaemon(Service):
 
     def notify(self, caller: str, job_id: Any, key: Any, status: Any, files: Any, stats: Any) -> bool:
         """A tester says a job's results are in its ``done/<job_id>/``: pull them."""
+        received = time.time()
         try:
             request = rpc.NotifyRequest.validate(job_id, key, status, files, stats)
         except RpcError as exc:
@@ -281,7 +283,8 @@ class StorerDaemon(Service):
             raise CallRefused(f"notify for job {job.id}: a {request.status} notify must name {RESULT_JSON}")
         try:
             self.landing.accept(course, job.id, job.tester or "", request.status, request.files,
-                                landing.evaluation_seconds(request.stats))
+                                landing.evaluation_seconds(request.stats),
+                                stages={**timeline.from_stats(request.stats), Stage.NOTIFY_RECEIVED: received})
         except JobStateError as exc:
             raise CallRefused(exc.message) from None
         except ResultRefused as exc:
@@ -290,6 +293,17 @@ class StorerDaemon(Service):
             log.warning("job %s: could not pull results from %s: %s", job.id, job.tester, exc.message)
             raise TryLater(f"could not pull the results yet: {exc.message}") from None
         return True
+
+    # ------------------------------------------------------------------ timelines
+
+    def timelines(self, caller: str, job_ids: Any) -> dict[str, Any]:
+        """When each stage of each job of ``job_ids`` happened (``vmchecker-status --job``,
+        the web's grader view); jobs the journal does not know are left out."""
+        try:
+            ids = rpc.check_job_ids(job_ids)
+        except RpcError as exc:
+            raise CallRefused(f"bad timelines: {exc.message}") from None
+        return timeline.answer(self.journal, ids)
 
     # ------------------------------------------------------------------ a tester is back
 

@@ -108,6 +108,7 @@ class Dispatcher:
         except VmcheckerError as exc:
             self._give_up(job, exc.message)
             return 0
+        decided = time.time()   # the timeline's "dispatched"
         with reservation:
             try:
                 path = self._build(course, job, reservation.tester)
@@ -118,7 +119,7 @@ class Dispatcher:
                 self._give_up(job, f"cannot build the bundle: {exc}")
                 return 0
             try:
-                return self._send(course, job, reservation, path)
+                return self._send(course, job, reservation, path, decided)
             finally:
                 path.unlink(missing_ok=True)
 
@@ -131,7 +132,7 @@ class Dispatcher:
         outcomes.submission_of(course, job)
         return course, course.scheduler.reserve(job.id, job.assignment, job.machine, exclude=job.failed_on)
 
-    def _send(self, course: Course, job: Job, reservation: Reservation, path: Path) -> int:
+    def _send(self, course: Course, job: Job, reservation: Reservation, path: Path, decided: float) -> int:
         """Journal the job ``sent``, then upload the bundle; 1 if it went out.
 
         The reservation is committed as soon as the journal holds the job as sent: from
@@ -140,12 +141,12 @@ class Dispatcher:
         with self._sending_lock:
             self._sending.add(job.id)
         try:
-            return self._upload(course, job, reservation, path)
+            return self._upload(course, job, reservation, path, decided)
         finally:
             with self._sending_lock:
                 self._sending.discard(job.id)
 
-    def _upload(self, course: Course, job: Job, reservation: Reservation, path: Path) -> int:
+    def _upload(self, course: Course, job: Job, reservation: Reservation, path: Path, decided: float) -> int:
         tester = reservation.tester
         try:
             # Running before the upload: a fast tester's results must land after it.
@@ -153,7 +154,7 @@ class Dispatcher:
                                        (SubmissionStatus.QUEUED, SubmissionStatus.RUNNING), tester=tester):
                 self._give_up(job, "the submission no longer waits for this job (rechecked or graded since)")
                 return 0
-            job = self.journal.mark_sent(job.id, tester, reservation.deadline)
+            job = self.journal.mark_sent(job.id, tester, reservation.deadline, dispatched=decided)
         except JobStateError:
             return 0  # someone else moved it meanwhile
         except VmcheckerError as exc:  # the submission vanished before the upload

@@ -37,6 +37,12 @@ would be opened and leaked per call; SQLite admits one writer at a time anyway.
 Writes use ``BEGIN IMMEDIATE`` and a busy timeout so another process holding the
 file (a second reader such as a backup) delays a write instead of failing it.
 
+Timeline: the transitions also record when each :class:`~vmchecker.contract.Stage` of
+the job happened (stored and queued, dispatched and sending, on the tester, and at
+``mark_done`` the tester's stages with the landing's), in the same transaction, so a
+timeline costs no extra write on the job's path. :meth:`Journal.stages` reads them back;
+:mod:`vmchecker.storer.timeline` puts them on one clock.
+
 The file itself (tables, version, migrations, WAL and ``synchronous=FULL``) is
 :mod:`vmchecker.storer.journal_schema`.
 """
@@ -50,13 +56,13 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmchecker.contract import JobState
+from vmchecker.contract import JobState, Stage
 from vmchecker.errors import JobStateError, NotFound, VmcheckerError
 from vmchecker.storer.journal_schema import connect, migrate
 from vmchecker.storer.scheduler import Estimate
@@ -66,6 +72,7 @@ log = logging.getLogger(__name__)
 KEY_BYTES = 32  # secrets.token_urlsafe(32): 256 bits, 43 characters
 
 ACTIVE = (JobState.QUEUED, JobState.SENT)
+_STAGE_NAMES = frozenset(stage.value for stage in Stage)
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,17 @@ class Job:
         values["reasons"] = tuple(json.loads(values["reasons"]))
         values["failed_on"] = tuple(json.loads(values["failed_on"]))
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class StageMark:
+    """When one stage of a job happened: ``at`` is seconds since the epoch on the clock of
+    the machine where it happened (the tester's for :data:`~vmchecker.contract.TESTER_STAGES`);
+    ``attempt`` is how many attempts had failed before (0 for the first)."""
+
+    stage: Stage
+    at: float
+    attempt: int
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -170,6 +188,15 @@ class Journal:
         return Job.from_row(row)
 
     @staticmethod
+    def _record(db: sqlite3.Connection, job: Job, stages: Mapping[Stage, float | None]) -> None:
+        """Record the stages of the job's current attempt (a stage recorded again replaces
+        the earlier time: a second notify, a send after one left in doubt)."""
+        db.executemany(
+            "INSERT OR REPLACE INTO stages (job_id, attempt, stage, at) VALUES (?, ?, ?, ?)",
+            [(job.id, job.attempts, Stage(stage).value, at) for stage, at in stages.items() if at is not None],
+        )
+
+    @staticmethod
     def _expect(job: Job, states: tuple[JobState, ...], action: str) -> None:
         if job.state not in states:
             allowed = " or ".join(s.value for s in states)
@@ -178,9 +205,11 @@ class Journal:
     # ------------------------------------------------------------------ transitions
 
     def enqueue(
-        self, course: str, assignment: str, account: str, submission: str, machine: str, *, now: float | None = None
+        self, course: str, assignment: str, account: str, submission: str, machine: str, *, now: float | None = None,
+        stored: float | None = None,
     ) -> Job:
-        """Journal a new job as ``queued`` (durable when this returns) and return it."""
+        """Journal a new job as ``queued`` (durable when this returns) and return it.
+        ``stored``: when its submission was stored (the timeline's first stage)."""
         now = time.time() if now is None else now
         job_id, key = new_job_id(now), new_key()
         with self._write() as db:
@@ -190,13 +219,15 @@ class Journal:
                 (job_id, key, course, assignment, account, submission, machine, JobState.QUEUED.value, now),
             )
             job = self._fetch(db, job_id)
+            self._record(db, job, {Stage.STORED: stored, Stage.QUEUED: now})
         log.info("job %s queued: %s/%s/%s/%s", job_id, course, assignment, account, submission)
         return job
 
-    def mark_sent(self, job_id: str, tester: str, deadline: float, *, now: float | None = None) -> Job:
+    def mark_sent(self, job_id: str, tester: str, deadline: float, *, now: float | None = None,
+                  dispatched: float | None = None) -> Job:
         """queued -> sent to ``tester``, in doubt until :meth:`confirm_sent`; a ``notify`` is
         expected before ``deadline``. Journaled before the upload, so a notify never
-        finds the job still queued."""
+        finds the job still queued. ``dispatched``: when the scheduler chose the tester."""
         now = time.time() if now is None else now
         with self._write() as db:
             self._expect(self._fetch(db, job_id), (JobState.QUEUED,), "send")
@@ -205,6 +236,7 @@ class Journal:
                 (JobState.SENT.value, tester, now, deadline, job_id),
             )
             job = self._fetch(db, job_id)
+            self._record(db, job, {Stage.DISPATCHED: dispatched, Stage.SENDING: now})
         log.info("job %s sent to %s (attempt %d), notify due by %.0f", job_id, tester, job.attempts + 1, deadline)
         return job
 
@@ -218,6 +250,7 @@ class Journal:
             if job.confirmed is None:
                 db.execute("UPDATE jobs SET confirmed = ? WHERE id = ?", (now, job_id))
                 job = self._fetch(db, job_id)
+                self._record(db, job, {Stage.ON_TESTER: now})
         log.info("job %s is on %s", job_id, job.tester)
         return job
 
@@ -269,9 +302,11 @@ class Journal:
         log.warning("job %s %s: %s", job_id, "failed for good" if state is JobState.ERROR else "will be resent", text)
         return job
 
-    def mark_done(self, job_id: str, *, tester: str | None = None, now: float | None = None) -> Job:
+    def mark_done(self, job_id: str, *, tester: str | None = None, now: float | None = None,
+                  stages: Mapping[Stage, float] | None = None) -> Job:
         """sent -> done. With ``tester``, refuse unless the job was sent to that
-        tester (a late ``notify`` from a tester that already lost the job)."""
+        tester (a late ``notify`` from a tester that already lost the job). ``stages``: the
+        tester's and the landing's moments of this attempt, recorded with it."""
         now = time.time() if now is None else now
         with self._write() as db:
             job = self._fetch(db, job_id)
@@ -283,6 +318,7 @@ class Journal:
                 (JobState.DONE.value, now, job_id),
             )
             job = self._fetch(db, job_id)
+            self._record(db, job, stages or {})
         log.info("job %s done on %s", job_id, job.tester)
         return job
 
@@ -330,6 +366,19 @@ class Journal:
             sql += " LIMIT ?"
             params += (limit,)
         return [Job.from_row(r) for r in self._read(sql, params)]
+
+    def stages(self, job_ids: list[str]) -> dict[str, list[StageMark]]:
+        """The recorded stages of each job in ``job_ids`` (those with none are absent), by
+        attempt and time as recorded; names this code does not know are left out."""
+        found: dict[str, list[StageMark]] = {}
+        for start in range(0, len(job_ids), 500):   # SQLite's limit on parameters
+            chunk = job_ids[start:start + 500]
+            rows = self._read(f"SELECT * FROM stages WHERE job_id IN ({','.join('?' * len(chunk))})"
+                              " ORDER BY job_id, attempt, at", tuple(chunk))
+            for row in rows:
+                if row["stage"] in _STAGE_NAMES:
+                    found.setdefault(row["job_id"], []).append(StageMark(Stage(row["stage"]), row["at"], row["attempt"]))
+        return found
 
     def next_retry(self) -> float | None:
         """When the earliest queued job waiting out a retry delay falls due."""

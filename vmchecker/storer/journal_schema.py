@@ -9,10 +9,12 @@ Durability: ``synchronous=FULL``. In WAL mode ``NORMAL`` may lose the last commi
 on a power cut, and a job whose id the caller already received must not vanish
 ("nothing is lost"); FULL costs one fsync per transition.
 
-Migrations add columns only, so a file of any older version opens: version 1 gains
-``retry_at``; version 2 gains ``confirmed`` with every ``sent`` job in doubt, which is
-the safe reading: the next start looks. A file newer than this code is refused rather
-than written with a schema it does not know.
+Migrations add columns and tables only, so a file of any older version opens: version 1
+gains ``retry_at``; version 2 gains ``confirmed`` with every ``sent`` job in doubt, which
+is the safe reading: the next start looks; version 3 gains the ``stages`` table (a job's
+timeline: when each :class:`~vmchecker.contract.Stage` happened, per attempt), empty for
+the jobs it had, whose timeline is then read from their own columns. A file newer than
+this code is refused rather than written with a schema it does not know.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from vmchecker.errors import VmcheckerError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -61,6 +63,13 @@ CREATE TABLE IF NOT EXISTS estimates (
     updated     REAL NOT NULL,
     PRIMARY KEY (course, tester, assignment)
 );
+CREATE TABLE IF NOT EXISTS stages (
+    job_id      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    stage       TEXT NOT NULL,
+    at          REAL NOT NULL,
+    PRIMARY KEY (job_id, attempt, stage)
+) WITHOUT ROWID;
 """
 
 

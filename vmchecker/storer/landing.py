@@ -15,15 +15,16 @@ import logging
 import posixpath
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmchecker.contract import VMCHECKER_STDERR, JobState, ResultStatus
+from vmchecker.contract import RESULT_JSON, TESTER_STAGES, VMCHECKER_STDERR, JobState, ResultStatus, Stage
 from vmchecker.errors import JobStateError, NotFound, ResultRefused
-from vmchecker.storer import outcomes
+from vmchecker.storer import outcomes, timeline
 from vmchecker.storer.courses import Course, tester_done_dir
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Journal
@@ -64,7 +65,7 @@ class Landing:
                     del self._locks[job_id]
 
     def accept(self, course: Course, job_id: str, tester: str, status: str, files: Sequence[str],
-               seconds: float) -> str:
+               seconds: float, stages: Mapping[Stage, float] | None = None) -> str:
         """Job ``job_id``, sent to ``tester``, ended with ``status``; its ``files`` are in the
         tester's ``done/<job_id>/``. ``landed``: pulled into the submission and journaled
         done; ``already done``: another landing did it; ``failed``: the tester reported an
@@ -72,7 +73,12 @@ class Landing:
 
         JobStateError when the job no longer waits for this tester's results; ResultRefused
         when the tester sent something it may not (a failed attempt too); another
-        VmcheckerError (the files could not be pulled now) leaves the job as it was."""
+        VmcheckerError (the files could not be pulled now) leaves the job as it was.
+
+        ``stages``: the moments the tester's notification carried (and when it arrived),
+        journaled with the landing's own (results fetched, graded) when the job is done;
+        without them, the executor's come from the ``result.json`` pulled."""
+        stages = dict(stages or {})
         with self._held(job_id):
             job = self.journal.get(job_id)
             if job.state is JobState.DONE and job.tester == tester:
@@ -92,12 +98,22 @@ class Landing:
                     reason = _tester_reason(link, remote, files)
                     self.dispatcher.fail(job, f"the tester reported an error: {reason}", tester)
                     return FAILED
-                outcomes.land_results(course, job, lambda dest: link.fetch_results(remote, files, dest))
+                def fetch(dest: Path) -> None:
+                    link.fetch_results(remote, files, dest)
+                    stages[Stage.RESULTS_FETCHED] = time.time()
+
+                def graded() -> None:
+                    stages[Stage.GRADED] = time.time()
+
+                sub = outcomes.land_results(course, job, fetch, graded)
+                if sub is not None:
+                    if not any(stage in TESTER_STAGES for stage in stages):
+                        stages.update(timeline.from_result(outcomes.read_result(sub.results_dir / RESULT_JSON)))
             except ResultRefused as exc:  # the tester misbehaved: a failure of it, not of the network
                 self.dispatcher.fail(job, exc.message, tester)
                 raise
             try:
-                self.journal.mark_done(job.id, tester=tester)
+                self.journal.mark_done(job.id, tester=tester, stages=stages)
             except JobStateError:
                 return ALREADY   # the deadline's sweep gave it up meanwhile
             course.scheduler.on_finished(tester, job.id, job.assignment, seconds)

@@ -73,7 +73,8 @@ def set_status(course: Course, job: Job, status: SubmissionStatus, expect: tuple
     return True
 
 
-def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> Submission | None:
+def land_results(course: Course, job: Job, fetch: Callable[[Path], object],
+                 on_graded: Callable[[], object] | None = None) -> Submission | None:
     """Pull a job's result files into the submission's ``results/``, write its final
     ``grade.vmr`` and update grades.
 
@@ -82,7 +83,8 @@ def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> S
     lock, and only if the submission still waits for this job (a recheck since the
     job was sent has cleared its job id: then the results are dropped and None returned).
     The tester's ``grade.vmr`` holds only the tests' lines: it is weighed with its
-    ``result.json``, never moved in as the grade."""
+    ``result.json``, never moved in as the grade. ``on_graded`` is called as soon as the
+    final ``grade.vmr`` is durable (the job's timeline: graded)."""
     assignment = course.config.assignment(job.assignment)
     machine = course.config.machines.get(assignment.machine)
     incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{job.id}-", dir=submission_of(course, job).path))
@@ -99,6 +101,8 @@ def land_results(course: Course, job: Job, fetch: Callable[[Path], object]) -> S
                 os.replace(path, sub.results_dir / path.name)
             fsutil.write_atomic(sub.results_dir / GRADE_VMR, verdict.text)
             fsutil.fsync_dir(sub.results_dir)
+            if on_graded is not None:
+                on_graded()
         if verdict.reason:
             log.info("job %s: %s scores points_on_failure: %s", job.id, sub.path.name, verdict.reason)
     finally:
