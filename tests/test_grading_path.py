@@ -32,7 +32,7 @@ from tests.executor import grading_cases as cases
 from tests.lab import lxc_unusable, sshd
 from tests.util import free_port, make_zip, stop_process, wait_for, wait_for_port, write_course
 from vmchecker import config
-from vmchecker.contract import GRADE_VMR
+from vmchecker.contract import GRADE_VMR, Stage
 from vmchecker.repo import Repository, Submission
 
 pytestmark = [pytest.mark.lxc, pytest.mark.sshd]
@@ -181,6 +181,25 @@ def test_correct_program_gets_full_points(system):
     assert "PASS: hello printed the expected line" in (sub.results_dir / "run-stdout.vmr").read_text()
     row = system.grades()["correct"]
     assert (row["status"], row["grade"], row["reason"]) == ("done", "10", "")
+
+
+def test_vmchecker_status_shows_every_stage_of_the_job_in_order(system):
+    """The job's timeline as a grader reads it, after a real run: every stage from the
+    storer's, the tester's and the executor's side, in time order, on the storer's clock."""
+    sub = system.graded("correct")
+    out = subprocess.run([sys.executable, "-m", "vmchecker.cli.status", "--job", sub.info.job_id],
+                         env=system.env, capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith(f"job {sub.info.job_id}: so/1-hello/{system.accounts['correct']}/")
+    assert lines[1].split() == ["stage", "clock", "time", "+previous", "since", "stored"]
+    printed = [line.split()[0] for line in lines[2:] if not line.startswith("note:")]
+    # on_tester is journaled once the rename returned: the tester may have seen the bundle first
+    expected = [s.value for s in Stage if s not in (Stage.ON_TESTER, Stage.CHECK_STARTED, Stage.CHECK_ENDED)]
+    assert [s for s in printed if s != Stage.ON_TESTER] == expected, out
+    assert printed.index(Stage.SENDING) < printed.index(Stage.ON_TESTER), out
+    since_stored = [float(line.split()[-1]) for line in lines[2:2 + len(printed)]]
+    assert since_stored[0] == 0 and since_stored == sorted(since_stored), out
+    assert "both clocks are shown as recorded" in out   # one machine: one clock
 
 
 def test_compile_error_gets_nothing_with_the_reason(system):
