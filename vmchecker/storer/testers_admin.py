@@ -40,6 +40,7 @@ from vmchecker import config
 from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import ConfigError, TransportError, VmcheckerError
 from vmchecker.fsutil import locked, write_atomic
+from vmchecker.storer.ssh_keys import load_private_key
 from vmchecker.storer.transport import CONNECT_TIMEOUT, TesterLink, fetch_host_key, known_hosts_entry
 from vmchecker.tester_config import TesterSettings, parse_identity
 
@@ -66,7 +67,7 @@ def ensure_course_key(key_path: Path, comment: str) -> str:
         write_atomic(key_path.with_name(key_path.name + ".pub"), f"{public} {comment}\n")
         log.info("generated the course key %s", key_path)
     try:
-        key = paramiko.PKey.from_path(key_path)
+        key = load_private_key(key_path)
     except (paramiko.SSHException, OSError, ValueError) as exc:
         raise VmcheckerError(f"cannot read the course's private key {key_path}: {exc}") from None
     return f"{key.get_name()} {key.get_base64()} {comment}"

@@ -58,6 +58,7 @@ from vmchecker.storer.ssh_failures import (
     known_hosts_error,
     queue_error,
 )
+from vmchecker.storer.ssh_keys import load_private_key
 from vmchecker.tester_config import identity_disagreement
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class TesterLink:
 
     def _load_key(self) -> paramiko.PKey:
         try:
-            return paramiko.PKey.from_path(self.key_file)
+            return load_private_key(self.key_file)
         except (paramiko.SSHException, OSError, ValueError) as exc:
             raise key_error(exc, self.where, self.key_file) from None
 

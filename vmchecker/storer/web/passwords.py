@@ -39,7 +39,8 @@ def verify_hash(stored: str, password: str) -> bool:
             return _hasher.verify(stored, password)
         if stored.startswith(("$2a$", "$2b$", "$2y$")):
             return bcrypt.checkpw(password.encode("utf-8")[:72], stored.encode("ascii"))
-    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError, ValueError):
+    # InvalidHash: InvalidHashError's older name, the only one Debian 12's argon2-cffi (21.1) has.
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHash, ValueError):
         return False
     log.warning("unsupported password hash format %r...", stored[:8])
     return False
