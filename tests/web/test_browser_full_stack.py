@@ -3,7 +3,8 @@
 Nothing stands in: ``vmchecker-web`` (waitress), the storer daemon, a real sshd on
 loopback for the storer's SFTP, a queue manager and LXC guests from the base
 container. A student logs in with Chromium, uploads a real archive, watches the status
-move as the system grades it, and reads the build output, the run output and the grade.
+move as the system grades it, and reads the build output, the run output and the grade;
+the course's admin then reads the job's timeline there, which the student never sees.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.lab import lxc_unusable, skip_unless_lab, sshd
 from tests.util import free_port, make_zip, stop_process, wait_for
 from tests.web.helpers import HELLO, PASSWORDS, WebServer, open_course, write_users
 from tests.web.test_browser import log_in, page, shot  # noqa: F401  (page is a fixture)
+from vmchecker.contract import Stage
 
 BASE = "vmchecker-base"
 pytestmark = [pytest.mark.browser, pytest.mark.lxc, pytest.mark.sshd]
@@ -107,3 +109,15 @@ def test_student_sees_a_real_grading(system, page, tmp_path: Path) -> None:  # n
     assert "PASS: hello" in page.inner_text("pre.vmr[data-name='run-stdout.vmr']")
     assert page.inner_text("#submission-1 .grade") == "10 / 10"
     shot(page, "09-graded-for-real")
+    assert page.query_selector("details.timeline") is None   # the timeline is the graders'
+
+    page.context.clear_cookies()   # the course's admin now reads the same submission
+    log_in(page, url, "alice", PASSWORDS["alice"])
+    page.wait_for_url(f"{url}/courses")
+    page.goto(f"{url}/courses/so/assignments/1-hello/accounts/student")
+    page.click("#submission-1 details.timeline summary")
+    stages = [row.get_attribute("data-stage") for row in page.query_selector_all("#submission-1 table.timeline tr[data-stage]")]
+    expected = [s.value for s in Stage if s not in (Stage.ON_TESTER, Stage.CHECK_STARTED, Stage.CHECK_ENDED)]
+    assert [s for s in stages if s != Stage.ON_TESTER] == expected and Stage.ON_TESTER in stages, stages
+    assert "grade written" in page.inner_text("#submission-1 table.timeline")
+    shot(page, "10-timeline-for-graders")

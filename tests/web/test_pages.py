@@ -24,7 +24,8 @@ from vmchecker.assignments import Assignment
 from vmchecker.contract import SUBMISSION_CONFIG, JobState, SubmissionStatus
 from vmchecker.repo import Repository
 from vmchecker.storer.web import create_app
-from vmchecker.storer.web.jobs import QueueInfo, parse_status
+from vmchecker.storer.web import jobs as jobs_module
+from vmchecker.storer.web.jobs import QueueInfo, parse_status, parse_timelines
 from vmchecker.storer.web.model import VMR_CAP, penalty_rules
 from vmchecker.submit import submit
 
@@ -129,6 +130,50 @@ def test_upload_is_queued_and_shows_position_and_estimate(tmp_path: Path, users:
     assert "Being tested on <strong>t1</strong>" in body and "Position in the queue" not in body
     estimate = daemon.daemon.courses.get("so").scheduler.estimate("t1", "1-hello")
     assert _shown_finish(body) == dt.datetime.fromtimestamp(int(sent_at + estimate))
+
+
+def test_a_grader_sees_the_jobs_timeline_and_a_student_does_not(tmp_path: Path, users: Path,
+                                                                daemon: RunningDaemon) -> None:
+    """The timeline comes from the real daemon's journal: a grader reads it on the
+    submission's page and in the API, the student who uploaded sees neither."""
+    app = create_app(tmp_path / "up" / "global.yaml", users, secret_key="k" * 32)
+    student = app.test_client()
+    assert login(student, "student").status_code == 302
+    assert "It is queued for testing" in text(upload(student, zip_bytes(HELLO)))
+    assert "timeline" not in text(student.get(PAGE)).lower()
+    (own,) = student.get("/api/courses/so/assignments/1-hello/results").get_json()["submissions"]
+    assert own["timeline"] is None
+    grader = app.test_client()
+    assert login(grader, "alice").status_code == 302
+    body = text(grader.get(f"{PAGE}/accounts/student"))
+    assert 'data-stage="stored"' in body and 'data-stage="queued"' in body and "graders only" in body
+    assert body.index("upload stored") < body.index("queued</td>")
+    (seen,) = grader.get("/api/courses/so/assignments/1-hello/results?account=student").get_json()["submissions"]
+    assert [r["stage"] for r in seen["timeline"]["stages"]] == ["stored", "queued"]
+
+
+def test_timeline_answers_are_read_defensively_and_shown_escaped(admin: FlaskClient, web_course: config.CourseConfig,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    row = {"stage": "stored", "clock": "storer", "at": 1.7e9, "since_previous_s": 0.0, "since_stored_s": 0.0}
+    answer = {"j-1": {"stages": [row, "junk", {**row, "stage": "<script>alert(1)</script>"},
+                                 {**row, "stage": "queued", "at": "soon"},
+                                 {**row, "stage": "guest_ready", "clock": "tester", "since_previous_s": 0.25,
+                                  "since_stored_s": 0.25, "estimated": True, "attempt": 1}],
+                      "notes": ["<b>clocks</b> differ", 5]},
+              "j-2": "junk", 7: {"stages": []}}
+    views = parse_timelines(answer)
+    assert list(views) == ["j-1"]
+    assert [(r.stage, r.label, r.since_previous) for r in views["j-1"].stages] == [
+        ("stored", "upload stored", ""), ("guest_ready", "guest ready (attempt 2)", "~+0.250 s")]
+    assert views["j-1"].notes == ["<b>clocks</b> differ"] and parse_timelines(["x"]) == {}
+    sub = submit(web_course, "1-hello", "student", zip_bytes(HELLO)).update_info(job_id="j-1")
+    asked = []
+    monkeypatch.setattr(jobs_module, "daemon_timelines",
+                        lambda course, ids, timeout: asked.append(ids) or parse_timelines(answer))
+    body = text(admin.get(f"{PAGE}/accounts/student"))
+    assert asked == [[sub.info.job_id]]
+    assert "&lt;b&gt;clocks&lt;/b&gt; differ" in body and "<b>clocks</b>" not in body
+    assert "<script>alert" not in body and 'data-stage="guest_ready"' in body
 
 
 def test_status_answers_are_read_defensively() -> None:

@@ -113,7 +113,8 @@ def results(course_id: str, assignment_id: str):
     course = context.course_or_404(course_id)
     task = context.assignment_or_404(course, assignment_id)
     account = context.account_or_403(course, request.args.get("account", g.user))
-    subs = model.submissions(course, task, account, g.user, context.queue_jobs(course), context.now())
+    subs = model.submissions(course, task, account, g.user, context.queue_jobs(course), context.now(),
+                             context.timelines(course))
     return jsonify(course=course.id, assignment=task.id, account=account, submissions=plain(subs))
 
 

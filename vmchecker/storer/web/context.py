@@ -93,3 +93,9 @@ def admin_or_403(course: CourseConfig) -> None:
 
 def queue_jobs(course: CourseConfig) -> dict[jobs.JobKey, jobs.QueueInfo] | None:
     return jobs.daemon_jobs(course, settings().daemon_timeout)
+
+
+def timelines(course: CourseConfig) -> model.Timelines:
+    """How the pages ask the daemon for the timelines of a course's jobs."""
+    timeout = settings().daemon_timeout
+    return lambda job_ids: jobs.daemon_timelines(course, job_ids, timeout)

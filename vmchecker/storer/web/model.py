@@ -9,13 +9,17 @@ Access rules live here too, so the pages and the API cannot disagree:
 * a course admin (``course.admins``) sees hidden assignments, everyone's submissions
   and grades, and may recheck;
 * ``course.public_results`` lets every student of the course see the grades table
-  (grades only: another student's results and sources stay private).
+  (grades only: another student's results and sources stay private);
+* a submission's timeline (when each stage of its job happened, on which machine's clock)
+  is shown to the course's admins only: it names testers and tells how the service is
+  doing, which is the staff's business; a student sees the status and the results.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,12 +31,13 @@ from vmchecker.confparse import format_datetime
 from vmchecker.contract import GRADE_VMR, SubmissionStatus
 from vmchecker.course_access import GroupCheck
 from vmchecker.repo import Repository, Submission
-from vmchecker.storer.web.jobs import JobKey, QueueInfo
+from vmchecker.storer.web.jobs import JobKey, QueueInfo, TimelineView
 
 log = logging.getLogger(__name__)
 
 VMR_CAP = 64 * 1024  # bytes of one .vmr shown; the rest is cut with a visible marker
 WAITING = (SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUNNING)
+Timelines = Callable[[list[str]], dict[str, TimelineView]]   # job ids -> their timelines (the daemon's)
 
 
 # --------------------------------------------------------------------------- access
@@ -156,6 +161,7 @@ class SubmissionView:
     breakdown: list[tuple[str, str]] = field(default_factory=list)
     grade_hidden: bool = False     # graded, but not shown before the deadline
     current: bool = False
+    timeline: TimelineView | None = None   # admins only: when each stage of its job happened
 
 
 def read_vmr(path: Path, cap: int = VMR_CAP) -> tuple[str, int, bool]:
@@ -183,7 +189,8 @@ def results(sub: Submission, task: Assignment, admin: bool) -> list[Vmr]:
 
 
 def submission_view(course: CourseConfig, task: Assignment, sub: Submission, user: str,
-                    jobs: dict[JobKey, QueueInfo] | None, now: dt.datetime, current: bool) -> SubmissionView:
+                    jobs: dict[JobKey, QueueInfo] | None, now: dt.datetime, current: bool,
+                    timeline: TimelineView | None = None) -> SubmissionView:
     status = sub.status()
     waiting = status in WAITING and not task.submit_only   # submit-only: graded by hand, no queue
     queue = (jobs or {}).get((sub.assignment, sub.account, sub.name)) if waiting else None
@@ -191,7 +198,8 @@ def submission_view(course: CourseConfig, task: Assignment, sub: Submission, use
     view = dict(name=sub.name, account=sub.account, upload_time=format_datetime(sub.upload_time),
                 status=status.value, waiting=waiting, queue=queue, current=current,
                 status_label=penalty.WAITING_FOR_GRADER if by_hand else status.value,
-                results=[] if waiting else results(sub, task, is_admin(course, user)))
+                results=[] if waiting else results(sub, task, is_admin(course, user)),
+                timeline=timeline if is_admin(course, user) else None)
     if status is SubmissionStatus.DONE:
         if grades_visible(course, task, user, now):
             result = penalty.compute(task, course.course.holidays, sub.upload_time, sub.grade_text())
@@ -206,12 +214,18 @@ def submission_view(course: CourseConfig, task: Assignment, sub: Submission, use
 
 
 def submissions(course: CourseConfig, task: Assignment, account: str, user: str,
-                jobs: dict[JobKey, QueueInfo] | None, now: dt.datetime) -> list[SubmissionView]:
-    """Every submission of ``account`` for ``task``, newest first. The caller checked access."""
+                jobs: dict[JobKey, QueueInfo] | None, now: dt.datetime,
+                timelines: Timelines | None = None) -> list[SubmissionView]:
+    """Every submission of ``account`` for ``task``, newest first. The caller checked access.
+    ``timelines`` is asked (for an admin only) for the timelines of their jobs."""
     repo = Repository(course)
     history = repo.history(task.id, account)
     current = repo.current(task.id, account)
-    return [submission_view(course, task, sub, user, jobs, now, current is not None and sub.path == current.path)
+    found: dict[str, TimelineView] = {}
+    if timelines is not None and is_admin(course, user):
+        found = timelines([sub.info.job_id for sub in reversed(history) if sub.info.job_id])
+    return [submission_view(course, task, sub, user, jobs, now, current is not None and sub.path == current.path,
+                            found.get(sub.info.job_id) if sub.info.job_id else None)
             for sub in reversed(history)]
 
 

@@ -81,7 +81,8 @@ def _submissions_page(course_id: str, assignment_id: str, account: str):
     task = context.assignment_or_404(course, assignment_id)
     context.account_or_403(course, account)
     now = context.now()
-    subs = model.submissions(course, task, account, g.user, context.queue_jobs(course), now)
+    subs = model.submissions(course, task, account, g.user, context.queue_jobs(course), now,
+                             context.timelines(course))
     return render_template("assignment.html", course=course, task=model.assignment_view(task, now),
                            account=account, own=account == g.user, submissions=subs,
                            admin=model.is_admin(course, g.user),
