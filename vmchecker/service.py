@@ -1,11 +1,13 @@
 """The shared base of vmchecker's long-running processes (STYLE.md habit 2).
 
 The queue manager and the storer daemon both need the same few things, and they must
-behave the same way when a sysadmin stops them: logging set up once, SIGTERM/SIGINT
-turned into a request to stop cleanly (the main loop sees ``stop`` and winds down; no
-work is abandoned half-written), an optional pid file that refuses a second copy of the
+behave the same way when a sysadmin stops them: SIGTERM/SIGINT turned into a request
+to stop cleanly (the main loop sees ``stop`` and winds down; no work is abandoned
+half-written), an optional pid file that refuses a second copy of the
 process, and a drain mode (``once``) in which the loop does what is pending and returns
 (STYLE.md habit 11). A subclass implements :meth:`Service.serve` and nothing else.
+Their logging is every command's: :func:`vmchecker.cli.common.setup_logging`, which
+their ``main`` calls.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import fcntl
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +26,6 @@ from types import FrameType
 from vmchecker.errors import VmcheckerError
 
 log = logging.getLogger(__name__)
-
-LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(threadName)s %(levelname)s: %(message)s"
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr with the thread name: a daemon's slots and helpers are threads."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,
-                        stream=sys.stderr)
 
 
 class PidFile:

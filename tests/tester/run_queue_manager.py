@@ -7,7 +7,8 @@ Backend clean-up is recorded on stderr instead of run."""
 import sys
 
 from tests.tester.helpers import FAKE_COMMAND
-from vmchecker import service, tester_config
+from vmchecker import tester_config
+from vmchecker.cli import common
 from vmchecker.tester import queue_manager
 from vmchecker.tester.queue_manager import QueueManager
 
@@ -19,7 +20,7 @@ def record_cleanup(machine_type: str, machines=()) -> None:
 
 if __name__ == "__main__":
     queue_manager.cleanup_backend = record_cleanup
-    service.setup_logging(True)
+    common.setup_logging(True)
     once = "--once" in sys.argv
     cfg = tester_config.load_tester(sys.argv[-1])
     sys.exit(QueueManager(cfg, once=once, notify_timeout=2, notify_base_delay=0.1, notify_max_delay=0.5,

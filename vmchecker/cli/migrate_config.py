@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--course-id", metavar="ID",
                    help="course id for the YAML (default: from the file name, e.g. so.config -> so)")
     args = p.parse_args(argv)
-    common.setup_logging(args.verbose)
+    common.setup_logging(args.verbose, args.log_format)
 
     def work() -> int:
         migrate_config(args.old_config, args.course_id)

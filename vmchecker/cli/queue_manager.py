@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from vmchecker import service, tester_config
+from vmchecker import tester_config
 from vmchecker.cli import common
 from vmchecker.tester.queue_manager import QueueManager
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="remove results in done/ older than DAYS once notified (default: tester.done_grace)")
     p.add_argument("tester", metavar="TESTER_DIR_OR_CONFIG", help="the tester folder or its config.yaml")
     args = p.parse_args(argv)
-    service.setup_logging(args.verbose)
+    common.setup_logging(args.verbose, args.log_format)
     return common.run(PROG, lambda: queue_manager(args.tester, args.once, args.pid_file, args.keep_done_days),
                       args.verbose)
 

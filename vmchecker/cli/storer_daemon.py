@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vmchecker import service
 from vmchecker.cli import common
 from vmchecker.storer.daemon import StorerDaemon
 
@@ -34,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    service.setup_logging(args.verbose)
+    common.setup_logging(args.verbose, args.log_format)
     return common.run(PROG, lambda: StorerDaemon(args.config, listen=args.listen, state_dir=args.state,
                                                  poll=args.poll, pid_file=args.pid_file,
-                                                 once=args.once).run())
+                                                 once=args.once).run(), args.verbose)
 
 
 if __name__ == "__main__":
