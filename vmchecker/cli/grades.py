@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--assignment", metavar="X", help="only this assignment")
     p.add_argument("--account", metavar="A", help="only this account")
     args = p.parse_args(argv)
-    common.setup_logging(args.verbose)
+    common.setup_logging(args.verbose, args.log_format)
 
     def work() -> int:
         show_grades(args.course, args.format, args.assignment, args.account, args.config)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--all cannot be combined with --account or --assignment")
     if not (args.all or args.account or args.assignment):
         parser.error("say which submissions: --account A, --assignment X (or both), or --all")
-    common.setup_logging(args.verbose)
+    common.setup_logging(args.verbose, args.log_format)
     return common.run(PROG, lambda: work(args), args.verbose)
 
 

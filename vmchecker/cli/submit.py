@@ -106,7 +106,7 @@ def work(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    common.setup_logging(args.verbose)
+    common.setup_logging(args.verbose, args.log_format)
     return common.run(PROG, lambda: work(args), args.verbose)
 
 

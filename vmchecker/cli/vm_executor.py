@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="tester config whose machine overrides apply")
     p.add_argument("bundle_dir", metavar="BUNDLE_DIR", type=Path)
     args = p.parse_args(argv)
-    common.setup_logging(args.verbose)
+    common.setup_logging(args.verbose, args.log_format)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
