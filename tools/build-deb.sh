@@ -45,6 +45,8 @@ if [[ ${FORCE:-0} != 1 && -f $DEB && -f $OUT/.inputs && $(cat "$OUT/.inputs") ==
   exit 0
 fi
 
+missing=$(dpkg-checkbuilddeps 2>&1) || die "${missing##*error: }: apt-get install debhelper dh-python python3-setuptools"
+
 start=$SECONDS
 rm -rf "$SRC" "$OUT"/vmchecker_*
 mkdir -p "$SRC"
