@@ -37,11 +37,9 @@ would be opened and leaked per call; SQLite admits one writer at a time anyway.
 Writes use ``BEGIN IMMEDIATE`` and a busy timeout so another process holding the
 file (a second reader such as a backup) delays a write instead of failing it.
 
-Timeline: the transitions also record when each :class:`~vmchecker.contract.Stage` of
-the job happened (stored and queued, dispatched and sending, on the tester, and at
-``mark_done`` the tester's stages with the landing's), in the same transaction, so a
-timeline costs no extra write on the job's path. :meth:`Journal.stages` reads them back;
-:mod:`vmchecker.storer.timeline` puts them on one clock.
+Timeline: the transitions also record when each :class:`~vmchecker.contract.Stage`
+happened, in their own transaction (no extra write on the job's path); :meth:`Journal.stages`
+reads them back, :mod:`vmchecker.storer.timeline` puts them on one clock.
 
 The file itself (tables, version, migrations, WAL and ``synchronous=FULL``) is
 :mod:`vmchecker.storer.journal_schema`.
@@ -64,7 +62,7 @@ from typing import Any
 
 from vmchecker.contract import JobState, Stage
 from vmchecker.errors import JobStateError, NotFound, VmcheckerError
-from vmchecker.storer.journal_schema import connect, migrate
+from vmchecker.storer.journal_schema import connect, insert_stages, migrate, select_stages
 from vmchecker.storer.scheduler import Estimate
 
 log = logging.getLogger(__name__)
@@ -110,9 +108,8 @@ class Job:
 
 @dataclass(frozen=True)
 class StageMark:
-    """When one stage of a job happened: ``at`` is seconds since the epoch on the clock of
-    the machine where it happened (the tester's for :data:`~vmchecker.contract.TESTER_STAGES`);
-    ``attempt`` is how many attempts had failed before (0 for the first)."""
+    """When a stage happened: ``at`` on the clock of its machine (the tester's for
+    ``TESTER_STAGES``); ``attempt``: how many attempts had failed before."""
 
     stage: Stage
     at: float
@@ -188,15 +185,6 @@ class Journal:
         return Job.from_row(row)
 
     @staticmethod
-    def _record(db: sqlite3.Connection, job: Job, stages: Mapping[Stage, float | None]) -> None:
-        """Record the stages of the job's current attempt (a stage recorded again replaces
-        the earlier time: a second notify, a send after one left in doubt)."""
-        db.executemany(
-            "INSERT OR REPLACE INTO stages (job_id, attempt, stage, at) VALUES (?, ?, ?, ?)",
-            [(job.id, job.attempts, Stage(stage).value, at) for stage, at in stages.items() if at is not None],
-        )
-
-    @staticmethod
     def _expect(job: Job, states: tuple[JobState, ...], action: str) -> None:
         if job.state not in states:
             allowed = " or ".join(s.value for s in states)
@@ -208,8 +196,8 @@ class Journal:
         self, course: str, assignment: str, account: str, submission: str, machine: str, *, now: float | None = None,
         stored: float | None = None,
     ) -> Job:
-        """Journal a new job as ``queued`` (durable when this returns) and return it.
-        ``stored``: when its submission was stored (the timeline's first stage)."""
+        """Journal a new job as ``queued`` (durable when this returns) and return it;
+        ``stored``: when its submission was stored."""
         now = time.time() if now is None else now
         job_id, key = new_job_id(now), new_key()
         with self._write() as db:
@@ -219,7 +207,7 @@ class Journal:
                 (job_id, key, course, assignment, account, submission, machine, JobState.QUEUED.value, now),
             )
             job = self._fetch(db, job_id)
-            self._record(db, job, {Stage.STORED: stored, Stage.QUEUED: now})
+            insert_stages(db, job.id, job.attempts, {Stage.STORED: stored, Stage.QUEUED: now})
         log.info("job %s queued: %s/%s/%s/%s", job_id, course, assignment, account, submission)
         return job
 
@@ -236,7 +224,7 @@ class Journal:
                 (JobState.SENT.value, tester, now, deadline, job_id),
             )
             job = self._fetch(db, job_id)
-            self._record(db, job, {Stage.DISPATCHED: dispatched, Stage.SENDING: now})
+            insert_stages(db, job.id, job.attempts, {Stage.DISPATCHED: dispatched, Stage.SENDING: now})
         log.info("job %s sent to %s (attempt %d), notify due by %.0f", job_id, tester, job.attempts + 1, deadline)
         return job
 
@@ -250,7 +238,7 @@ class Journal:
             if job.confirmed is None:
                 db.execute("UPDATE jobs SET confirmed = ? WHERE id = ?", (now, job_id))
                 job = self._fetch(db, job_id)
-                self._record(db, job, {Stage.ON_TESTER: now})
+                insert_stages(db, job.id, job.attempts, {Stage.ON_TESTER: now})
         log.info("job %s is on %s", job_id, job.tester)
         return job
 
@@ -318,7 +306,7 @@ class Journal:
                 (JobState.DONE.value, now, job_id),
             )
             job = self._fetch(db, job_id)
-            self._record(db, job, stages or {})
+            insert_stages(db, job.id, job.attempts, stages or {})
         log.info("job %s done on %s", job_id, job.tester)
         return job
 
@@ -371,13 +359,11 @@ class Journal:
         """The recorded stages of each job in ``job_ids`` (those with none are absent), by
         attempt and time as recorded; names this code does not know are left out."""
         found: dict[str, list[StageMark]] = {}
-        for start in range(0, len(job_ids), 500):   # SQLite's limit on parameters
-            chunk = job_ids[start:start + 500]
-            rows = self._read(f"SELECT * FROM stages WHERE job_id IN ({','.join('?' * len(chunk))})"
-                              " ORDER BY job_id, attempt, at", tuple(chunk))
-            for row in rows:
-                if row["stage"] in _STAGE_NAMES:
-                    found.setdefault(row["job_id"], []).append(StageMark(Stage(row["stage"]), row["at"], row["attempt"]))
+        with self._lock:
+            rows = select_stages(self._db, job_ids)
+        for row in rows:
+            if row["stage"] in _STAGE_NAMES:
+                found.setdefault(row["job_id"], []).append(StageMark(Stage(row["stage"]), row["at"], row["attempt"]))
         return found
 
     def next_retry(self) -> float | None:

@@ -20,6 +20,7 @@ this code is refused rather than written with a schema it does not know.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmchecker.errors import VmcheckerError
@@ -106,3 +107,17 @@ def migrate(db: sqlite3.Connection) -> None:
     if "confirmed" not in columns:  # version 2 or older: every sent job is in doubt
         db.execute("ALTER TABLE jobs ADD COLUMN confirmed REAL")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def insert_stages(db: sqlite3.Connection, job_id: str, attempt: int, stages: Mapping[str, float | None]) -> None:
+    """Record when stages of one attempt of a job happened (a stage again: the later time
+    wins; None: not recorded). Call inside the caller's write transaction."""
+    db.executemany("INSERT OR REPLACE INTO stages (job_id, attempt, stage, at) VALUES (?, ?, ?, ?)",
+                   [(job_id, attempt, str(stage), at) for stage, at in stages.items() if at is not None])
+
+
+def select_stages(db: sqlite3.Connection, job_ids: Sequence[str]) -> list[sqlite3.Row]:
+    """The stage rows of ``job_ids`` (a page's worth: rpc.MAX_TIMELINES), by job, attempt, time."""
+    marks = ",".join("?" * len(job_ids))
+    return db.execute(f"SELECT * FROM stages WHERE job_id IN ({marks}) ORDER BY job_id, attempt, at",
+                      tuple(job_ids)).fetchall()
