@@ -51,6 +51,13 @@ class SubmissionRefused(Refused):
     exit_code = 3
 
 
+class GradeRefused(Refused):
+    """A grader's lines or edited grade file were refused (not a number and a reason, or
+    the submission is still being tested). Nothing was written when this is raised."""
+
+    exit_code = 3
+
+
 class ArchiveError(SubmissionRefused):
     """An archive is not a zip/tar.gz, or is hostile (traversal, links, bombs)."""
 

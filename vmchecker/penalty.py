@@ -145,7 +145,8 @@ class GradeFile:
         return round(math.fsum(line.points for line in self.lines), _DIGITS)
 
 
-def _leading_number(line: str) -> GradeLine | None:
+def grade_line(line: str) -> GradeLine | None:
+    """The grade line ``line`` is, or None when it is a comment (no leading number)."""
     words = line.split(None, 1)
     if not words:
         return None
@@ -166,7 +167,7 @@ def parse_grade_vmr(text: str | None) -> GradeFile:
             return GradeFile(SubmissionStatus(content.lower()))
         except ValueError:
             pass  # a single number or word: a (tiny) grader's file
-    lines = tuple(g for g in map(_leading_number, content.splitlines()) if g is not None)
+    lines = tuple(g for g in map(grade_line, content.splitlines()) if g is not None)
     return GradeFile(SubmissionStatus.DONE, graded=True, lines=lines)
 
 
