@@ -6,7 +6,8 @@ Three kinds of file (docs/ARCHITECTURE.md, "On disk"):
   maps course ids to course config files;
 * a course config (storer side): ``course``, ``storer``, ``testers``, ``machines``,
   ``assignments`` with a ``defaults`` block (:mod:`vmchecker.assignments`); who takes
-  part in the course is checked and asked by :mod:`vmchecker.course_access`;
+  part in the course is checked and asked by :mod:`vmchecker.course_access`, who submits
+  together by :mod:`vmchecker.teams` (``teams``, merged with ``teams.yaml`` beside it);
 * a tester config: ``tester`` and per-machine instance overrides
   (:mod:`vmchecker.tester_config`).
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmchecker import course_access
+from vmchecker import course_access, teams
 from vmchecker.assignments import Assignment, load_assignments
 from vmchecker.confparse import Size, When, build, check_id, parse_host_port, read_yaml
 from vmchecker.course_access import GroupCheck
@@ -167,6 +168,8 @@ class CourseConfig:
     assignments: dict[str, Assignment]
     # course.students and the accounts of course.students_file, read when the config loads
     listed_students: frozenset[str] = frozenset()
+    # teams: of this file and teams.yaml beside it (vmchecker.teams): who submits together
+    teams: teams.Teams = field(default_factory=teams.Teams)
 
     @property
     def id(self) -> str:
@@ -299,7 +302,7 @@ def load_course(path: Path | str) -> CourseConfig:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(path, "", "expected a mapping with course, storer, testers, machines, assignments")
-    known = ("course", "storer", "testers", "machines", "assignments")
+    known = ("course", "storer", "testers", "machines", "assignments", "teams")
     for k in data:
         if k not in known:
             raise ConfigError(path, str(k), f"unknown key (known keys here: {', '.join(known)})")
@@ -340,8 +343,9 @@ def load_course(path: Path | str) -> CourseConfig:
                                   f"names tester {tester!r}, which is not under testers")
         machines[name] = machine
     assignments = load_assignments(data.get("assignments"), path, machines)
-    return CourseConfig(path, course, storer, testers, machines, assignments,
-                        course_access.load_students(course, path))
+    listed = course_access.load_students(course, path)
+    course_teams = teams.load(data.get("teams"), path, assignments, {*course.admins, *listed})
+    return CourseConfig(path, course, storer, testers, machines, assignments, listed, course_teams)
 
 
 def global_config_path(path: Path | str | None = None) -> Path:

@@ -2,7 +2,10 @@
 
 One SQLite file per course (``<course root>/vmchecker.db``) with one table, one row per
 (assignment, account): the ``current`` submission's status or grade, the short reason
-for points lost, late days, penalty and upload time. The repository is what counts:
+for points lost, late days, penalty and upload time. A team's submission (its folder is
+the team's name, :mod:`vmchecker.teams`) gives one row to each member, naming the team:
+the grade counts for every member, its late days and penalty computed once. The
+repository is what counts:
 :func:`rebuild` recomputes every row from it, so deleting the database loses nothing
 (and a table of an older layout is simply dropped and made again). :func:`update`
 refreshes one row when results arrive.
@@ -43,11 +46,12 @@ CREATE TABLE IF NOT EXISTS grades (
     penalty     REAL NOT NULL,
     adjustments REAL NOT NULL,
     reason      TEXT,
+    team        TEXT NOT NULL,
     PRIMARY KEY (assignment, account)
 )
 """
 _COLUMNS = ("assignment", "account", "submission", "upload_time", "status",
-            "grade", "late_days", "penalty", "adjustments", "reason")
+            "grade", "late_days", "penalty", "adjustments", "reason", "team")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class GradeRow:
     penalty: float
     adjustments: float
     reason: str | None = None  # why points were lost (or that a grader is awaited)
+    team: str = ""             # the team whose submission it is; "" for the account's own
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -84,6 +89,23 @@ def row_for(course: CourseConfig, submission: repo.Submission) -> GradeRow:
         status=result.status.value, grade=result.grade, late_days=result.late_days,
         penalty=result.penalty, adjustments=result.adjustments, reason=result.reason,
     )
+
+
+def rows_for(course: CourseConfig, submission: repo.Submission) -> list[GradeRow]:
+    """The rows a submission gives: one per member for a team's, one for an account's
+    own; none for the own folder of an account that now submits with a team for the
+    assignment (its grade is the team's; its earlier uploads stay in the repository)."""
+    teams = course.teams
+    if teams.owner(submission.assignment, submission.account) != submission.account:
+        log.debug("%s: %s submits with team %s for %s, so this earlier upload of its own is not graded",
+                  submission.path, submission.account, teams.owner(submission.assignment, submission.account),
+                  submission.assignment)
+        return []
+    row = row_for(course, submission)
+    team = teams.team_for(submission.assignment, submission.account)
+    if team is None:
+        return [row]
+    return [dataclasses.replace(row, account=member, team=team.name) for member in team.members]
 
 
 @contextlib.contextmanager
@@ -153,7 +175,7 @@ def _current_submissions(course: CourseConfig) -> Iterator[repo.Submission]:
 
 def collect(course: CourseConfig) -> list[GradeRow]:
     """Rows for every current submission, computed from the repository (no database)."""
-    return [row_for(course, sub) for sub in _current_submissions(course)]
+    return [row for sub in _current_submissions(course) for row in rows_for(course, sub)]
 
 
 def _insert(conn: sqlite3.Connection, rows: Iterable[GradeRow]) -> None:
@@ -174,15 +196,19 @@ def rebuild(course: CourseConfig) -> list[GradeRow]:
 
 
 def update(course: CourseConfig, submission: repo.Submission) -> GradeRow:
-    """Refresh the row of ``submission``'s assignment and account.
+    """Refresh the rows of ``submission``'s assignment and account (every member's, for
+    a team) and return the first (for an upload no longer graded, its row, stored nowhere).
 
-    The row always describes the account's *current* submission: if a newer upload
-    replaced ``submission`` before its results arrived, the newer one is used."""
-    current = repo.Repository(course).current(submission.assignment, submission.account)
-    row = row_for(course, current or submission)
+    The rows always describe the account's *current* submission: if a newer upload
+    replaced ``submission`` before its results arrived, the newer one is used. A
+    superseded upload of a team member's own is stored nowhere (:func:`rows_for`)."""
+    current = repo.Repository(course).current(submission.assignment, submission.account) or submission
+    found = rows_for(course, current)
+    if not found:
+        return row_for(course, current)
     with _connect(course) as conn, _transaction(conn):
-        _insert(conn, [row])
-    return row
+        _insert(conn, found)
+    return found[0]
 
 
 def _from_db(record: sqlite3.Row) -> GradeRow:
@@ -192,14 +218,15 @@ def _from_db(record: sqlite3.Row) -> GradeRow:
 
 
 def rows(course: CourseConfig, assignment: str | None = None, account: str | None = None) -> list[GradeRow]:
-    """Read the table (as last rebuilt or updated), optionally for one assignment/account."""
+    """Read the table (as last rebuilt or updated), optionally for one assignment and one
+    account (a member, or a team: its members' rows)."""
     where, args = [], []
     if assignment is not None:
         where.append("assignment = ?")
         args.append(assignment)
     if account is not None:
-        where.append("account = ?")
-        args.append(account)
+        where.append("(account = ? OR team = ?)")
+        args.extend([account, account])
     sql = f"SELECT {', '.join(_COLUMNS)} FROM grades"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -5,11 +5,15 @@ Layout (docs/ARCHITECTURE.md, "On disk")::
     <repository>/<assignment>/<account>/<YYYY.MM.DD HH.MM.SS[.n]>/
         archive.zip              exactly what was uploaded
         files/                   the archive, unpacked safely
-        submission-config.yaml   who, when, which assignment and machine, job id, tester
+        submission-config.yaml   who (and, for a team, which member), when, which
+                                 assignment and machine, job id, tester
         results/                 *.vmr from the tester, grade.vmr, result.json
         results.1/ ...           earlier results, moved aside by a recheck
     <repository>/<assignment>/<account>/current -> <latest folder>   (relative link)
     <repository>/<assignment>/.lock                                   per-assignment lock
+
+``<account>`` is a team's name for the assignments the team covers (:mod:`vmchecker.teams`):
+its members' uploads all land there.
 
 The submission's status is ``results/grade.vmr``: a single word (saved, queued,
 running, done, error) while it is one, the grader's lines once graded.
@@ -65,6 +69,8 @@ class SubmissionInfo:
     size: int = 0
     job_id: str = ""
     tester: str = ""
+    # who uploaded it: a team member when ``account`` is a team (vmchecker.teams), else empty
+    submitted_by: str = ""
 
     def to_yaml(self) -> str:
         data = dataclasses.asdict(self)
@@ -107,6 +113,11 @@ class Submission:
     @property
     def upload_time(self) -> dt.datetime:
         return self.info.upload_time
+
+    @property
+    def submitted_by(self) -> str:
+        """The account that uploaded it: a team's member, or the account itself."""
+        return self.info.submitted_by or self.info.account
 
     @property
     def archive_path(self) -> Path:

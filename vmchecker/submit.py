@@ -5,8 +5,10 @@ form). The order of work keeps the two promises of the design (docs/ARCHITECTURE
 
 1. the cheap checks refuse before the upload is read or unpacked: assignment, size (a
    file's is stat'ed, not read), time window, minimum interval and the account's disk
-   quota (``course.max_account_storage``). Unpacking is the costly step, so an account
-   cannot make the storer unpack more than once per ``min_interval``;
+   quota (``course.max_account_storage``), each the team's for a member of one
+   (:mod:`vmchecker.teams`: a team's uploads share one folder). Unpacking is the
+   costly step, so an account cannot make the storer unpack more than once per
+   ``min_interval``;
 2. the upload is written and unpacked into ``<repository>/.incoming-XXXX/`` outside
    the lock, so a hostile archive leaves nothing in an account's folder. An archive
    refused while unpacking still counts toward the minimum interval: its time is kept
@@ -70,7 +72,9 @@ def submit(
     skip_time_checks: bool = False,
     notify: Notify | None = None,
 ) -> Submission:
-    """Store an upload and make it the account's ``current`` submission.
+    """Store an upload and make it the ``current`` submission of its owner: ``account``,
+    or the team ``account`` submits with for ``assignment`` (:mod:`vmchecker.teams`), so
+    the interval, the quota and the grade are the team's; ``submitted_by`` says who.
 
     ``upload_time`` defaults to now (taken under the lock, so stored order is time
     order). ``skip_time_checks`` (graders) skips the upload window, the hard deadline
@@ -79,23 +83,25 @@ def submit(
     Raises SubmissionRefused (ArchiveError for a bad archive) with nothing written."""
     check_account(account)
     task = _assignment(course, assignment, account)
+    owner = course.teams.check_uploader(task.id, account, course.id)
     size = _upload_size(archive, task)
     repo = Repository(course)
     if not skip_time_checks:
         when = upload_time or _now()
         _check_window(course, task, when)
-        _check_interval(repo, task, account, when)
-    _check_quota(course, account_usage(repo, account), size)
+        _check_interval(repo, task, owner, when)
+    _check_quota(course, account_usage(repo, owner), size)
     data = _read_upload(archive, task)
-    refused = None if skip_time_checks else lambda: _mark_refused(repo, task, account, upload_time or _now())
+    refused = None if skip_time_checks else lambda: _mark_refused(repo, task, owner, upload_time or _now())
     incoming = _prepare_incoming(repo.root, data, refused)
     try:
         with repo.lock(assignment):
-            sub = _store(repo, task, account, incoming, len(data), upload_time, skip_time_checks)
+            sub = _store(repo, task, owner, account, incoming, len(data), upload_time, skip_time_checks)
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
-    log.info("saved %s/%s/%s as %s", course.id, assignment, account, sub.path)
+    log.info("saved %s/%s/%s as %s%s", course.id, assignment, owner, sub.path,
+             f" (uploaded by {account})" if owner != account else "")
     if not task.submit_only:
         _notify(notify, sub)
     return sub
@@ -184,9 +190,10 @@ def _check_window(course: CourseConfig, task: Assignment, when: dt.datetime) -> 
 
 
 def _check_interval(repo: Repository, task: Assignment, account: str, when: dt.datetime) -> None:
-    """Refuse within ``min_interval`` of the account's last upload, stored or refused
-    while unpacking."""
-    stored = [s.upload_time for s in repo.history(task.id, account)]   # read always: a broken one stops here
+    """Refuse within ``min_interval`` of the last upload to ``account``'s folder (a team's:
+    any member's), stored or refused while unpacking."""
+    history = repo.history(task.id, account)   # read always: a broken one stops here
+    stored = [s.upload_time for s in history]
     if task.min_interval <= 0:
         return
     refused = _last_refused(repo, task, account)
@@ -196,10 +203,14 @@ def _check_interval(repo: Repository, task: Assignment, account: str, when: dt.d
     elapsed = (when - last).total_seconds()
     if elapsed < task.min_interval:
         wait = math.ceil(task.min_interval - max(elapsed, 0))
+        team = repo.course.teams.team_for(task.id, account) is not None
+        uploads = "the team's uploads" if team else "uploads"
         if stored and last == max(stored):
-            what = f"you uploaded {task.id} at {format_datetime(last)}; uploads"
+            who = f"{history[-1].submitted_by} of your team {account}" if team else "you"
+            what = f"{who} uploaded {task.id} at {format_datetime(last)}; {uploads}"
         else:
-            what = f"your upload of {task.id} at {format_datetime(last)} was refused; uploads, refused ones too,"
+            whose = f"your team {account}'s" if team else "your"
+            what = f"{whose} upload of {task.id} at {format_datetime(last)} was refused; {uploads}, refused ones too,"
         raise SubmissionRefused(f"{what} must be {task.min_interval} s apart: wait {wait} more seconds")
 
 
@@ -279,9 +290,10 @@ def _prepare_incoming(repo_root: Path, data: bytes, on_unpack_refused: Callable[
     return incoming
 
 
-def _store(repo: Repository, task: Assignment, account: str, incoming: Path, size: int,
+def _store(repo: Repository, task: Assignment, account: str, uploader: str, incoming: Path, size: int,
            upload_time: dt.datetime | None, skip_time_checks: bool) -> Submission:
-    """Under the lock: last checks, then name, rename into place, swap ``current``."""
+    """Under the lock: last checks, then name, rename into place, swap ``current``.
+    ``account`` is the folder's owner (a team's name), ``uploader`` who sent it."""
     when = upload_time or _now()
     if not skip_time_checks:
         _check_window(repo.course, task, when)
@@ -289,7 +301,7 @@ def _store(repo: Repository, task: Assignment, account: str, incoming: Path, siz
     _check_quota(repo.course, account_usage(repo, account), _disk_bytes(incoming))
     account_dir = repo.account_dir(task.id, account)
     info = SubmissionInfo(course=repo.course.id, assignment=task.id, account=account,
-                          upload_time=when, machine=task.machine, size=size)
+                          upload_time=when, machine=task.machine, size=size, submitted_by=uploader)
     fsutil.write_atomic(incoming / SUBMISSION_CONFIG, info.to_yaml())
     (incoming / "results").mkdir(mode=0o755)
     fsutil.write_atomic(incoming / "results" / GRADE_VMR, f"{SubmissionStatus.SAVED.value}\n")

@@ -25,7 +25,8 @@ PROG = "vmchecker-resubmit"
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser(PROG, "Mark the current submission of matching accounts for testing again.")
     p.add_argument("course", metavar="COURSE", help="course id from the global config")
-    p.add_argument("--account", metavar="A", help="only this account (may be combined with --assignment)")
+    p.add_argument("--account", metavar="A", help="only this account, or team (may be combined with --assignment);"
+                                                  " a team's member names the team's submissions")
     p.add_argument("--assignment", metavar="X", help="only this assignment (may be combined with --account)")
     p.add_argument("--all", action="store_true", help="every account of every assignment")
     p.add_argument("--no-queue", action="store_true",
@@ -35,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def select(repo: Repository, account: str | None, assignment: str | None) -> Iterator[Submission]:
-    """The current submissions matching the filters (None matches everything)."""
+    """The current submissions matching the filters (None matches everything). An
+    account in a team matches the team's submissions of the assignments the team covers."""
     if assignment is not None:
         repo.course.assignment(assignment)  # NotFound names the known ones
+    teams = repo.course.teams
     for sub in repo.iter_current(assignment):
-        if account is None or sub.account == account:
+        if account is None or sub.account in (account, teams.owner(sub.assignment, account)):
             yield sub
 
 

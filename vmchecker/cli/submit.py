@@ -8,7 +8,8 @@ ACCOUNT must take part in the course, as on the web: one of its students
 (``course.students``, ``course.students_file``) or admins, unless the course is
 ``open_to_all_users``. An LDAP group of students (``course.students_ldap_group``) is
 known only to ``vmchecker-web``, which has the LDAP connection; for such a student
-``--not-listed`` says the grader has checked.
+``--not-listed`` says the grader has checked. A member of a team uploads for the team
+(:mod:`vmchecker.teams`): the submission is stored under the team's name.
 
 The module imports only what parsing the command line needs; the configuration,
 repository and daemon modules (PyYAML, the archive formats, the XML-RPC client) are
@@ -94,8 +95,9 @@ def work(args: argparse.Namespace) -> int:
         check_student(course, args.account)
     sub = submit(course, args.assignment, args.account, Path(args.archive),
                  upload_time=args.upload_time, skip_time_checks=args.skip_time_checks)
+    team = f" (team {sub.account}'s, uploaded by {args.account})" if sub.account != args.account else ""
     print(f"saved {course.id}/{sub.assignment}/{sub.account} upload of"
-          f" {format_datetime(sub.upload_time)} in {sub.path}")
+          f" {format_datetime(sub.upload_time)}{team} in {sub.path}")
     if args.no_queue:
         print(f"status: {sub.status().value} (not queued: --no-queue)")
         return 0

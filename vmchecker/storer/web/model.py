@@ -5,7 +5,8 @@ Access rules live here too, so the pages and the API cannot disagree:
 
 * only the course's students and admins see a course at all (:func:`takes_part`,
   ``CourseConfig.admits``): it is not in their list of courses, and its pages say 403;
-* a student sees the assignments that are not hidden, and only their own submissions;
+* a student sees the assignments that are not hidden, and only their own submissions
+  (a team's member: the team's, :mod:`vmchecker.teams`);
 * a course admin (``course.admins``) sees hidden assignments, everyone's submissions
   and grades, and may recheck;
 * ``course.public_results`` lets every student of the course see the grades table
@@ -54,7 +55,9 @@ def is_admin(course: CourseConfig, user: str) -> bool:
 
 
 def can_see_account(course: CourseConfig, user: str, account: str) -> bool:
-    return user == account or is_admin(course, user)
+    """``account`` is a repository folder's owner: a student's own, or a team's that
+    ``user`` is a member of (``Teams.may_see``)."""
+    return is_admin(course, user) or course.teams.may_see(user, account)
 
 
 def can_see_grades(course: CourseConfig, user: str) -> bool:
@@ -161,6 +164,7 @@ class SubmissionView:
     breakdown: list[tuple[str, str]] = field(default_factory=list)
     grade_hidden: bool = False     # graded, but not shown before the deadline
     current: bool = False
+    submitted_by: str = ""         # a team's submission: the member who uploaded it
     timeline: TimelineView | None = None   # admins only: when each stage of its job happened
 
 
@@ -196,6 +200,7 @@ def submission_view(course: CourseConfig, task: Assignment, sub: Submission, use
     queue = (jobs or {}).get((sub.assignment, sub.account, sub.name)) if waiting else None
     by_hand = task.submit_only and status in WAITING
     view = dict(name=sub.name, account=sub.account, upload_time=format_datetime(sub.upload_time),
+                submitted_by=sub.submitted_by if sub.submitted_by != sub.account else "",
                 status=status.value, waiting=waiting, queue=queue, current=current,
                 status_label=penalty.WAITING_FOR_GRADER if by_hand else status.value,
                 results=[] if waiting else results(sub, task, is_admin(course, user)),
