@@ -9,7 +9,7 @@ POST /api/logout                                       logout              logge
 GET  /api/courses                                      getCourses          logged in
 GET  /api/courses/C/assignments                        getAssignments      student / admin
 POST /api/courses/C/assignments/A/upload  (archive)    uploadAssignment    student / admin
-GET  /api/courses/C/assignments/A/results[?account=]   getUserResults      own / admin
+GET  /api/courses/C/assignments/A/results[?account=]   getUserResults      own (team's) / admin
 GET  /api/courses/C/grades                             getAllGrades        admin / public
 POST /api/courses/C/assignments/A/accounts/U/submissions/S/recheck         admin
 =====================================================  ==================  ===============
@@ -112,10 +112,12 @@ def upload(course_id: str, assignment_id: str):
 def results(course_id: str, assignment_id: str):
     course = context.course_or_404(course_id)
     task = context.assignment_or_404(course, assignment_id)
-    account = context.account_or_403(course, request.args.get("account", g.user))
+    account = context.account_or_403(course, course.teams.owner(task.id, request.args.get("account", g.user)))
     subs = model.submissions(course, task, account, g.user, context.queue_jobs(course), context.now(),
                              context.timelines(course))
-    return jsonify(course=course.id, assignment=task.id, account=account, submissions=plain(subs))
+    team = course.teams.team_for(task.id, account)
+    return jsonify(course=course.id, assignment=task.id, account=account, submissions=plain(subs),
+                   team={"name": team.name, "members": list(team.members)} if team else None)
 
 
 @bp.route("/courses/<course_id>/grades")

@@ -77,14 +77,17 @@ def course(course_id: str):
 
 
 def _submissions_page(course_id: str, assignment_id: str, account: str):
+    """``account``'s submissions; a team's member sees the team's (``Teams.owner``)."""
     course = context.course_or_404(course_id)
     task = context.assignment_or_404(course, assignment_id)
+    account = course.teams.owner(task.id, account)
     context.account_or_403(course, account)
     now = context.now()
     subs = model.submissions(course, task, account, g.user, context.queue_jobs(course), now,
                              context.timelines(course))
     return render_template("assignment.html", course=course, task=model.assignment_view(task, now),
-                           account=account, own=account == g.user, submissions=subs,
+                           account=account, own=account == course.teams.owner(task.id, g.user), submissions=subs,
+                           team=course.teams.team_for(task.id, account),
                            admin=model.is_admin(course, g.user),
                            refresh=REFRESH_WHILE_WAITING if any(s.waiting for s in subs) else 0)
 
