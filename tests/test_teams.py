@@ -337,3 +337,13 @@ def test_a_change_refreshes_the_grades_database(tmp_path, capsys):
     assert cli_teams.main(["--config", glob, "so", "add", "red", "ana", "bob", "--force"]) == 0
     assert "ana, bob: uploads for every assignment are the team's from now on" in capsys.readouterr().out
     assert grades.rows(reload(course)) == []
+
+
+def test_vmchecker_grade_finds_the_teams_submission_by_a_members_account(red, capsys):
+    from vmchecker.cli import grade as cli_grade
+
+    upload(red, "ana", T, grade="done\n")
+    glob = str(red.path.parent.parent / "global.yaml")
+    assert cli_grade.main(["--config", glob, "so", "1-hello", "bob", "--add", "-1: no README",
+                           "--grader", "alice"]) == 0
+    assert [(r.account, r.team, r.grade) for r in grades.rows(red)] == [("ana", "red", 9.0), ("bob", "red", 9.0)]

@@ -87,7 +87,8 @@ def edit(course: config.CourseConfig, sub: Submission, grader: str) -> grading.S
 
 def work(args: argparse.Namespace) -> int:
     course = config.find_course(args.course, args.config)
-    sub = Repository(course).submission(args.assignment, args.account, args.submission)
+    owner = course.teams.owner(args.assignment, args.account)   # a team's member: the team's submission
+    sub = Repository(course).submission(args.assignment, owner, args.submission)
     if not args.add and not args.edit:
         show(course, sub)
         return 0
