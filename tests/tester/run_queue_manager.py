@@ -1,8 +1,10 @@
 """Run a queue manager whose executor is fake_executor.py, as its own process.
 
-``python -m tests.tester.run_queue_manager [--once] TESTER_DIR``: what the kill -9 and
-restart tests start, since the executor command can only be injected in code.
-Backend clean-up is recorded on stderr instead of run."""
+``python -m tests.tester.run_queue_manager [--once] [--hour-timers] TESTER_DIR``: what the
+kill -9 and restart tests start, since the executor command can only be injected in code.
+Backend clean-up is recorded on stderr instead of run. ``--hour-timers`` sets every
+fallback timer of the queue manager (its idle wait, its rescan of queue/, the notifier's
+retries) to an hour: a job that still goes through was moved on by events alone."""
 
 import sys
 
@@ -11,6 +13,8 @@ from vmchecker import tester_config
 from vmchecker.cli import common
 from vmchecker.tester import queue_manager
 from vmchecker.tester.queue_manager import QueueManager
+
+HOUR = 3600.0
 
 
 def record_cleanup(machine_type: str, machines=()) -> None:
@@ -22,6 +26,10 @@ if __name__ == "__main__":
     queue_manager.cleanup_backend = record_cleanup
     common.setup_logging(True)
     once = "--once" in sys.argv
+    delays = {"notify_base_delay": 0.1, "notify_max_delay": 0.5}
+    if "--hour-timers" in sys.argv:
+        queue_manager.IDLE_WAIT = queue_manager.SWEEP_SECONDS = HOUR
+        delays = {"notify_base_delay": HOUR, "notify_max_delay": HOUR}
     cfg = tester_config.load_tester(sys.argv[-1])
-    sys.exit(QueueManager(cfg, once=once, notify_timeout=2, notify_base_delay=0.1, notify_max_delay=0.5,
-                          kill_grace=2, _executor_command=FAKE_COMMAND).run())
+    sys.exit(QueueManager(cfg, once=once, notify_timeout=2, **delays, kill_grace=2,
+                          _executor_command=FAKE_COMMAND).run())

@@ -188,11 +188,8 @@ class Job:
                 if self.aborted.is_set():
                     return ResultStatus.ERROR.value
                 self._proc = proc = processes.start(command, output, cwd=self.config.work_dir)
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            timed_out = not processes.wait_exit(proc, timeout)
+            if timed_out:
                 log.warning("job %s: executor still running after %d s; killing it", self.name, timeout)
                 processes.kill_child(proc, self.kill_grace)
                 self.killed = True

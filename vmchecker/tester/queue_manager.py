@@ -34,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import os
+import select
 import shutil
 import sys
 import threading
@@ -64,6 +66,9 @@ log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 60.0  # a rescan of queue/ catches anything inotify missed (overflow)
 ERROR_PAUSE = 1.0     # seconds the main loop waits after an unexpected error
+# The main loop's longest wait, a guard only: a bundle's arrival (inotify), the end of a job
+# (its slot is free) and a request to stop each end the wait at once (QueueWatcher.wake).
+IDLE_WAIT = 0.5
 
 
 def is_bundle_name(name: str) -> bool:
@@ -77,7 +82,10 @@ def default_executor_command(config: TesterConfig) -> list[str]:
 
 
 class QueueWatcher:
-    """inotify on ``queue/``: names of bundles that were moved in or closed after writing."""
+    """inotify on ``queue/``: names of bundles that were moved in or closed after writing.
+
+    :meth:`poll` waits on the inotify descriptor and on a pipe of its own, so another
+    thread (a job that ended, a signal handler) ends the wait at once with :meth:`wake`."""
 
     MASK = pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE
 
@@ -97,10 +105,28 @@ class QueueWatcher:
         self._notifier = pyinotify.Notifier(self._wm, Handler())
         result = self._wm.add_watch(str(queue_dir), self.MASK, quiet=False)
         if result.get(str(queue_dir), -1) < 0:
+            self._notifier.stop()
             raise OSError(f"{queue_dir}: cannot watch with inotify")
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller = select.poll()
+        self._poller.register(self._wm.get_fd(), select.POLLIN)
+        self._poller.register(self._wake_r, select.POLLIN)
+
+    def wake(self) -> None:
+        """End a :meth:`poll` under way (or the next one) now; safe from any thread and
+        from a signal handler."""
+        fd = self._wake_w
+        if fd >= 0:
+            with contextlib.suppress(BlockingIOError):   # the pipe is full: a wake-up is pending anyway
+                os.write(fd, b"\0")
 
     def poll(self, timeout: float) -> list[str]:
-        if self._notifier.check_events(timeout=int(timeout * 1000)):
+        """The bundles that arrived, waiting up to ``timeout`` seconds for one or a :meth:`wake`."""
+        ready = {fd for fd, _event in self._poller.poll(math.ceil(max(timeout, 0) * 1000))}
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        if self._wm.get_fd() in ready:
             self._notifier.read_events()
             self._notifier.process_events()
         found, self._found = self._found, []
@@ -108,6 +134,9 @@ class QueueWatcher:
 
     def close(self) -> None:
         self._notifier.stop()
+        wake_w, self._wake_w = self._wake_w, -1   # a late wake() writes nowhere
+        os.close(wake_w)
+        os.close(self._wake_r)
 
 
 class QueueManager(Service):
@@ -135,6 +164,7 @@ class QueueManager(Service):
         self._running: dict[str, tuple[Job, threading.Thread]] = {}
         self._commit_lock = threading.Lock()
         self._wake = threading.Event()
+        self._watcher: QueueWatcher | None = None   # while serving, but for a drain
         self._last_sweep = 0.0
 
     # ------------------------------------------------------------------ main loop
@@ -159,6 +189,7 @@ class QueueManager(Service):
         self.notifier = Notifier(Journal(cfg.state_dir / "notify"), **self._notify_settings)
         self.recover()
         watcher = None if self.once else QueueWatcher(cfg.queue_dir)  # before the scan: miss nothing
+        self._watcher = watcher
         self._enqueue(self.backlog())
         self._say_back()
         if not self.once:
@@ -194,16 +225,27 @@ class QueueManager(Service):
         if self.once and not self._waiting and not self._running:
             return False
         if watcher is None:
-            self._wake.wait(0.5)
+            self._wake.wait(IDLE_WAIT)
             self._wake.clear()
             return True
-        self._enqueue(watcher.poll(0.5))
+        self._enqueue(watcher.poll(min(IDLE_WAIT, max(self._last_sweep + SWEEP_SECONDS - time.monotonic(), 0))))
         if watcher.overflowed or time.monotonic() - self._last_sweep > SWEEP_SECONDS:
             watcher.overflowed = False
             self._last_sweep = time.monotonic()
             self._enqueue(self.backlog())
             self.cleanup_done()
         return True
+
+    def _nudge(self) -> None:
+        """End the main loop's wait now (from any thread, or a signal handler)."""
+        self._wake.set()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.wake()
+
+    def request_stop(self, reason: str = "asked to stop") -> None:
+        super().request_stop(reason)
+        self._nudge()
 
     def _say_back(self) -> None:
         """Tell every storer daemon known (those of the bundles queued now, and of those run
@@ -303,7 +345,7 @@ class QueueManager(Service):
             log.exception("job %s: could not record its results; the bundle stays in the queue", job.name)
         finally:
             job.cleanup()
-            self._wake.set()
+            self._nudge()   # its slot is free: the next bundle starts now
 
     def finish(self, outcome: Outcome) -> None:
         """Commit a job's results, journal its notification, then release its bundle."""
