@@ -46,6 +46,14 @@ class TesterSettings:
     # this tester runs, as exact strings: they run as root with a shell, so the storer's
     # word alone is not enough. Commands the tester's own ``machines`` set are its own.
     accept_host_commands: list[str] = dataclasses.field(default_factory=list)
+    # Ready guests kept per machine this tester recently ran, made while a slot is idle so
+    # a job skips revert and start (vmchecker/executor/warm.py): unset, as many as slots;
+    # 0 turns warm guests off.
+    warm_guests: int | None = None
+
+    @property
+    def warm_per_machine(self) -> int:
+        return self.slots if self.warm_guests is None else self.warm_guests
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,8 @@ def load_tester(path: Path | str) -> TesterConfig:
         raise ConfigError(path, "tester.slots", "must be at least 1")
     if tester.done_grace < 0:
         raise ConfigError(path, "tester.done_grace", "must be 0 or more (seconds)")
+    if tester.warm_guests is not None and tester.warm_guests < 0:
+        raise ConfigError(path, "tester.warm_guests", "must be 0 (no warm guests) or more")
     machines = data.get("machines") or {}
     if not isinstance(machines, dict):
         raise ConfigError(path, "machines", f"expected a mapping, got {machines!r}")

@@ -2,28 +2,58 @@
 
 Used by the queue manager (one process per job, in its own process group) and by hand.
 The bundle is validated, the tester's machine overrides applied, the job run in a fresh
-guest of the machine's backend, and the results left in ``BUNDLE_DIR/results/``.
+guest of the machine's backend (a warm one of the tester's pool when one fits, see
+vmchecker/executor/warm.py), and the results left in ``BUNDLE_DIR/results/``.
 Exit 0 whenever results were written, even with status ``error``; non-zero only when
 not even that was possible. SIGTERM tears the guest down before exiting.
+
+``--warm MACHINE_FILE --owner PID`` (the queue manager's warm-up): make one guest of the
+machine in MACHINE_FILE (JSON) ready and publish it in the tester's pool, named after the
+queue manager PID that keeps it. Exit 0 when published, 20 when the machine keeps no warm
+guests, another code on failure (no guest is left).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from vmchecker import bundle, executor
 from vmchecker.cli import common
+from vmchecker.config import parse_machine
 from vmchecker.errors import Interrupted, VmcheckerError
 from vmchecker.executor.interrupts import interrupt
 from vmchecker.executor.results import JobResult, ResultFiles, StepResult
-from vmchecker.tester_config import load_tester
+from vmchecker.executor.warm import WarmGuest, WarmPool
+from vmchecker.tester_config import TesterConfig, load_tester
 
 log = logging.getLogger(__name__)
 
 PROG = "vmchecker-vm-executor"
+NO_WARM = 20  # --warm: the machine keeps no warm guests
+
+
+def warm_pool(config: TesterConfig) -> WarmPool | None:
+    """The tester's pool of warm guests (state/warm/), None when it keeps none."""
+    return WarmPool(config.state_dir / "warm") if config.tester.warm_per_machine > 0 else None
+
+
+def warm_up(machine_file: Path, tester_config: Path, owner: int) -> WarmGuest | None:
+    """Make one warm guest of the machine in ``machine_file`` (JSON, as the queue manager
+    wrote it) and publish it in the tester's pool; None when the machine keeps none."""
+    try:
+        data = json.loads(Path(machine_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VmcheckerError(f"{machine_file}: cannot read the machine: {exc}") from None
+    machine = parse_machine(data, machine_file)
+    pool = warm_pool(load_tester(tester_config))
+    if pool is None:
+        return None
+    return executor.get_host(machine.type).prepare_warm(machine, pool.ensure(), owner)
 
 
 def execute(bundle_dir: Path, tester_config: Path | None = None) -> JobResult:
@@ -31,11 +61,13 @@ def execute(bundle_dir: Path, tester_config: Path | None = None) -> JobResult:
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise VmcheckerError(f"{bundle_dir}: no such bundle folder")
+    pool = None
     try:
         info = bundle.read_bundle_dir(bundle_dir)
         machine = info.machine
         if tester_config is not None:
-            machine = load_tester(tester_config).machine(machine)
+            config = load_tester(tester_config)
+            machine, pool = config.machine(machine), warm_pool(config)
         host = executor.get_host(machine.type)
     except VmcheckerError as exc:
         log.error("%s", exc.message)
@@ -44,7 +76,7 @@ def execute(bundle_dir: Path, tester_config: Path | None = None) -> JobResult:
         removed = host.cleanup_leftovers([machine])
         if removed:
             log.info("removed guests left by dead executors: %s", ", ".join(removed))
-    return host.test_submission(bundle_dir, machine, info)
+    return host.test_submission(bundle_dir, machine, info, warm=pool)
 
 
 def _error_result(bundle_dir: Path, message: str) -> JobResult:
@@ -86,13 +118,35 @@ def main(argv: list[str] | None = None) -> int:
                       global_config=False)
     p.add_argument("--tester-config", metavar="FILE", type=Path,
                    help="tester config whose machine overrides apply")
-    p.add_argument("bundle_dir", metavar="BUNDLE_DIR", type=Path)
+    p.add_argument("--warm", metavar="MACHINE_FILE", type=Path,
+                   help="instead of a job: make one warm guest of this machine (JSON) for the tester's pool")
+    p.add_argument("--owner", metavar="PID", type=int, default=0,
+                   help="with --warm: the queue manager that keeps the guest (default: the parent process)")
+    p.add_argument("bundle_dir", metavar="BUNDLE_DIR", type=Path, nargs="?")
     args = p.parse_args(argv)
+    if (args.warm is None) == (args.bundle_dir is None):
+        p.error("give BUNDLE_DIR, or --warm MACHINE_FILE with --tester-config")
+    if args.warm is not None and args.tester_config is None:
+        p.error("--warm needs --tester-config (the pool is the tester's)")
     common.setup_logging(args.verbose, args.log_format)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
+    def warm() -> int:
+        try:
+            record = warm_up(args.warm, args.tester_config, args.owner or os.getppid())
+        except Interrupted as exc:
+            print(f"{PROG}: stopped by {exc}; the guest was removed", file=sys.stderr)
+            return 128 + signal.Signals[str(exc)].value
+        if record is None:
+            print(f"{PROG}: machine in {args.warm} keeps no warm guests")
+            return NO_WARM
+        print(f"warm guest {record.name} ready")
+        return 0
+
     def work() -> int:
+        if args.warm is not None:
+            return warm()
         try:
             job = execute(args.bundle_dir, args.tester_config)
         except Interrupted as exc:

@@ -8,6 +8,10 @@ traceback goes to the log), and the guest is cleaned up in every case.
 
 A backend subclasses :class:`VM` (revert, start, wait_ready, copy_to, copy_from, run,
 stop, cleanup) and :class:`Host` (get_vm, cleanup_leftovers); it never writes results.
+A backend that keeps warm guests (:mod:`.warm`: made ready before the job, used by one
+job) adds four primitives: ``VM.identity``, ``VM.park``, ``VM.detach``, ``VM.adopt``, and
+``Host.drop_warm``; :meth:`Host.prepare_warm` and the claim in :meth:`Host.test_submission`
+are written once here. A job on a warm guest skips revert and start, nothing else.
 What a backend shares with the others lives beside this module: :mod:`.guest` (guest
 names, leftovers, the guest user, programs run in the guest), :mod:`.payload` (what
 enters the guest), :mod:`.interrupts` (critical sections a SIGTERM must not cut).
@@ -43,10 +47,12 @@ from vmchecker import bundle
 from vmchecker.config import Machine
 from vmchecker.contract import CHECK_SCRIPT, GRADE_VMR, GUEST_GRADE_VMR, RUN_KM, STEP_FILES, TESTS, ResultStatus, Stage
 from vmchecker.errors import Interrupted, VmcheckerError
+from vmchecker.executor import guest
 from vmchecker.executor.hostcmds import PGIDS_SUFFIX, HostCommands
 from vmchecker.executor.interrupts import uninterruptible
 from vmchecker.executor.payload import GuestPaths, Payload, prepare_payload
 from vmchecker.executor.results import CappedWriter, JobResult, ResultFiles, StepResult
+from vmchecker.executor.warm import WarmGuest, WarmPool, capacity, fingerprint, new_record
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,24 @@ class VM:
         inspection and return a note for ``vmchecker-stderr.vmr`` (where it is)."""
         return None
 
+    # -- warm guests (:mod:`.warm`); the defaults keep none
+
+    def identity(self) -> str | None:
+        """The identity of the base a guest made now would come from (a guest prepared
+        from another is never used); None: this guest cannot be kept warm."""
+        return None
+
+    def park(self) -> None:
+        """The guest is ready: leave it waiting for a job (before its record is published)."""
+
+    def detach(self) -> None:
+        """Let go of a parked guest without destroying it (its record is published)."""
+
+    def adopt(self, record: WarmGuest) -> bool:
+        """Make the parked guest of ``record`` this job's, ready for ``wait_ready``; False
+        (nothing changed) when it is not there as parked any more."""
+        return False
+
 
 class Host:
     """The tester side of a backend: makes VMs and runs jobs in them."""
@@ -112,8 +136,73 @@ class Host:
         are the machines the caller knows of (a backend may keep state per machine)."""
         return []
 
-    def test_submission(self, bundle_dir: Path, machine: Machine, info: bundle.BundleInfo) -> JobResult:
-        """Run one unpacked bundle and write its results; never raises for a job problem."""
+    def drop_warm(self, record: WarmGuest) -> None:
+        """Destroy the warm guest of ``record``, which no job will use (its base changed,
+        or its queue manager stops); one already gone is fine."""
+
+    def prepare_warm(self, machine: Machine, pool: WarmPool, owner: int) -> WarmGuest | None:
+        """Make a guest of ``machine`` ready (revert, start, wait until it answers), park
+        it and publish it in ``pool`` for the next job; the guest is named after ``owner``,
+        the queue manager that keeps it. None when ``machine`` keeps no warm guests. A
+        failure or an interruption leaves no guest behind."""
+        if capacity(machine) == 0:
+            return None
+        guest.name_guests_for(owner)
+        vm = self.get_vm(machine, "warm")
+        published = False
+        try:
+            identity = vm.identity()
+            if identity is None:
+                return None
+            vm.revert()
+            vm.start()
+            vm.wait_ready(machine.boot_timeout)
+            vm.park()
+            if vm.identity() != identity:
+                log.warning("warm guest %s: the base of machine %r changed while it was prepared; dropped",
+                            vm.name, machine.name)
+                return None
+            record = new_record(vm.name, machine, identity, owner)
+            pool.publish(record)
+            published = True
+            return record
+        finally:
+            with uninterruptible():
+                if published:
+                    vm.detach()
+                else:
+                    vm.cleanup()
+
+    def _claim_warm(self, vm: VM, pool: WarmPool) -> WarmGuest | None:
+        """Adopt into ``vm`` a warm guest of its machine, prepared from the base as it is
+        now, claimed for this job alone; None: the job runs cold. A record that does not
+        fit is dropped (its guest destroyed) on the way."""
+        if capacity(vm.machine) == 0:
+            return None
+        identity = vm.identity()
+        if identity is None:
+            return None
+        while (record := pool.claim(fingerprint(vm.machine))) is not None:
+            try:
+                if record.identity == identity and vm.adopt(record):
+                    log.info("job guest %s: the warm guest prepared at %.3f", vm.name, record.prepared_at)
+                    return record
+                reason = "its base changed" if record.identity != identity else "it is not there as parked"
+            except VmcheckerError as exc:
+                reason = exc.message
+            log.warning("warm guest %s of machine %r is not used: %s; dropping it", record.name,
+                        vm.machine.name, reason)
+            try:
+                self.drop_warm(record)
+                pool.release(record)
+            except (VmcheckerError, OSError) as exc:   # its claimed record stays for the queue manager
+                log.error("dropping warm guest %s failed: %s", record.name, getattr(exc, "message", exc))
+        return None
+
+    def test_submission(self, bundle_dir: Path, machine: Machine, info: bundle.BundleInfo,
+                        warm: WarmPool | None = None) -> JobResult:
+        """Run one unpacked bundle and write its results; never raises for a job problem.
+        With ``warm`` (the tester's pool), the job runs on a warm guest if one fits."""
         started = time.monotonic()
         bundle_dir = Path(bundle_dir)
         out = ResultFiles(bundle_dir, machine.limits.output_kb * 1024)
@@ -121,6 +210,7 @@ class Host:
                         started_at=dt.datetime.now().isoformat(timespec="seconds"))
         job.mark(Stage.EXECUTOR_STARTED)
         vm: VM | None = None
+        claimed: WarmGuest | None = None
         kernel_messages, host_commands = (HostCommands(what, out.dir / f".{what}{PGIDS_SUFFIX}")
                                           for what in ("kernel_messages", "host_commands"))
         try:
@@ -130,14 +220,20 @@ class Host:
                 paths = GuestPaths(machine.guest_base_path.rstrip("/"))
                 job.memory_mb = machine.limits.memory_mb
                 vm = self.get_vm(machine, info.job_id)
+                if warm is not None:
+                    with job.phase("claim"):
+                        claimed = self._claim_warm(vm, warm)
+                job.warm_guest = claimed is not None
                 job.vm = vm.name
                 env = {"VMCHECKER_VM": vm.name, "VMCHECKER_JOB_ID": info.job_id, "VMCHECKER_BACKEND": machine.type}
                 if machine.kernel_messages:
                     kernel_messages.start(machine.kernel_messages, env, out.writer(RUN_KM))
-                with job.phase("revert"):
-                    vm.revert()
+                if claimed is None:
+                    with job.phase("revert"):
+                        vm.revert()
                 with job.phase("start"):
-                    vm.start()
+                    if claimed is None:
+                        vm.start()
                     vm.wait_ready(machine.boot_timeout)
                 job.mark(Stage.GUEST_READY)
                 job.guest_start_s = job.phases["start"]
@@ -167,7 +263,9 @@ class Host:
             raise
         finally:
             with uninterruptible():   # a SIGTERM now must not cut the cleanup or result.json
-                self._finish(vm, out, job, (host_commands, kernel_messages), started)
+                removed = self._finish(vm, out, job, (host_commands, kernel_messages), started)
+                if claimed is not None and warm is not None and removed:   # else the queue manager retries
+                    warm.release(claimed)
         return job
 
     def _steps(self, vm: VM, machine: Machine, info: bundle.BundleInfo, out: ResultFiles, job: JobResult,
@@ -216,13 +314,15 @@ class Host:
         job.steps["check"] = dataclasses.replace(step, timeout_s=info.timeout)
 
     def _finish(self, vm: VM | None, out: ResultFiles, job: JobResult,
-                commands: tuple[HostCommands, ...], started: float) -> None:
-        """Always: stop host commands, remove the guest, write the results."""
+                commands: tuple[HostCommands, ...], started: float) -> bool:
+        """Always: stop host commands, remove the guest, write the results. False if
+        removing the guest failed."""
         for c in commands:
             try:
                 c.stop()
             except OSError as exc:
                 log.warning("job %s: stopping %s commands: %s", job.job_id, c.what, exc)
+        removed = True
         if vm is not None:
             try:
                 with job.phase("cleanup"):
@@ -232,9 +332,12 @@ class Host:
             except Exception as exc:  # the job's results stand; the leftover is logged
                 log.exception("job %s: cleaning up guest %s failed", job.job_id, vm.name)
                 out.error(f"cleaning up guest {vm.name} failed: {exc}")
+                removed = False
         if job.message:
             out.error(job.message)
         job.total_s = round(time.monotonic() - started, 3)
         job.mark(Stage.EXECUTOR_ENDED)
         out.finish(job)
-        log.info("job %s: %s in %.3f s", job.job_id, job.status, job.total_s)
+        log.info("job %s: %s in %.3f s%s", job.job_id, job.status, job.total_s,
+                 " (warm guest)" if job.warm_guest else "")
+        return removed

@@ -4,7 +4,8 @@ run inside a guest (real files in the folder ``guest/`` beside this module, ship
 package data and loaded once).
 
 A job guest is named ``vmck-<job>-<executor pid>-<random>``: the pid lets a later
-executor tell a leftover of a dead one from a guest still in use.
+executor tell a leftover of a dead one from a guest still in use. A warm guest
+(:mod:`.warm`) carries the pid of the queue manager that keeps it instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 COPY_TIMEOUT = 120           # seconds for copying files in or out
 CPU_PERIOD_US = 100_000
 
+_name_owner: int | None = None   # the pid guests made here are named after, if not this process's
+
 
 @functools.cache
 def program(name: str) -> str:
@@ -45,7 +48,15 @@ def guest_name(job_id: str) -> str:
     """A job guest's name, ``vmck-<job>-<executor pid>-<random>``: the pid lets a later
     executor tell a leftover of a dead one from a guest still in use."""
     job = re.sub(r"[^A-Za-z0-9]", "", job_id)[:20]
-    return f"{GUEST_PREFIX}{job}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{GUEST_PREFIX}{job}-{_name_owner or os.getpid()}-{secrets.token_hex(3)}"
+
+
+def name_guests_for(pid: int) -> None:
+    """Name the guests this process makes after ``pid``: a warm-up executor's guests
+    outlive it, kept by its queue manager, and must count as leftovers only once that
+    one is gone."""
+    global _name_owner
+    _name_owner = pid
 
 
 def owner_alive(name: str) -> bool:

@@ -28,8 +28,9 @@ import libvirt
 from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor import base, guest
-from vmchecker.executor.kvm_modes import MODES
+from vmchecker.executor.kvm_modes import MODES, drop_warm_token
 from vmchecker.executor.kvm_vm import DEFAULT_STATE, URI, KvmVM, state_dir
+from vmchecker.executor.warm import WarmGuest
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ class KvmHost(base.Host):
             removed += [s for s in guest.remove_leftovers(stems, remove, f"files in {jobs} of guest")
                         if s not in removed]
         return removed
+
+    def drop_warm(self, record: WarmGuest) -> None:
+        machine = record.to_machine()
+        if machine.revert == "snapshot":
+            drop_warm_token(record, machine)
 
     def _destroy_domain(self, name: str) -> None:
         """Destroy the transient domain ``name``; one already gone counts as destroyed."""

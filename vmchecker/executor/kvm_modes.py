@@ -3,7 +3,8 @@
 
 - :class:`SnapshotVM` (``revert: snapshot``, the fast path): the persistent domain
   ``machine.vm`` holds an internal snapshot with RAM, loaded per job into the running
-  QEMU; one job at a time per domain, paused between jobs.
+  QEMU; one job at a time per domain, paused between jobs. Its warm guest (:mod:`.warm`)
+  is the domain itself, the snapshot loaded and the agent answering ahead of the job.
 - :class:`OverlayVM` (``revert: overlay``): a transient copy of ``machine.vm``'s
   definition booted per job on a fresh qcow2 overlay of the read-only base image;
   stateless, as many at once as slots, the overlay of a failed job kept on request.
@@ -25,7 +26,9 @@ from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor.kvm_agent import Agent
 from vmchecker.executor.kvm_guard import disk_path, serial_path
-from vmchecker.executor.kvm_vm import NAME_RE, KvmVM, base_image, domain_type
+from vmchecker.executor.kvm_vm import NAME_RE, KvmVM, base_image, domain_type, state_dir
+from vmchecker.executor.warm import WarmGuest
+from vmchecker.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,19 @@ class SnapshotVM(KvmVM):
     the snapshot with the monitor's ``loadvm`` (0.1 s under TCG; libvirt 9's
     ``revertToSnapshot`` restarts QEMU and takes 2 s, so it is only the fallback for a
     domain that is not running); the domain is paused between jobs, so what a job leaves
-    running burns no CPU. The guest clock is set per job (``copy_to``)."""
+    running burns no CPU. The guest clock is set per job (``copy_to``).
+
+    Kept warm, the domain waits paused with the snapshot freshly loaded and a token file
+    beside its lock naming the warm guest. Every use of the domain goes through the lock
+    and either adopts that guest (the token matches its record: nothing touched the
+    domain since) or reverts, which first removes the token: a warm guest is never used
+    after any other job ran on the domain, whichever tester's or by hand."""
 
     def __init__(self, machine: Machine, name: str, conn: libvirt.virConnect):
         super().__init__(machine, name, conn)
         self._base: libvirt.virDomain | None = None   # the snapshot domain, once locked
         self._lock: int | None = None
+        self.token = warm_token(machine)
 
     def prepare_console(self) -> None:
         """A link to the domain's serial log, made only once this job holds the domain:
@@ -56,17 +66,13 @@ class SnapshotVM(KvmVM):
         if not NAME_RE.match(self.machine.snapshot):
             raise ExecutorError(f"bad snapshot name {self.machine.snapshot!r}")
         dom = self._take_domain()
+        self.token.unlink(missing_ok=True)   # whatever was kept warm is gone now
         try:
             snap = dom.snapshotLookupByName(self.machine.snapshot)
         except libvirt.libvirtError:
             raise ExecutorError(f"domain {self.machine.vm!r} has no snapshot {self.machine.snapshot!r}:"
                                 f" build it with kvm-resources/build-image.sh {self.machine.vm}") from None
-        self._dom, self._agent = dom, Agent(dom, self.machine.vm)
-        if self._console_source is not None:   # this job's messages only (tail -F follows)
-            try:
-                os.truncate(self._console_source, 0)
-            except OSError as exc:
-                log.warning("%s: cannot empty the serial log %s: %s", self.name, self._console_source, exc.strerror)
+        self._use(dom)
         if dom.state()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED):
             reply = libvirt_qemu.qemuMonitorCommand(dom, f"loadvm {self.machine.snapshot}",
                                                     libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
@@ -87,6 +93,35 @@ class SnapshotVM(KvmVM):
     def stop(self) -> None:
         self._pause()
 
+    def identity(self) -> str | None:
+        """The domain, its snapshot (by creation time: build-image.sh makes a new one) and
+        the QEMU process that loaded it (its id changes when the domain restarts)."""
+        dom = self._take_domain()
+        try:
+            snap = dom.snapshotLookupByName(self.machine.snapshot)
+            created = ET.fromstring(snap.getXMLDesc(0)).findtext("creationTime")
+            return f"{dom.UUIDString()}|{self.machine.snapshot}|{created}|{dom.ID()}"
+        except libvirt.libvirtError:
+            return None   # the cold path says what is missing
+
+    def park(self) -> None:
+        self._pause()
+        write_atomic(self.token, self.name + "\n", 0o600)
+
+    def detach(self) -> None:
+        self.cleanup()   # the domain stays paused as parked; the lock goes
+
+    def adopt(self, record: WarmGuest) -> bool:
+        try:
+            if self.token.read_text(encoding="utf-8").strip() != record.name:
+                return False
+        except FileNotFoundError:
+            return False
+        self.token.unlink()
+        self._use(self._take_domain())
+        self.start()
+        return True
+
     def _release(self) -> None:
         try:
             self._pause()
@@ -94,6 +129,15 @@ class SnapshotVM(KvmVM):
             if self._lock is not None:
                 os.close(self._lock)   # releases the domain for the next job
                 self._lock = None
+
+    def _use(self, dom: libvirt.virDomain) -> None:
+        """Make ``dom`` this job's guest, its serial log emptied (tail -F follows)."""
+        self._dom, self._agent = dom, Agent(dom, self.machine.vm)
+        if self._console_source is not None:
+            try:
+                os.truncate(self._console_source, 0)
+            except OSError as exc:
+                log.warning("%s: cannot empty the serial log %s: %s", self.name, self._console_source, exc.strerror)
 
     def _take_domain(self) -> libvirt.virDomain:
         """Lock the snapshot domain for this job (once; held until cleanup), check its
@@ -219,3 +263,22 @@ class OverlayVM(KvmVM):
 
 
 MODES: dict[str, type[KvmVM]] = {"snapshot": SnapshotVM, "overlay": OverlayVM}
+
+
+def warm_token(machine: Machine) -> Path:
+    """Beside the snapshot domain's lock: the name of the warm guest the domain is kept
+    for, as long as nothing else used it."""
+    return state_dir(machine) / "jobs" / f".{machine.vm}.warm"
+
+
+def drop_warm_token(record: WarmGuest, machine: Machine) -> None:
+    """Forget the warm snapshot domain of ``record`` (if it is still that one): the domain
+    stays paused, as between two jobs, and the next job reverts it. Done without the
+    domain's lock, which a job of another tester may hold: a token another warm-up wrote
+    meanwhile is lost at worst, and that guest runs cold."""
+    token = warm_token(machine)
+    try:
+        if token.read_text(encoding="utf-8").strip() == record.name:
+            token.unlink()
+    except FileNotFoundError:
+        pass

@@ -9,7 +9,8 @@ outlives its timeout, and whatever a step leaves running, is killed through the 
 cgroup; the pipes of an attached process are read by :mod:`.lxc_process`.
 
 Clones are named ``vmck-<job>-<owner pid>-<random>``, so :meth:`LxcHost.cleanup_leftovers`
-can destroy those whose executor died without touching a running job's clone.
+can destroy those whose executor died without touching a running job's clone (a warm
+clone, :mod:`.warm`, is one started ahead of its job and adopted by it).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor import base, guest, interrupts, payload, results
 from vmchecker.executor.cgroups import GuestCgroup
-from vmchecker.executor.lxc_clone import config_items, mount_disk, unmount_disk
+from vmchecker.executor.lxc_clone import base_identity, config_items, mount_disk, unmount_disk
 from vmchecker.executor.lxc_process import Buffer, pump, step_result
+from vmchecker.executor.warm import WarmGuest
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,18 @@ class LxcVM(base.VM):
         c = self._container()
         if c.running and not c.stop():
             raise ExecutorError(f"LXC container {self.name} did not stop")
+
+    def identity(self) -> str | None:
+        parent = lxc.Container(self.machine.vm, self.lxcpath)
+        return base_identity(parent) if parent.defined else None
+
+    def adopt(self, record: WarmGuest) -> bool:
+        c = lxc.Container(record.name, self.lxcpath)
+        if not (c.defined and c.running):
+            return False
+        self._user = _guest_user(lxc.Container(self.machine.vm, self.lxcpath), self.machine.guest_user)
+        self.name, self._c = record.name, c
+        return True
 
     def cleanup(self, failed: bool = False) -> str | None:
         self._reap_children()
@@ -282,6 +296,9 @@ class LxcHost(base.Host):
 
     def cleanup_leftovers(self, machines: Iterable[Machine] = ()) -> list[str]:
         return guest.remove_leftovers(self.clones(), self.destroy_clone, "LXC clone")
+
+    def drop_warm(self, record: WarmGuest) -> None:
+        self.destroy_clone(record.name)
 
 
 def create_host() -> LxcHost:

@@ -20,6 +20,9 @@ for its cost: about 1 ms per job for the mount, won back when the clone is destr
 (its files go with the unmount), where the ext4 file costs 12 ms (mkfs, loop device,
 mount), writes back data about to be thrown away, and needs loop devices on the tester.
 The mount is undone before the clone is destroyed, also for the clones of dead executors.
+
+A warm clone (started before its job) is used only while its base is the one it was
+cloned from: :func:`base_identity` says which base that is.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ DROP_CAPS = ("sys_admin dac_read_search sys_ptrace sys_boot sys_resource sys_pac
 MOUNT_AUTO = "proc:mixed sys:ro cgroup:ro"
 PROC_RO = "proc proc proc ro,nosuid,nodev,noexec 0 0"
 DISK_SOURCE = "vmck-disk"   # the quota tmpfs's name in mountinfo
+RECIPE_STAMP = "vmchecker-recipe"   # beside a base's config: the hash of the recipe build-base.sh built it from
 MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -63,6 +67,23 @@ def config_items(clone: lxc.Container, machine: Machine) -> list[tuple[str, str 
             ("lxc.mount.entry", ""), ("lxc.mount.entry", PROC_RO),
             ("lxc.mount.auto", ""), ("lxc.mount.auto", MOUNT_AUTO),
             ("lxc.cap.drop", drop), *limit_items(machine.limits)]
+
+
+def base_identity(base: lxc.Container) -> str:
+    """Which base container a clone made now comes from: its config file (a clone copies
+    it), its rootfs folder (build-base.sh swaps in a new one), the rootfs's passwd (whom
+    the steps run as) and the recipe stamp build-base.sh writes; each by inode, time and
+    size, so a rebuild or an edit of any of them gives another identity."""
+    config = Path(base.config_file_name)
+    rootfs = Path((base.get_config_item("lxc.rootfs.path") or "").split(":", 1)[-1])
+    parts = []
+    for path in (config, rootfs, rootfs / "etc" / "passwd", config.parent / RECIPE_STAMP):
+        try:
+            st = path.stat()
+            parts.append(f"{path}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+        except OSError:
+            parts.append(f"{path}:-")
+    return "|".join(parts)
 
 
 def overlay_dir(clone: lxc.Container) -> Path:

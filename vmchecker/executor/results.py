@@ -110,6 +110,7 @@ class JobResult:
     vm: str = ""
     started_at: str = ""
     guest_start_s: float | None = None
+    warm_guest: bool = False            # the job ran on a guest made ready before it came (executor/warm.py)
     total_s: float | None = None
     grade_file: bool = False            # the tests wrote their grade file (evidence.py)
     memory_mb: int | None = None

@@ -1,0 +1,174 @@
+"""Warm guests on real LXC clones and the real KVM snapshot domain (executor/warm.py):
+a warm guest serves exactly one job and is never claimed again, a job on one is as
+clean as on a cold guest, and a warm guest made before its base changed (or before
+another job used the one KVM domain) is dropped and the job runs cold.
+
+The warm guests are prepared in this process (named after it, so the autouse leftover
+checks see them), as a queue manager's warm-up would; nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.executor.helpers import make_bundle, result_json, vmr
+from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine
+from vmchecker.executor.warm import WarmPool
+
+# Run by both jobs of a pair: says whether the first one's writes (as root and as the
+# student) reached the second's guest, then makes them.
+LEAK_RUN = """\
+if [ -e /etc/vmck-leak ] || [ -e /tmp/vmck-leak-student ]; then echo dirty; else echo clean; fi
+echo leak > /etc/vmck-leak
+vmchecker-run sh -c 'echo leak > /tmp/vmck-leak-student'
+: > "$VMCHECKER_GRADE"
+"""
+TRUE_BUILD = "true\n"
+
+
+def job(host, folder: Path, pool: WarmPool | None, **kwargs):
+    bundle_dir, info = make_bundle(folder, build=TRUE_BUILD, run=LEAK_RUN, job_id=folder.name, **kwargs)
+    return host.test_submission(bundle_dir, info.machine, info, warm=pool), bundle_dir
+
+
+def machine_of(folder: Path, **kwargs):
+    return make_bundle(folder, job_id=folder.name, **kwargs)[1].machine
+
+
+# --------------------------------------------------------------------------- LXC
+
+
+@pytest.fixture
+def own_base():
+    """A base container of this test's own on the shared base's rootfs (a link to it:
+    LXC wants the container's name in its rootfs path; only the config is new), so the
+    test can change a base without touching the shared one."""
+    lxcpath = Path("/var/lib/lxc")
+    name = f"vmchecker-test-base-{secrets.token_hex(3)}"
+    (lxcpath / name).mkdir()
+    (lxcpath / name / "rootfs").symlink_to(lxcpath / "vmchecker-base" / "rootfs")
+    config = (lxcpath / "vmchecker-base" / "config").read_text()
+    config = config.replace("lxc.uts.name = vmchecker-base", f"lxc.uts.name = {name}")
+    config = config.replace(f"dir:{lxcpath}/vmchecker-base/rootfs", f"dir:{lxcpath}/{name}/rootfs")
+    (lxcpath / name / "config").write_text(config)
+    yield name
+    shutil.rmtree(lxcpath / name)   # the link goes, not what it points to
+
+
+@pytest.mark.lxc
+def test_lxc_warm_guest_serves_one_job_and_the_next_gets_another(lxc_host, tmp_path):
+    pool = WarmPool(tmp_path / "warm").ensure()
+    first = lxc_host.prepare_warm(machine_of(tmp_path / "m"), pool, os.getpid())
+    second = lxc_host.prepare_warm(machine_of(tmp_path / "m"), pool, os.getpid())
+    assert first and second and first.name != second.name
+    assert {first.name, second.name} <= set(lxc_host.clones())
+
+    job1, out1 = job(lxc_host, tmp_path / "warm1", pool)
+    job2, out2 = job(lxc_host, tmp_path / "warm2", pool)
+    job3, out3 = job(lxc_host, tmp_path / "cold3", pool)
+
+    assert [j.status for j in (job1, job2, job3)] == ["done"] * 3, (job1.message, job2.message, job3.message)
+    assert (job1.vm, job2.vm) == (first.name, second.name)   # oldest first, each once
+    assert result_json(out1)["warm_guest"] is True and result_json(out2)["warm_guest"] is True
+    assert result_json(out3)["warm_guest"] is False and job3.vm not in (first.name, second.name)
+    assert [vmr(o, "run-stdout.vmr") for o in (out1, out2, out3)] == ["clean\n"] * 3
+    assert not pool.take(first) and not pool.take(second)   # a used record cannot be claimed again
+    assert pool.ready() == [] and pool.claimed() == []
+    assert not {first.name, second.name} & set(lxc_host.clones())
+
+
+@pytest.mark.lxc
+def test_lxc_warm_guest_of_a_changed_base_is_dropped(lxc_host, own_base, tmp_path):
+    pool = WarmPool(tmp_path / "warm").ensure()
+    record = lxc_host.prepare_warm(machine_of(tmp_path / "m", vm=own_base), pool, os.getpid())
+    assert record and record.name in lxc_host.clones()
+    with open(Path("/var/lib/lxc") / own_base / "config", "a") as f:   # the base changes
+        f.write("# changed after the warm guest was made\n")
+
+    job1, out1 = job(lxc_host, tmp_path / "after", pool, vm=own_base)
+
+    assert job1.status == "done", job1.message
+    assert result_json(out1)["warm_guest"] is False and job1.vm != record.name
+    assert record.name not in lxc_host.clones()
+    assert pool.ready() == [] and pool.claimed() == []
+
+
+@pytest.mark.lxc
+def test_lxc_warm_guest_gone_from_under_its_record_runs_cold(lxc_host, tmp_path):
+    pool = WarmPool(tmp_path / "warm").ensure()
+    record = lxc_host.prepare_warm(machine_of(tmp_path / "m"), pool, os.getpid())
+    lxc_host.destroy_clone(record.name)
+
+    job1, out1 = job(lxc_host, tmp_path / "after", pool)
+
+    assert job1.status == "done" and result_json(out1)["warm_guest"] is False, job1.message
+    assert pool.ready() == [] and pool.claimed() == []
+
+
+# --------------------------------------------------------------------------- KVM
+
+
+def kvm_job(host, folder: Path, pool: WarmPool | None):
+    return job(host, folder, pool, timeout=60, **kvm_machine())
+
+
+def token() -> Path:
+    return KVM_STATE / "jobs" / ".vmchecker-kvm-base.warm"
+
+
+@pytest.fixture
+def own_domain(kvm_host, monkeypatch):
+    """Hold the shared snapshot domain for the whole test, as a tester alone with it
+    would: other suites running now wait, and this test's jobs and warm-ups, each taking
+    the lock as usual, share this one (a dup of the locked file)."""
+    from vmchecker.executor import kvm_modes
+
+    fd = os.open(KVM_STATE / "jobs" / ".vmchecker-kvm-base.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    monkeypatch.setattr(kvm_modes.SnapshotVM, "_lock_domain", lambda vm: setattr(vm, "_lock", os.dup(fd)))
+    yield kvm_host
+    os.close(fd)
+
+
+@pytest.mark.kvm
+def test_kvm_warm_guest_serves_one_job_and_is_clean(own_domain, tmp_path):
+    kvm_host = own_domain
+    pool = WarmPool(tmp_path / "warm").ensure()
+    machine = machine_of(tmp_path / "m", **kvm_machine())
+
+    first = kvm_host.prepare_warm(machine, pool, os.getpid())
+    assert first and token().read_text().strip() == first.name
+    job1, out1 = kvm_job(kvm_host, tmp_path / "warm1", pool)
+    second = kvm_host.prepare_warm(machine, pool, os.getpid())
+    job2, out2 = kvm_job(kvm_host, tmp_path / "warm2", pool)
+    job3, out3 = kvm_job(kvm_host, tmp_path / "cold3", pool)
+
+    assert [j.status for j in (job1, job2, job3)] == ["done"] * 3, (job1.message, job2.message, job3.message)
+    assert second and second.name != first.name
+    assert [result_json(o)["warm_guest"] for o in (out1, out2, out3)] == [True, True, False]
+    assert [vmr(o, "run-stdout.vmr") for o in (out1, out2, out3)] == ["clean\n"] * 3
+    assert not pool.take(first) and not pool.take(second)   # a used record cannot be claimed again
+    assert pool.ready() == [] and pool.claimed() == [] and not token().exists()
+
+
+@pytest.mark.kvm
+def test_kvm_warm_guest_used_by_another_job_meanwhile_is_dropped(own_domain, tmp_path):
+    kvm_host = own_domain
+    pool = WarmPool(tmp_path / "warm").ensure()
+    record = kvm_host.prepare_warm(machine_of(tmp_path / "m", **kvm_machine()), pool, os.getpid())
+    assert record
+
+    other, out_other = kvm_job(kvm_host, tmp_path / "other", None)   # another tester's job, or one by hand
+    job1, out1 = kvm_job(kvm_host, tmp_path / "after", pool)
+
+    assert other.status == "done" and job1.status == "done", (other.message, job1.message)
+    assert result_json(out_other)["warm_guest"] is False and result_json(out1)["warm_guest"] is False
+    assert vmr(out1, "run-stdout.vmr") == "clean\n"
+    assert not pool.take(record)
+    assert pool.ready() == [] and pool.claimed() == [] and not token().exists()
