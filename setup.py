@@ -22,6 +22,7 @@ setup(
         "pyinotify>=0.9.6",
         "pyasyncore; python_version>='3.12'",
         "defusedxml>=0.7",
+        "prometheus-client>=0.16",   # the daemons' metrics (Debian bookworm: python3-prometheus-client 0.16)
     ],
     extras_require={
         "lxc": ["lxc==3.0.4.0"],

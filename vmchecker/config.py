@@ -19,6 +19,7 @@ between sections, ranges. Key names are part of the contract: add keys, never re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -215,6 +216,9 @@ class CourseConfig:
 class DaemonSettings:
     listen: str = "127.0.0.1:19999"
     state: str = "/var/lib/vmchecker"
+    # HOST:PORT to serve Prometheus metrics on (vmchecker/storer/metrics.py), apart from
+    # listen; empty: no metrics. No authentication: loopback or an internal address.
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -371,7 +375,23 @@ def load_global(path: Path | str | None = None) -> GlobalConfig:
             raise ConfigError(path, f"courses.{cid}", f"expected a path, got {cpath!r}")
         courses[str(cid)] = (path.parent / cpath)
     daemon = build(DaemonSettings, data.get("daemon"), path, "daemon")
+    check_metrics_listen(daemon.metrics_listen, daemon.listen, path, "daemon")
     return GlobalConfig(path, courses, daemon)
+
+
+def check_metrics_listen(value: str, other: str, file: Path, section: str) -> None:
+    """A ``metrics_listen``: empty (no metrics) or a ``HOST:PORT`` other than ``other``
+    (the daemon's XML-RPC address, which it would collide with)."""
+    if not value:
+        return
+    key = f"{section}.metrics_listen"
+    try:
+        address = parse_host_port(value)
+    except ValueError as exc:
+        raise ConfigError(file, key, f"{exc} (or empty: no metrics)") from None
+    with contextlib.suppress(ValueError):   # a bad listen is reported as such, elsewhere
+        if other and address[1] and address == parse_host_port(other):
+            raise ConfigError(file, key, f"{value} is {section}.listen too: give the metrics their own port")
 
 
 def find_course(course_id: str, global_path: Path | str | None = None) -> CourseConfig:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmchecker.config import Machine, machine_to_dict
+from vmchecker.config import Machine, check_metrics_listen, machine_to_dict
 from vmchecker.confparse import build, deep_merge, read_yaml
 from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import BundleError, ConfigError
@@ -46,6 +46,9 @@ class TesterSettings:
     # this tester runs, as exact strings: they run as root with a shell, so the storer's
     # word alone is not enough. Commands the tester's own ``machines`` set are its own.
     accept_host_commands: list[str] = dataclasses.field(default_factory=list)
+    # HOST:PORT to serve this queue manager's Prometheus metrics on (vmchecker/tester/
+    # metrics.py); empty: none. One port per queue manager; loopback or an internal address.
+    metrics_listen: str = ""
     # Ready guests kept per machine this tester recently ran, made while a slot is idle so
     # a job skips revert and start (vmchecker/executor/warm.py): unset, as many as slots;
     # 0 turns warm guests off.
@@ -150,6 +153,7 @@ def load_tester(path: Path | str) -> TesterConfig:
         raise ConfigError(path, "tester.slots", "must be at least 1")
     if tester.done_grace < 0:
         raise ConfigError(path, "tester.done_grace", "must be 0 or more (seconds)")
+    check_metrics_listen(tester.metrics_listen, "", path, "tester")
     if tester.warm_guests is not None and tester.warm_guests < 0:
         raise ConfigError(path, "tester.warm_guests", "must be 0 (no warm guests) or more")
     machines = data.get("machines") or {}

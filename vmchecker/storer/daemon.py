@@ -32,7 +32,7 @@ from vmchecker.errors import (
 from vmchecker.queueing import SUBMIT_ONLY, never_tested
 from vmchecker.repo import Repository, check_account
 from vmchecker.service import Service
-from vmchecker.storer import in_doubt, landing, outcomes, timeline
+from vmchecker.storer import in_doubt, landing, metrics, outcomes, timeline
 from vmchecker.storer.courses import Course, Courses, resolve_addresses, with_daemon_address
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Job, Journal, check_key
@@ -67,6 +67,7 @@ class StorerDaemon(Service):
         self.global_path = glob.path
         self.listen = parse_listen(listen or glob.daemon.listen)
         self.state_dir = Path(state_dir or glob.daemon.state)
+        self.metrics_listen = glob.daemon.metrics_listen
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.pid_file:  # before the journal and the port: a second copy says so plainly
             self.pid_file.acquire()
@@ -170,6 +171,7 @@ class StorerDaemon(Service):
             self.journal.close()
             raise
         in_doubt.resolve_all(self.journal, self.courses)
+        exporter = metrics.serve(self.metrics_listen, self.journal, self.courses)
         self.queue_saved_submissions()
         dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         server = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -187,6 +189,8 @@ class StorerDaemon(Service):
         dispatcher.join(30)
         rechecker.join(30)
         self.rechecker.join_workers(30)
+        if exporter is not None:
+            exporter.close()
         self.server.server_close()
         self.courses.close()
         self.journal.close()

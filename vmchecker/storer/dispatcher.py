@@ -28,7 +28,7 @@ from pathlib import Path
 from vmchecker import bundle
 from vmchecker.contract import JobState, SubmissionStatus
 from vmchecker.errors import JobStateError, NotFound, VmcheckerError
-from vmchecker.storer import outcomes
+from vmchecker.storer import metrics, outcomes
 from vmchecker.storer.courses import Course, Courses
 from vmchecker.storer.journal import Job, Journal
 from vmchecker.storer.scheduler import Reservation
@@ -90,7 +90,7 @@ class Dispatcher:
     def run_once(self) -> int:
         """One pass: sweep overdue jobs, then send what is queued. Returns jobs sent."""
         for job in self.journal.overdue():
-            self.fail(job, "no notification from the tester before the deadline", job.tester)
+            self.fail(job, "no notification from the tester before the deadline", job.tester, kind="deadline")
         sent = 0
         for job in self.journal.to_dispatch():
             sent += self._dispatch(job)
@@ -106,17 +106,17 @@ class Dispatcher:
         try:
             course, reservation = self._pick(job)
         except VmcheckerError as exc:
-            self._give_up(job, exc.message)
+            self._give_up(job, exc.message, kind="unusable")
             return 0
         decided = time.time()   # the timeline's "dispatched"
         with reservation:
             try:
                 path = self._build(course, job, reservation.tester)
             except VmcheckerError as exc:
-                self._give_up(job, f"cannot build the bundle: {exc.message}")
+                self._give_up(job, f"cannot build the bundle: {exc.message}", kind="bundle")
                 return 0
             except OSError as exc:
-                self._give_up(job, f"cannot build the bundle: {exc}")
+                self._give_up(job, f"cannot build the bundle: {exc}", kind="bundle")
                 return 0
             try:
                 return self._send(course, job, reservation, path, decided)
@@ -152,19 +152,21 @@ class Dispatcher:
             # Running before the upload: a fast tester's results must land after it.
             if not outcomes.set_status(course, job, SubmissionStatus.RUNNING,
                                        (SubmissionStatus.QUEUED, SubmissionStatus.RUNNING), tester=tester):
-                self._give_up(job, "the submission no longer waits for this job (rechecked or graded since)")
+                self._give_up(job, "the submission no longer waits for this job (rechecked or graded since)",
+                              kind="superseded")
                 return 0
             job = self.journal.mark_sent(job.id, tester, reservation.deadline, dispatched=decided)
         except JobStateError:
             return 0  # someone else moved it meanwhile
         except VmcheckerError as exc:  # the submission vanished before the upload
-            self._give_up(job, exc.message)
+            self._give_up(job, exc.message, kind="unusable")
             return 0
         reservation.commit()
+        metrics.job_sent(course, job)
         try:
             course.link(tester).send_bundle(path, course.config.testers[tester].queue, path.name)
         except VmcheckerError as exc:
-            self.fail(job, f"could not send the bundle: {exc.message}", tester)
+            self.fail(job, f"could not send the bundle: {exc.message}", tester, kind="send")
             return 0
         try:
             self.journal.confirm_sent(job.id)
@@ -194,12 +196,13 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ failures
 
-    def fail(self, job: Job, reason: str, tester: str | None) -> None:
-        """A tester failed the job: penalty sample, then resend or give up."""
+    def fail(self, job: Job, reason: str, tester: str | None, *, kind: str = "other") -> None:
+        """A tester failed the job: penalty sample, then resend or give up. ``kind``: what
+        failed, in one word, for the metrics (see vmchecker/storer/metrics.py)."""
         try:
             course = self.courses.get(job.course)
         except VmcheckerError as exc:
-            self._give_up(job, f"{reason}; and the course is unusable: {exc.message}")
+            self._give_up(job, f"{reason}; and the course is unusable: {exc.message}", kind=kind)
             return
         storer = course.config.storer
         try:
@@ -207,6 +210,7 @@ class Dispatcher:
                                               retry_delay=storer.retry_delay * 2 ** job.attempts)
         except JobStateError:
             return  # a notify won the race: the tester did its job
+        metrics.job_failed(course, job, tester, kind)
         if tester and tester in course.config.testers:
             course.scheduler.on_failure(tester, job.id, job.assignment, reason)
         if job.state is JobState.ERROR:
@@ -214,15 +218,18 @@ class Dispatcher:
         else:
             self._set_status(course, job, SubmissionStatus.QUEUED)
 
-    def _give_up(self, job: Job, reason: str) -> None:
+    def _give_up(self, job: Job, reason: str, *, kind: str = "other") -> None:
         """A failure no other tester can mend: error at once."""
         try:
             job = self.journal.mark_error(job.id, reason)
         except JobStateError:
             return
         try:
-            self._record_error(self.courses.get(job.course), job)
+            course = self.courses.get(job.course)
+            metrics.job_failed(course, job, job.tester, kind)
+            self._record_error(course, job)
         except VmcheckerError as exc:
+            metrics.job_failed(None, job, job.tester, kind)
             log.error("job %s: %s (and could not record it: %s)", job.id, reason, exc.message)
 
     def _record_error(self, course: Course, job: Job) -> None:

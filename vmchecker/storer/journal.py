@@ -410,6 +410,12 @@ class Journal:
         found = {JobState(state): n for state, n in rows}
         return {state: found.get(state, 0) for state in JobState}
 
+    def tally(self) -> dict[tuple[str, str, JobState], int]:
+        """How many jobs each course's assignment has in each state it has any in (the
+        metrics' ``vmchecker_jobs``, read at each scrape)."""
+        rows = self._read("SELECT course, assignment, state, COUNT(*) FROM jobs GROUP BY course, assignment, state")
+        return {(course, assignment, JobState(state)): n for course, assignment, state, n in rows}
+
     # ------------------------------------------------------------------ estimates
 
     def load_estimates(self, course: str) -> dict[tuple[str, str], Estimate]:

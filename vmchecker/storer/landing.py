@@ -24,7 +24,7 @@ from typing import Any
 
 from vmchecker.contract import RESULT_JSON, TESTER_STAGES, VMCHECKER_STDERR, JobState, ResultStatus, Stage
 from vmchecker.errors import JobStateError, NotFound, ResultRefused
-from vmchecker.storer import outcomes, timeline
+from vmchecker.storer import metrics, outcomes, timeline
 from vmchecker.storer.courses import Course, tester_done_dir
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Journal
@@ -96,7 +96,7 @@ class Landing:
                     # The guest or the tester failed, not the student: resend elsewhere (or
                     # give up with every reason); the tester's partial output is not kept.
                     reason = _tester_reason(link, remote, files)
-                    self.dispatcher.fail(job, f"the tester reported an error: {reason}", tester)
+                    self.dispatcher.fail(job, f"the tester reported an error: {reason}", tester, kind="tester_error")
                     return FAILED
                 def fetch(dest: Path) -> None:
                     link.fetch_results(remote, files, dest)
@@ -110,13 +110,14 @@ class Landing:
                     if not any(stage in TESTER_STAGES for stage in stages):
                         stages.update(timeline.from_result(outcomes.read_result(sub.results_dir / RESULT_JSON)))
             except ResultRefused as exc:  # the tester misbehaved: a failure of it, not of the network
-                self.dispatcher.fail(job, exc.message, tester)
+                self.dispatcher.fail(job, exc.message, tester, kind="bad_results")
                 raise
             try:
                 self.journal.mark_done(job.id, tester=tester, stages=stages)
             except JobStateError:
                 return ALREADY   # the deadline's sweep gave it up meanwhile
             course.scheduler.on_finished(tester, job.id, job.assignment, seconds)
+            metrics.job_done(course, job, seconds, stages)
             log.info("job %s done on %s in %.1f s", job.id, tester, seconds)   # bench/chaos.py counts this line
             return LANDED
 

@@ -244,7 +244,7 @@ class Rechecker:
             in_doubt.send_again(self.journal, course, job, f"neither in {tester}'s queue nor in its done folder")
             return "sent again"
         self.dispatcher.fail(job, f"{tester} no longer holds the job: neither its bundle in its queue nor its"
-                                  " results in its done folder", tester)
+                                  " results in its done folder", tester, kind="lost")
         return "lost on the tester"
 
     def _pull(self, course: Course, link: TesterLink, remote: str, job: Job) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from vmchecker import fsutil, rpc
 from vmchecker.contract import STAGE_STAT_PREFIX, Stage
 from vmchecker.errors import CallRefused, RpcError
+from vmchecker.tester import metrics
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +187,15 @@ class Notifier:
         the job's timeline; the journaled entry is left as it was."""
         stamped = {**pending.request.stats, STAGE_STAT_PREFIX + Stage.NOTIFIED: time.time()}
         request = replace(pending.request, stats=stamped) if len(stamped) <= rpc.MAX_STATS else pending.request
+        started = time.monotonic()
         try:
             self._client(pending.url, self.timeout).notify(request)
         except CallRefused as exc:
+            metrics.notified(request.stats, "refused", time.monotonic() - started)
             log.error("job %s: %s; dropping the notification (results stay in done/%s)",
                       pending.job_id, exc.message, pending.job_id)
         except RpcError as exc:
+            metrics.notified(request.stats, "failed", time.monotonic() - started)
             attempts = pending.attempts + 1
             delay = backoff(attempts, self.base_delay, self.max_delay)
             log.warning("job %s: notify failed (attempt %d): %s; retrying in %.1f s",
@@ -200,6 +204,7 @@ class Notifier:
                                               last_error=exc.message))
             return False
         else:
+            metrics.notified(request.stats, "accepted", time.monotonic() - started)
             log.info("job %s: storer notified (%s)", pending.job_id, pending.request.status)
         self._forget(pending)
         return True

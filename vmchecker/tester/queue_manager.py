@@ -52,7 +52,7 @@ from vmchecker.contract import STAGE_STAT_PREFIX, SUBMISSION_CONFIG, Stage
 from vmchecker.errors import RpcError, VmcheckerError
 from vmchecker.executor import hostcmds
 from vmchecker.service import Service
-from vmchecker.tester import processes, results, storers
+from vmchecker.tester import metrics, processes, results, storers
 from vmchecker.tester.jobs import Job, Outcome, job_id_from_name
 from vmchecker.tester.notifier import Journal, Notifier, Pending
 from vmchecker.tester.storers import KnownStorers
@@ -196,6 +196,7 @@ class QueueManager(Service):
             self.notifier.start()
         log.info("queue manager for %s: %d bundle(s) queued, %d slot(s)%s", cfg.queue_dir, len(self._waiting),
                  cfg.tester.slots, ", draining" if self.once else "")
+        exporter = metrics.serve(cfg.tester.metrics_listen, cfg.tester.name, self.load)
         try:
             self._loop(watcher)
         finally:
@@ -206,6 +207,8 @@ class QueueManager(Service):
                 self.notifier.run_due(force=True)
             else:
                 self.notifier.stop()
+            if exporter is not None:
+                exporter.close()
         return 0
 
     def _loop(self, watcher: QueueWatcher | None) -> None:
@@ -256,6 +259,13 @@ class QueueManager(Service):
             if ref is not None:
                 self.storers.remember(ref)
         self.notifier.announce(storers.back_calls(self.storers.all(), self.config.tester.name))
+
+    def load(self) -> dict[str, int]:
+        """Its slots, those running a job, the bundles waiting for one and the notifications
+        not yet answered: the metrics' gauges, read by a scrape in another thread."""
+        pending = len(self.notifier.journal.job_ids()) if self.notifier is not None else 0
+        return {"slots": self.config.tester.slots, "busy": len(self._running), "waiting": len(self._waiting),
+                "pending": pending}
 
     def cleanup_done(self) -> list[str]:
         """The clean-up policy for ``done/``: results the storer was told of (no pending
@@ -362,6 +372,7 @@ class QueueManager(Service):
                 self.notifier.release(outcome.job_id)
         log.info("job %s: %s; results in %s", outcome.job_id, outcome.status,
                  self.config.done_dir / outcome.job_id)
+        metrics.job_finished(outcome.status, outcome.stats)
         ref = storers.StorerRef.checked(outcome.notify_url, outcome.course, outcome.tester_key)
         try:
             if ref is not None:
