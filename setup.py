@@ -29,7 +29,8 @@ setup(
         "kvm": ["libvirt-python"],
         "vmware": ["pyvmomi>=8"],
         "docker": ["docker>=7"],
-        "web": ["Flask>=3.0", "waitress>=3.0", "ldap3>=2.9", "argon2-cffi>=23.1", "bcrypt>=4.0"],
+        "web": ["Flask>=3.0", "waitress>=3.0", "ldap3>=2.9", "argon2-cffi>=23.1", "bcrypt>=4.0",
+                "Pygments>=2.14"],   # a submission's files, highlighted on the server
         "test": ["pytest>=8", "hypothesis>=6", "ruff", "playwright>=1.40"],
     },
 )

@@ -1,7 +1,7 @@
 """vmchecker's web interface: a Flask application served by waitress (``vmchecker-web``).
 
 :func:`create_app` wires the pieces: logins (:mod:`.auth`, :mod:`.passwords`,
-:mod:`.ldapauth`, :mod:`.throttle`), CSRF (:mod:`.csrf`), the pages (:mod:`.views`)
+:mod:`.ldapauth`, :mod:`.throttle`), CSRF (:mod:`.csrf`), the pages (:mod:`.views`; a grader's, :mod:`.grader`)
 and the JSON API (:mod:`.api`), both built on :mod:`.model`. Templates autoescape;
 responses carry a Content-Security-Policy that allows no script at all.
 """
@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from vmchecker import config, penalty
 from vmchecker.errors import VmcheckerError
-from vmchecker.storer.web import api, auth, csrf, views
+from vmchecker.storer.web import api, auth, csrf, grader, views
 from vmchecker.storer.web.context import WebSettings
 from vmchecker.storer.web.ldapauth import LdapAuthenticator, LdapSettings
 from vmchecker.storer.web.passwords import PasswordFile
@@ -61,6 +61,7 @@ def create_app(global_config_path: Path | str | None, users_file: Path | str | N
     auth.init_app(app, auth.Authenticator(passwords, ldap, Throttle(throttle_limits or Limits())))
     csrf.init_app(app)
     app.register_blueprint(views.bp)
+    app.register_blueprint(grader.bp)
     app.register_blueprint(api.bp)
     app.jinja_env.globals["current_user"] = auth.current_user
     app.jinja_env.filters["points"] = penalty.format_points

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
 from vmchecker.errors import NotFound
-from vmchecker.storer.web import auth, context, model, uploads
+from vmchecker.storer.web import auth, context, model, overview, uploads
 from vmchecker.storer.web.auth import login_required
 
 log = logging.getLogger(__name__)
@@ -139,5 +139,6 @@ def grades(course_id: str):
     if not model.can_see_grades(course, g.user):
         return render_template("error.html", code=403,
                                message="This course's grades are shown to its admins only."), 403
-    table = model.grades_table(course, g.user, context.now())
-    return render_template("grades.html", course=course, table=table, admin=model.is_admin(course, g.user))
+    now = context.now()
+    return render_template("grades.html", course=course, table=model.grades_table(course, g.user, now),
+                           stats=overview.course_stats(course, g.user, now), admin=model.is_admin(course, g.user))
