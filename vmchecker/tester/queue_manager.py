@@ -16,8 +16,10 @@ backend to clean its leftovers (e.g. LXC clones, KVM overlays), clears ``work/``
 finishes every job that was committed but whose bundle is still queued (unless that
 bundle arrived after the commit: a resend of the job, see below). Then its pending
 notifications go at once, and each storer daemon it knows hears that it is back
-(:mod:`vmchecker.tester.storers`), to look at its jobs here now. Stopping (SIGTERM)
-kills the running executors and leaves their bundles queued for the next start. An
+(:mod:`vmchecker.tester.storers`), to look at its jobs here now. While a slot is idle it
+keeps warm guests of the machines it ran lately (:mod:`vmchecker.tester.warmer`).
+Stopping (SIGTERM) kills the running executors, leaves their bundles queued for the
+next start, and destroys the warm guests (a start destroys those a killed run left). An
 unexpected error in the main loop is logged and the loop goes on: running jobs never
 pay for a hiccup of inotify or of the disk.
 
@@ -50,12 +52,13 @@ from vmchecker import bundle, config, fsutil, rpc
 from vmchecker.config import Machine
 from vmchecker.contract import STAGE_STAT_PREFIX, SUBMISSION_CONFIG, Stage
 from vmchecker.errors import RpcError, VmcheckerError
-from vmchecker.executor import hostcmds
+from vmchecker.executor import hostcmds, warm
 from vmchecker.service import Service
 from vmchecker.tester import metrics, processes, results, storers
 from vmchecker.tester.jobs import Job, Outcome, job_id_from_name
 from vmchecker.tester.notifier import Journal, Notifier, Pending
 from vmchecker.tester.storers import KnownStorers
+from vmchecker.tester.warmer import Warmer
 from vmchecker.tester_config import TesterConfig
 
 with warnings.catch_warnings():  # pyinotify imports asyncore, deprecated in 3.11
@@ -147,13 +150,17 @@ class QueueManager(Service):
     def __init__(self, config: TesterConfig, *, once: bool = False, pid_file: Path | str | None = None,
                  keep_done_days: float | None = None, notify_timeout: float = 10.0,
                  notify_base_delay: float = 2.0, notify_max_delay: float = 300.0, kill_grace: float = 30.0,
-                 _executor_command: Sequence[str] | None = None):
+                 _executor_command: Sequence[str] | None = None, _warm_command: Sequence[str] | None = None):
         super().__init__(pid_file=pid_file or config.state_dir / "queue-manager.pid", once=once)
         self.config = config
         self.keep_done_days = keep_done_days
         self.kill_grace = kill_grace
         # Tests replace the executor with a small script; never a config key.
         self._executor_command = list(_executor_command or default_executor_command(config))
+        # Warm guests are the real executor's: a replaced executor gets none unless the
+        # test names a warm-up command too.
+        warm_command = _warm_command or (None if _executor_command else self._executor_command)
+        self.warmer = Warmer(config, warm_command, kill_grace)
         self._notify_settings = {"timeout": notify_timeout, "base_delay": notify_base_delay,
                                  "max_delay": notify_max_delay}
         self.notifier: Notifier | None = None
@@ -201,6 +208,7 @@ class QueueManager(Service):
             self._loop(watcher)
         finally:
             self._abort_running()
+            self.warmer.stop()
             if watcher:
                 watcher.close()
             if self.once:
@@ -227,6 +235,9 @@ class QueueManager(Service):
         self._start_jobs()
         if self.once and not self._waiting and not self._running:
             return False
+        if not self.once and not self._waiting:   # idle slots prepare the next guests
+            busy = {warm.pool_key(job.machine) for job, _t in self._running.values() if job.machine is not None}
+            self.warmer.top_up(self.config.tester.slots - len(self._running), busy)
         if watcher is None:
             self._wake.wait(IDLE_WAIT)
             self._wake.clear()
@@ -327,11 +338,14 @@ class QueueManager(Service):
         return True
 
     def _reap(self) -> None:
-        for name, (_job, thread) in list(self._running.items()):
+        for name, (job, thread) in list(self._running.items()):
             if not thread.is_alive():
                 thread.join()
                 del self._running[name]
                 self._known.discard(name)
+                self.warmer.note(job.machine)
+                if job.killed:   # its executor may have died holding a warm guest
+                    self.warmer.sweep()
 
     def _abort_running(self) -> None:
         for job, _thread in self._running.values():
@@ -413,6 +427,7 @@ class QueueManager(Service):
         machines = self._known_machines()
         for pid in processes.find_orphans(cfg.work_dir):
             processes.kill_orphan(pid, self.kill_grace)
+        machines += self.warmer.recover()   # after the executors that may hold warm guests
         for job_dir in cfg.work_dir.iterdir():
             if job_dir.is_dir() and not job_dir.is_symlink():
                 hostcmds.kill_recorded(job_dir)   # host commands of the executors just killed
