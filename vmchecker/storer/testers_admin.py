@@ -40,7 +40,7 @@ from vmchecker import config
 from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import ConfigError, TransportError, VmcheckerError
 from vmchecker.fsutil import locked, write_atomic
-from vmchecker.storer.ssh_keys import load_private_key
+from vmchecker.storer.paramiko_compat import load_private_key
 from vmchecker.storer.transport import CONNECT_TIMEOUT, TesterLink, fetch_host_key, known_hosts_entry
 from vmchecker.tester_config import TesterSettings, parse_identity
 

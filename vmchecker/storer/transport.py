@@ -48,6 +48,7 @@ from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import NotFound, ResultRefused, TransportError
 from vmchecker.fsutil import fsync_dir
 from vmchecker.storer import holdings as held
+from vmchecker.storer import paramiko_compat
 from vmchecker.storer.holdings import Holdings
 from vmchecker.storer.result_fetch import MAX_RESULT_FILE, MAX_RESULT_TOTAL, check_name, download_all
 from vmchecker.storer.ssh_failures import (
@@ -58,7 +59,6 @@ from vmchecker.storer.ssh_failures import (
     known_hosts_error,
     queue_error,
 )
-from vmchecker.storer.ssh_keys import load_private_key
 from vmchecker.tester_config import identity_disagreement
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class TesterLink:
 
     def _load_key(self) -> paramiko.PKey:
         try:
-            return load_private_key(self.key_file)
+            return paramiko_compat.load_private_key(self.key_file)
         except (paramiko.SSHException, OSError, ValueError) as exc:
             raise key_error(exc, self.where, self.key_file) from None
 
@@ -178,8 +178,8 @@ class TesterLink:
         client.set_missing_host_key_policy(RejectUnknown())
         t = self.connect_timeout
         try:
-            client.connect(self.host, self.port, self.user, pkey=pkey, timeout=t, banner_timeout=t,
-                           auth_timeout=t, channel_timeout=t, allow_agent=False, look_for_keys=False)
+            paramiko_compat.connect(client, self.host, self.port, self.user, pkey=pkey, timeout=t, banner_timeout=t,
+                                    auth_timeout=t, channel_timeout=t, allow_agent=False, look_for_keys=False)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
             raise connect_error(exc, where=self.where, entry=entry, known_hosts=self.known_hosts, user=self.user,
