@@ -25,6 +25,7 @@ REAL_FIXTURES = {
     "lab_network": "netns",
     "tester_host": "netns",
     "page": "browser",
+    "prometheus_server": "prometheus",
 }
 # Parametrized fixtures whose parameter picks the component: {fixture: {param: marker}}.
 REAL_PARAMS = {

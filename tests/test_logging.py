@@ -32,6 +32,7 @@ ARGS = {
     "vmchecker-status": ["--url", "http://127.0.0.1:9/"],
     "vmchecker-storer-daemon": ["--state", "TMP/state", "--once"],
     "vmchecker-submit": ["so", "1-hello", "bob", "TMP/none.zip"],
+    "vmchecker-teams": ["so", "list"],
     "vmchecker-vm-executor": ["TMP/no-bundle"],
     "vmchecker-web": ["--add-user", "bob"],
 }

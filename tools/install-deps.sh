@@ -14,6 +14,7 @@ packages=(
   golang-go golang-github-vmware-govmomi-dev              # the VMware lab server (tests/lab/vmware),
   golang-github-google-uuid-dev                           #   built offline from Debian's sources
   debhelper dh-python python3-setuptools dpkg-dev         # make deb (tools/build-deb.sh)
+  prometheus                                              # tests/test_prometheus.py scrapes the daemons
   "$@"
 )
 missing=()

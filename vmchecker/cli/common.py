@@ -83,6 +83,7 @@ def setup_logging(verbose: bool = False, log_format: str = "plain") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN_FORMAT))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    logging.captureWarnings(True)   # a library's warning is a record too, not a stray line
 
 
 def _report(prog: str, message: str) -> None:
