@@ -25,6 +25,7 @@ fake.json keys (all optional):
                PROBE_WAIT seconds only keeps a broken test from hanging)
   finished     file to append "<job_id>\\n" to once the results are written (runs completed)
   grade        text of the grade file the tests wrote (results/grade.vmr, grade_file true)
+  build_exit   the build step's exit status in result.json (default 0): a build that failed
 """
 
 import json
@@ -97,6 +98,7 @@ def main() -> int:
         (results / "grade.vmr").write_text(spec["grade"])
     status = "error" if action == "error" else "done"
     steps = {name: {"attempted": True, "exit_code": 0, "signal": None, "timed_out": False} for name in ("build", "run")}
+    steps["build"]["exit_code"] = spec.get("build_exit", 0)
     timeline["executor_ended"] = time.time()
     result = {"status": status, "backend": "fake", "total_s": 0.01, "grade_file": "grade" in spec, "steps": steps,
               "timeline": timeline, **extra}

@@ -31,6 +31,17 @@ LOG_FORMATS = ("plain", "json")
 _log_format = "plain"   # what setup_logging chose: run() reports errors the same way
 
 
+# What --wait's exit status says (vmchecker-submit, vmchecker-resubmit; the values are
+# vmchecker.waiting.Verdict's), shown under their --help.
+WAIT_EXIT_STATUS = """exit status with --wait:
+  0  passed: graded; the build and the run completed and no grade line took points away
+     (a late penalty does not count)
+  1  failed: graded, but the build failed, the run did not complete or the tests took points away
+  2  error: the job ended in error, the assignment is never tested (submit_only), the
+     upload was refused, or any other error
+  3  timed out: no results within --wait-timeout seconds (the job goes on)"""
+
+
 def parser(prog: str, description: str, *, global_config: bool = True) -> argparse.ArgumentParser:
     """An argument parser with ``-v``, ``--log-format`` and, for the commands that read the
     global config (``global_config``), ``--config``. A command that reads no global config
@@ -95,8 +106,9 @@ def _report(prog: str, message: str) -> None:
         print(f"{prog}: {message}", file=sys.stderr)
 
 
-def run(prog: str, work: Callable[[], int | None], verbose: bool = False) -> int:
-    """Call ``work`` and turn a VmcheckerError into ``prog: message`` and its exit code;
+def run(prog: str, work: Callable[[], int | None], verbose: bool = False, error_code: int | None = None) -> int:
+    """Call ``work`` and turn a VmcheckerError into ``prog: message`` and its exit code
+    (``error_code`` instead, when given: ``--wait``'s one status for every error);
     with ``verbose``, log how it ended and how long it took."""
     started = time.monotonic()
     code = 1
@@ -104,7 +116,7 @@ def run(prog: str, work: Callable[[], int | None], verbose: bool = False) -> int
         code = work() or 0
     except VmcheckerError as exc:
         _report(prog, exc.message)
-        code = exc.exit_code
+        code = exc.exit_code if error_code is None else error_code
     except KeyboardInterrupt:
         _report(prog, "interrupted")
         code = 130

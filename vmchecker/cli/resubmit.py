@@ -3,7 +3,9 @@
 Earlier results are never destroyed: each recheck moves ``results/`` aside to the next
 free ``results.N/``. ``--dry-run`` lists what would be rechecked and changes nothing.
 Submissions of ``submit_only`` assignments are graded by hand and never tested: they
-are listed as skipped, their grade left where the grader wrote it.
+are listed as skipped, their grade left where the grader wrote it. ``--wait`` waits for
+every rechecked submission as ``vmchecker-submit --wait`` does; the exit status is the
+worst of them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from collections.abc import Iterator
 
 from vmchecker import config
 from vmchecker.cli import common
+from vmchecker.cli.submit import add_wait_options, wait_and_report
 from vmchecker.errors import NotFound
 from vmchecker.queueing import SUBMIT_ONLY, never_tested, queue_submission
 from vmchecker.repo import Repository, Submission
 from vmchecker.submit import recheck
+from vmchecker.waiting import Verdict
 
 PROG = "vmchecker-resubmit"
 
@@ -32,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-queue", action="store_true",
                    help="only mark for testing; do not ask the storer daemon now")
     p.add_argument("--dry-run", action="store_true", help="list what would be rechecked, change nothing")
+    add_wait_options(p)
     return p
 
 
@@ -56,6 +61,7 @@ def work(args: argparse.Namespace) -> int:
             raise NotFound(f"{args.account} has no submission{where} in course {course.id}")
         print("nothing to recheck")
         return 0
+    rechecked = []
     for sub in chosen:
         label = f"{course.id}/{sub.assignment}/{sub.account}/{sub.name}"
         if never_tested(course, sub.assignment):
@@ -68,10 +74,11 @@ def work(args: argparse.Namespace) -> int:
         aside = sub.earlier_results()
         moved = f"; earlier results in {aside[-1].name}" if aside else ""
         print(f"rechecked {label}: status {sub.status().value}{moved}")
+        rechecked.append(sub)
         if not args.no_queue:
             job_id, why = queue_submission(course, sub)
-            print(f"  queued as job {job_id}" if job_id else f"  not queued: {why}")
-    return 0
+            print(f"  queued as job {job_id}" if job_id else f"  not queued: {why}", flush=True)
+    return wait_and_report(course, rechecked, args.wait_timeout) if args.wait and rechecked else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--all cannot be combined with --account or --assignment")
     if not (args.all or args.account or args.assignment):
         parser.error("say which submissions: --account A, --assignment X (or both), or --all")
+    if args.wait and (args.no_queue or args.dry_run):
+        parser.error("--wait cannot be combined with --no-queue or --dry-run: nothing would come to wait for")
     common.setup_logging(args.verbose, args.log_format)
-    return common.run(PROG, lambda: work(args), args.verbose)
+    error_code = Verdict.ERROR if args.wait else None   # --wait: every error is its "error" status
+    return common.run(PROG, lambda: work(args), args.verbose, error_code=error_code)
 
 
 if __name__ == "__main__":

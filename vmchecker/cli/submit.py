@@ -11,6 +11,10 @@ known only to ``vmchecker-web``, which has the LDAP connection; for such a stude
 ``--not-listed`` says the grader has checked. A member of a team uploads for the team
 (:mod:`vmchecker.teams`): the submission is stored under the team's name.
 
+``--wait`` waits for the results (the place in the queue and the estimated finish on
+stderr meanwhile), prints them and the grade, and exits 0 passed, 1 failed, 2 error or
+3 timed out (:mod:`vmchecker.waiting`), so a script can tell.
+
 The module imports only what parsing the command line needs; the configuration,
 repository and daemon modules (PyYAML, the archive formats, the XML-RPC client) are
 imported by the functions that use them, so ``--help`` and a mistyped command line answer
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     import datetime as dt
 
     from vmchecker.config import CourseConfig
+    from vmchecker.repo import Submission
 
 PROG = "vmchecker-submit"
 
@@ -57,11 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the upload time to record (default: now)")
     p.add_argument("--no-queue", action="store_true",
                    help="only store the submission; do not ask the storer daemon to test it")
+    add_wait_options(p)
     p.add_argument("course", metavar="COURSE", help="course id from the global config")
     p.add_argument("assignment", metavar="ASSIGNMENT")
     p.add_argument("account", metavar="ACCOUNT")
     p.add_argument("archive", metavar="ARCHIVE")
     return p
+
+
+def add_wait_options(p: argparse.ArgumentParser) -> None:
+    """``--wait`` and ``--wait-timeout`` (vmchecker-resubmit offers them too), and what
+    the exit status then says."""
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the results (position in the queue and estimated finish meanwhile, on"
+                        " stderr), print them and the grade; the exit status says how it went (below)")
+    p.add_argument("--wait-timeout", type=float, default=600.0, metavar="S",
+                   help="with --wait, give up waiting after S seconds (default: 600)")
+    p.epilog = common.WAIT_EXIT_STATUS
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def wait_and_report(course: CourseConfig, subs: list[Submission], timeout: float) -> int:
+    """Wait for ``subs``' results, print each, and return the worst verdict as the exit status."""
+    from vmchecker import waiting
+
+    outcomes = waiting.wait(course, subs, timeout, sys.stderr)
+    for outcome in outcomes:
+        waiting.report(course, outcome, sys.stdout)
+    return max(o.verdict for o in outcomes)
 
 
 def check_student(course: CourseConfig, account: str) -> None:
@@ -102,13 +130,20 @@ def work(args: argparse.Namespace) -> int:
         print(f"status: {sub.status().value} (not queued: --no-queue)")
         return 0
     job_id, why = queue_submission(course, sub)
-    print(f"status: queued as job {job_id}" if job_id else f"status: saved (not queued: {why})")
-    return 0
+    print(f"status: queued as job {job_id}" if job_id else f"status: saved (not queued: {why})", flush=True)
+    return wait_and_report(course, [sub], args.wait_timeout) if args.wait else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.wait and args.no_queue:
+        parser.error("--wait cannot be combined with --no-queue: nothing would come to wait for")
     common.setup_logging(args.verbose, args.log_format)
+    if args.wait:   # every error is --wait's "error" status, so scripts read one number
+        from vmchecker.waiting import Verdict
+
+        return common.run(PROG, lambda: work(args), args.verbose, error_code=Verdict.ERROR)
     return common.run(PROG, lambda: work(args), args.verbose)
 
 
