@@ -23,6 +23,8 @@ vmware="$run/vmware"
 pids="$run/pids"
 ssh_port=${DEMO_SSH_PORT:-22022}
 daemon_port=${DEMO_DAEMON_PORT:-19999}
+metrics_listen=${DEMO_METRICS:-127.0.0.1:9464}                # the storer daemon's Prometheus metrics
+tester_metrics_listen=${DEMO_TESTER_METRICS:-127.0.0.1:9465}  # the queue manager's
 web_listen=${DEMO_WEB:-127.0.0.1:8080}
 ssh_user=vmchecker
 export VMCHECKER_CONFIG=${VMCHECKER_CONFIG:-/etc/vmchecker/config.yaml}
@@ -189,6 +191,7 @@ tester:
   slots: 2
   executor_timeout: 300
   storer_daemon: http://127.0.0.1:$daemon_port/
+  metrics_listen: $tester_metrics_listen
 machines: {}
 EOF
     # The storer logs in as $ssh_user: it writes bundles into queue/, reads done/.
@@ -253,7 +256,8 @@ start() {
     setup_web_users
     say "starting the processes"
     start_bg sshd /usr/sbin/sshd -D -f "$sshdir/sshd_config" -E "$logs/sshd-auth.log"
-    start_bg daemon "$bin/vmchecker-storer-daemon" --listen "127.0.0.1:$daemon_port" --state "$run/state"
+    start_bg daemon "$bin/vmchecker-storer-daemon" --listen "127.0.0.1:$daemon_port" --state "$run/state" \
+        --metrics-listen "$metrics_listen"
     start_bg queue-manager "$bin/vmchecker-queue-manager" "$tester"
     if [ -x "$bin/vmchecker-web" ]; then
         start_bg web "$bin/vmchecker-web" --listen "$web_listen" --users "$run/users" \
@@ -292,6 +296,8 @@ EOF
     if alive web; then
         echo "  web: http://$web_listen/  (logins: student / student, grader / grader)"
     fi
+    echo "  metrics (Prometheus): http://$metrics_listen/metrics (storer daemon)," \
+         "http://$tester_metrics_listen/metrics (queue manager t1)"
     echo "  logs in $logs/; stop everything with: make demo-stop"
 }
 

@@ -150,3 +150,25 @@ def test_tester_metrics_listen_is_checked(tmp_path: Path):
     path.write_text(yaml.safe_dump({"tester": {"metrics_listen": "localhost"}}))
     with pytest.raises(ConfigError, match="tester.metrics_listen"):
         tester_config.load_tester(path)
+
+
+def test_the_daemon_command_line_overrides_the_global_file(tmp_path):
+    """``--metrics-listen`` (what the demo passes) wins over ``daemon.metrics_listen``;
+    a bad one stops the start with the reason."""
+    from vmchecker.cli import storer_daemon
+    from vmchecker.errors import VmcheckerError
+    from vmchecker.storer.daemon import StorerDaemon
+
+    write_course(tmp_path)
+    args = storer_daemon.build_parser().parse_args(["--metrics-listen", "127.0.0.1:9"])
+    assert args.metrics_listen == "127.0.0.1:9"
+    daemon = StorerDaemon(tmp_path / "global.yaml", listen="127.0.0.1:0", state_dir=tmp_path / "state",
+                          metrics_listen="127.0.0.1:9")
+    try:
+        assert daemon.metrics_listen == "127.0.0.1:9"
+    finally:
+        daemon.server.server_close()
+        daemon.journal.close()
+    with pytest.raises(VmcheckerError, match="bad listen address"):
+        StorerDaemon(tmp_path / "global.yaml", listen="127.0.0.1:0", state_dir=tmp_path / "state",
+                     metrics_listen="nowhere")

@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", metavar="DIR",
                    help="folder for the job journal and outgoing bundles (default: daemon.state of the"
                         " global config, /var/lib/vmchecker)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there (default: daemon.metrics_listen of the global config;"
+                        " empty: none)")
     p.add_argument("--pid-file", metavar="FILE", help="write the pid here; refuse to start if it is held")
     p.add_argument("--poll", type=float, default=2.0, metavar="SECONDS",
                    help="how often the dispatcher re-reads the journal without a wake-up (default 2)")
@@ -35,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.log_format)
     return common.run(PROG, lambda: StorerDaemon(args.config, listen=args.listen, state_dir=args.state,
-                                                 poll=args.poll, pid_file=args.pid_file,
-                                                 once=args.once).run(), args.verbose)
+                                                 poll=args.poll, pid_file=args.pid_file, once=args.once,
+                                                 metrics_listen=args.metrics_listen).run(), args.verbose)
 
 
 if __name__ == "__main__":

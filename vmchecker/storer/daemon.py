@@ -59,15 +59,19 @@ class StorerDaemon(Service):
 
     def __init__(self, global_config: Path | str | None = None, *, listen: str | None = None,
                  state_dir: Path | str | None = None, poll: float = 2.0, pid_file: Path | str | None = None,
-                 saved_sweep: float = 300.0, once: bool = False, rpc_deadline: float = REQUEST_DEADLINE):
+                 saved_sweep: float = 300.0, once: bool = False, rpc_deadline: float = REQUEST_DEADLINE,
+                 metrics_listen: str | None = None):
         """``once``: drain and return (``--once``); see :meth:`serve`. ``rpc_deadline``: seconds
-        a caller has to send its whole request (tests make it short)."""
+        a caller has to send its whole request (tests make it short). ``metrics_listen``:
+        where to serve metrics instead of the global file's ``daemon.metrics_listen``."""
         super().__init__(pid_file=pid_file, once=once)
         glob = config.load_global(global_config)
         self.global_path = glob.path
         self.listen = parse_listen(listen or glob.daemon.listen)
         self.state_dir = Path(state_dir or glob.daemon.state)
-        self.metrics_listen = glob.daemon.metrics_listen
+        self.metrics_listen = glob.daemon.metrics_listen if metrics_listen is None else metrics_listen
+        if self.metrics_listen:
+            parse_listen(self.metrics_listen)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.pid_file:  # before the journal and the port: a second copy says so plainly
             self.pid_file.acquire()
