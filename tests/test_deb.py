@@ -19,6 +19,7 @@ removes it if this test process dies before its own ``finally`` does.
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -88,6 +89,22 @@ def test_package_contents(deb: Path, tmp_path: Path) -> None:
     for unit in ENABLED:
         assert f"deb-systemd-helper enable '{unit}'" in postinst
     assert "deb-systemd-invoke" not in postinst, "the package must not start its units (dh_installsystemd --no-start)"
+
+
+def test_depends_covers_the_requirements_and_the_web(deb: Path) -> None:
+    """Each of setup.py's requirements and of its web extra is a Debian dependency (by
+    dh-python's own name mapping), so a library added there cannot be missing from the
+    package: every command, vmchecker-web included, must run with Depends alone."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    options = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in ("install_requires", "extras_require")}
+    wanted = [r for r in options["install_requires"] + options["extras_require"]["web"] if "python_version" not in r]
+    fallback = Path("/usr/share/dh-python/dist/cpython3_fallback").read_text(encoding="utf-8").splitlines()
+    debian = {re.sub(r"[-_.]+", "-", line.split()[0]).lower(): line.split()[1] for line in fallback if " " in line}
+    depends = {d.strip().split()[0].split(":")[0] for d in deb_field(deb, "Depends").split(",")}
+    for requirement in wanted:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", requirement).group()).lower()
+        assert debian.get(name) in depends, f"{requirement} (Debian: {debian.get(name)}) is not in Depends"
 
 
 @pytest.fixture
