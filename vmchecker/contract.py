@@ -66,6 +66,11 @@ class SubmissionStatus(enum.StrEnum):
     ERROR = "error"
 
 
+# A submission whose grade.vmr says one of these waits for its test run (a submit_only
+# one, never tested, waits for a grader instead).
+WAITING_STATUSES = frozenset({SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUNNING})
+
+
 class JobState(enum.StrEnum):
     """Where a job is in the storer's journal; the value is what the journal stores."""
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from vmchecker import fsutil, grades, penalty
 from vmchecker.config import CourseConfig
 from vmchecker.confparse import format_datetime
-from vmchecker.contract import GRADE_VMR, SubmissionStatus
+from vmchecker.contract import GRADE_VMR, WAITING_STATUSES, SubmissionStatus
 from vmchecker.errors import GradeRefused, VmcheckerError
 from vmchecker.repo import Repository, Submission, load_submission
 
@@ -132,7 +132,7 @@ def check_gradable(course: CourseConfig, sub: Submission) -> None:
     lines when they land."""
     status = sub.status()
     task = course.assignment(sub.assignment)
-    if status in (SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUNNING) and not task.submit_only:
+    if status in WAITING_STATUSES and not task.submit_only:
         raise GradeRefused(f"{sub.assignment}/{sub.account}/{sub.name} is still being tested (status"
                            f" {status.value}): grade it once its results are in, which would otherwise replace"
                            " your lines")

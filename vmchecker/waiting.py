@@ -38,7 +38,15 @@ from typing import Any, TextIO
 
 from vmchecker import evidence, penalty, rpc
 from vmchecker.config import CourseConfig
-from vmchecker.contract import GRADE_VMR, RESULT_JSON, RUN_KM, STEP_FILES, VMCHECKER_STDERR, SubmissionStatus
+from vmchecker.contract import (
+    GRADE_VMR,
+    RESULT_JSON,
+    RUN_KM,
+    STEP_FILES,
+    VMCHECKER_STDERR,
+    WAITING_STATUSES,
+    SubmissionStatus,
+)
 from vmchecker.errors import RpcError
 from vmchecker.repo import Submission, load_submission
 
@@ -48,7 +56,6 @@ POLL_S = 1.0              # between looks at the repository and the daemon
 STATUS_TIMEOUT = 2.0      # one status() call never holds the wait longer
 SHOWN_BYTES = 4096        # of each result file printed; the rest is in the submission's folder
 MAX_RESULT_JSON = 1024 * 1024
-WAITING = (SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUNNING)
 _FIRST = [name for step in ("build", "run", "check") for name in STEP_FILES[step]] + [RUN_KM, VMCHECKER_STDERR]
 
 
@@ -78,7 +85,7 @@ def judge(course: CourseConfig, sub: Submission) -> Outcome | None:
     if task.submit_only:
         return Outcome(sub, Verdict.ERROR, f"{sub.assignment} is never tested: a grader grades it by hand")
     status = sub.status()
-    if status in WAITING:
+    if status in WAITING_STATUSES:
         return None
     if status is SubmissionStatus.ERROR:
         return Outcome(sub, Verdict.ERROR, _first_reason(sub.results_dir / VMCHECKER_STDERR))
@@ -237,7 +244,7 @@ def result_files(sub: Submission) -> list[Path]:
 def _status_word(path: Path) -> bool:
     """Whether a grade.vmr holds a status word other than ``done`` (no grade to show)."""
     words = path.read_text(errors="replace").split()
-    return len(words) == 1 and words[0].lower() in {s.value for s in WAITING} | {SubmissionStatus.ERROR.value}
+    return len(words) == 1 and words[0].lower() in {s.value for s in WAITING_STATUSES} | {SubmissionStatus.ERROR.value}
 
 
 def report(course: CourseConfig, outcome: Outcome, out: TextIO) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vmchecker import config, grading, penalty
 from vmchecker.cli import common
+from vmchecker.contract import GRADE_VMR
 from vmchecker.errors import GradeRefused, VmcheckerError
 from vmchecker.repo import CURRENT, Repository, Submission
 
@@ -28,7 +29,7 @@ PROG = "vmchecker-grade"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.parser(PROG, "Add grade lines to (or edit) the grade.vmr of ACCOUNT's submission for ASSIGNMENT;"
+    p = common.parser(PROG, f"Add grade lines to (or edit) the {GRADE_VMR} of ACCOUNT's submission for ASSIGNMENT;"
                             " without --add or --edit, print it.")
     p.add_argument("course", metavar="COURSE", help="course id from the global config")
     p.add_argument("assignment", metavar="ASSIGNMENT")
@@ -51,8 +52,8 @@ def grader_name(given: str | None) -> str:
 
 def show(course: config.CourseConfig, sub: Submission) -> None:
     text = sub.grade_text()
-    print(f"{course.id}/{sub.assignment}/{sub.account}/{sub.name}: {sub.results_dir / 'grade.vmr'}")
-    print((text or "(no grade.vmr)\n").rstrip("\n"))
+    print(f"{course.id}/{sub.assignment}/{sub.account}/{sub.name}: {sub.results_dir / GRADE_VMR}")
+    print((text or f"(no {GRADE_VMR})\n").rstrip("\n"))
     result = penalty.compute(course.assignment(sub.assignment), course.course.holidays, sub.upload_time, text)
     print(penalty.describe(result), end="")
     for earlier in grading.earlier_versions(sub):
@@ -99,7 +100,7 @@ def work(args: argparse.Namespace) -> int:
         return 0
     kept = f"; the earlier file is kept as {saved.earlier}" if saved.earlier else ""
     grade = penalty.format_points(saved.result.grade or 0)
-    print(f"saved {saved.submission.results_dir / 'grade.vmr'}{kept}")
+    print(f"saved {saved.submission.results_dir / GRADE_VMR}{kept}")
     print(f"grade: {grade} / {penalty.format_points(saved.result.total_points)}")
     return 0
 
