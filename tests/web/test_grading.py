@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from tests.util import free_port, zip_bytes
 from tests.web.conftest import login, page_token
 from tests.web.helpers import HELLO, open_course, write_results
-from vmchecker import config, grades
+from vmchecker import config, grades, teams
 from vmchecker.contract import SubmissionStatus
 from vmchecker.repo import Submission
 from vmchecker.submit import submit
@@ -213,3 +213,21 @@ def test_a_student_logged_in_again_sees_the_same(app, sub: Submission) -> None:
     again = app.test_client()
     login(again, "student")
     assert '<span class="grade">9 / 10</span>' in text(again.get("/courses/so/assignments/1-hello"))
+
+
+def test_a_teams_submission_counts_once_and_is_each_members_history(app, admin: FlaskClient,
+                                                                     web_course: config.CourseConfig) -> None:
+    teams.save(teams.teams_file(web_course.path), [teams.Team("team-sb", ("student", "bob"))])
+    course = config.load_course(web_course.path)
+    found = submit(course, "1-hello", "bob", zip_bytes(HELLO))
+    assert found.account == "team-sb"
+    write_results(found, {}, grade="-1: one test failed\n")
+    body = text(admin.get("/courses/so/grades"))
+    section = re.search(r'id="stats-1-hello".*?</section>', body, re.S).group(0)
+    assert dict(re.findall(r'data-count="(\w+)">(\d+)<', section))["submitted"] == "1"
+    student = app.test_client()
+    login(student, "student")
+    history = text(student.get("/courses/so/history/student"))
+    assert re.findall(r'data-grade="([\d.]+)"', history) == ["9"]
+    assert 'id="grade-form"' not in text(student.get(url(found)))   # the team's page: a member sees it
+    assert "-1: one test failed" in text(student.get(url(found)))

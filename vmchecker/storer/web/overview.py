@@ -3,8 +3,9 @@ were submitted, late, failed to build, still wait, ended in error) and the distr
 of their grades; per account, every submission's grade over time.
 
 Computed from the repository, the source of truth, as the grades table is: each
-current submission once (a submission, not an account, is what was graded), every
-submission of an account for its history. The same visibility rules as everywhere
+current submission once (a submission, not an account, is what was graded: a team's
+counts once), every submission of an account (for a team's member, the team's) for its
+history. The same visibility rules as everywhere
 (:mod:`.model`): an assignment hidden from the user is left out, and grades an
 assignment does not show yet (before its deadline, to a student) are neither counted in
 a histogram nor drawn; the counts of submissions say nothing about anyone's results.
@@ -80,7 +81,10 @@ def assignment_stats(course: CourseConfig, task: Assignment, user: str, now: dt.
     counts = dict(submitted=0, graded=0, late=0, failed_build=0, waiting=0, errors=0)
     found = []
     for sub in _current(course, task):
-        row = grades.row_for(course, sub)
+        rows = grades.rows_for(course, sub)   # none for a member's own upload the team's replaced
+        if not rows:
+            continue
+        row = rows[0]                          # a team's submission counts once
         counts["submitted"] += 1
         counts["late"] += row.late_days > 0
         if row.grade is not None:
@@ -134,7 +138,7 @@ def account_history(course: CourseConfig, account: str, user: str, now: dt.datet
     reasons = model.can_see_account(course, user, account)   # a reason tells of results: theirs and staff's
     found = []
     for task in model.visible_assignments(course, user):
-        subs = repository.history(task.id, account)
+        subs = repository.history(task.id, course.teams.owner(task.id, account))   # a member: the team's
         if not subs:
             continue
         shown = model.grades_visible(course, task, user, now)
