@@ -1,6 +1,6 @@
 """Nothing is lost or graded twice while the daemon, queue managers, sshds and links fail.
 
-The two-tester namespace lab of tests/test_end_to_end.py, everything real: the storer
+The two-tester namespace lab of bench/netlab.py, everything real: the storer
 daemon on our bridge's address, two tester namespaces each with its own sshd and queue
 manager running LXC guests, submissions through ``vmchecker-submit`` (a correct hello,
 graded by the current contract: run.sh writes ``$VMCHECKER_GRADE``). A stream of
@@ -55,7 +55,6 @@ import re
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -65,12 +64,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
-
+from bench import netlab  # noqa: E402
 from tests.lab import lxc_unusable, netns, sshd  # noqa: E402
-from tests.test_end_to_end import BASE, RUN_SH, LabTester, Storer  # noqa: E402
+from tests.test_end_to_end import BASE  # noqa: E402
 from tests.util import HELLO_C, HELLO_MAKEFILE, make_zip  # noqa: E402
-from vmchecker import config, evidence, repo  # noqa: E402
+from vmchecker import evidence, repo  # noqa: E402
 from vmchecker.contract import GRADE_VMR, RESULT_JSON  # noqa: E402
 from vmchecker.storer.outcomes import read_result  # noqa: E402
 
@@ -135,82 +133,20 @@ class Tracker:
             stop.wait(POLL)
 
 
-class Lab:
-    """The storer, two testers and the course, built like tests/test_end_to_end.py's lab."""
+class Lab(netlab.Lab):
+    """The lab of bench/netlab.py with one LXC machine and the correct hello to grade."""
 
-    def __init__(self, network: netns.LabNetwork, root: Path, retry_delay: float):
-        from tests.util import free_port
+    def build(self) -> None:  # type: ignore[override]
+        super().build({"linux": {"type": "lxc", "vm": BASE,
+                                 "limits": {"memory_mb": 256, "pids": 128, "cpus": 1, "output_kb": 64}}},
+                      {ASSIGNMENT: {"deadline": "2030-01-01 00:00:00", "machine": "linux"}})
+        self.hello = make_zip(self.root / "hello.zip", {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE})
+        self.accounts = 0
 
-        self.network, self.root, self.retry_delay = network, root, retry_delay
-        self.storer = Storer(root, network.gateway, free_port(network.gateway))
-        self.testers: list[LabTester] = []
-        self.qm_pids: set[int] = set()
-
-    def build(self) -> None:
-        """The course, the testers' sshds, and the checked routes between them."""
-        network, root = self.network, self.root
-        course_dir = self.storer.init_course()
-        pub = (course_dir / "keys" / "id_ed25519.pub").read_text().strip()
-        for name in ("t1", "t2"):
-            self.testers.append(LabTester(network, name, self.storer.url, pub, root))
-        for t in self.testers:
-            network.check_route(t.host.address)
-            t.host.check_route(network.gateway)
-        (course_dir / "keys" / "known_hosts").write_text("".join(t.ssh.host_key_line() + "\n" for t in self.testers))
-        (course_dir / "build.sh").write_text("#!/bin/bash\nset -e\nmake\n")
-        (course_dir / "run.sh").write_text(RUN_SH)
-        data = yaml.safe_load((course_dir / "config.yaml").read_text())
-        data["storer"].update(daemon=self.storer.url, retry_delay=self.retry_delay)
-        data["course"]["open_to_all_users"] = True
-        data["testers"] = {t.name: t.course_entry() for t in self.testers}
-        data["machines"] = {"linux": {"type": "lxc", "vm": BASE, "testers": [t.name for t in self.testers],
-                                      "limits": {"memory_mb": 256, "pids": 128, "cpus": 1, "output_kb": 64}}}
-        data["assignments"] = {"defaults": {"timeout": 30, "min_interval": 0},
-                               ASSIGNMENT: {"deadline": "2030-01-01 00:00:00", "machine": "linux"}}
-        (course_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        config.load_course(course_dir / "config.yaml")
-        self.hello = make_zip(root / "hello.zip", {"hello.c": HELLO_C, "Makefile": HELLO_MAKEFILE})
-
-    def start(self) -> None:
-        self.storer.start()
-        for t in self.testers:
-            self.start_qm(t)
-
-    def start_qm(self, t: LabTester) -> None:
-        t.start()
-        assert t.proc is not None
-        self.qm_pids.add(t.proc.pid)
-
-    def submit(self) -> Sub:
-        account = self.storer.submit(ASSIGNMENT, self.hello)
-        path = self.storer.submission(ASSIGNMENT, account).path
-        return Sub(account, path, time.monotonic())
-
-    def close(self) -> None:
-        for t in self.testers:
-            try:
-                t.close()
-            except Exception as exc:   # keep closing the rest
-                print(f"closing tester {t.name}: {exc}", file=sys.stderr)
-        self.storer.close()
-        _destroy_our_clones(self.qm_pids)
-
-
-def _destroy_our_clones(owners: set[int]) -> None:
-    """Job clones a killed queue manager of ours left (their name carries its pid)."""
-    names = subprocess.run(["lxc-ls", "-1"], capture_output=True, text=True).stdout.split()
-    ours = [n for n in names if (m := re.match(r"^vmck-[A-Za-z0-9]*-(\d+)-[0-9a-f]+$", n)) and int(m[1]) in owners]
-    if not ours:
-        return
-    from vmchecker.executor.lxc import LxcHost
-
-    host = LxcHost()
-    for name in ours:
-        print(f"removing job clone {name} left by a killed queue manager", file=sys.stderr)
-        try:
-            host.destroy_clone(name)
-        except Exception as exc:
-            print(f"could not remove {name}: {exc}", file=sys.stderr)
+    def submit(self) -> Sub:  # type: ignore[override]
+        self.accounts += 1
+        account = f"s{self.accounts:03d}"
+        return Sub(account, super().submit(ASSIGNMENT, self.hello, account), time.monotonic())
 
 
 # ---------------------------------------------------------------------- faults
