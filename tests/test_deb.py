@@ -20,6 +20,7 @@ removes it if this test process dies before its own ``finally`` does.
 from __future__ import annotations
 
 import ast
+import fcntl
 import re
 import shutil
 import subprocess
@@ -113,11 +114,15 @@ def local_repo(deb: Path, tmp_path: Path) -> Path:
     with the Packages index apt reads from a ``file:`` source."""
     status = Path("/var/lib/lxc", BASE, "rootfs/var/lib/dpkg/status")
     (DEPS / "partial").mkdir(parents=True, exist_ok=True)
-    fetch = subprocess.run(
-        ["apt-get", "install", "--download-only", "-y", "-q", "--no-install-recommends",
-         "-o", "Debug::NoLocking=1", "-o", f"Dir::State::status={status}", "-o", f"Dir::Cache::archives={DEPS}",
-         str(deb)], capture_output=True, text=True, timeout=300)
-    assert fetch.returncode == 0, f"apt could not gather the package's dependencies:\n{fetch.stdout}\n{fetch.stderr}"
+    fetch = ["apt-get", "install", "--download-only", "-y", "-q", "--no-install-recommends", "-o", "Debug::NoLocking=1",
+             "-o", f"Dir::State::status={status}", "-o", f"Dir::Cache::archives={DEPS}", str(deb)]
+    with open(DEPS / ".lock", "w") as lock:   # one fetch at a time into the shared folder
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run(fetch, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:   # the host's package lists may be older than the mirror
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=300)
+            done = subprocess.run(fetch, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"apt could not gather the package's dependencies:\n{done.stdout}\n{done.stderr}"
     repo = tmp_path / "repo"
     repo.mkdir()
     for path in [deb, *DEPS.glob("*.deb")]:

@@ -39,6 +39,12 @@ else
   EPOCH=$(stat -c %Y setup.py)
 fi
 
+# One build at a time in this tree (two test runs may ask at once); the second finds the
+# first's package up to date.
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+flock 9
+
 INPUTS=$( { files | sort -z | xargs -0 sha256sum; echo "$VERSION $EPOCH"; } | sha256sum | cut -d' ' -f1)
 if [[ ${FORCE:-0} != 1 && -f $DEB && -f $OUT/.inputs && $(cat "$OUT/.inputs") == "$INPUTS" ]]; then
   echo "build-deb.sh: $DEB is up to date"
@@ -48,7 +54,7 @@ fi
 missing=$(dpkg-checkbuilddeps 2>&1) || die "${missing##*error: }: apt-get install debhelper dh-python python3-setuptools"
 
 start=$SECONDS
-rm -rf "$SRC" "$OUT"/vmchecker_*
+rm -rf "$SRC" "$OUT"/vmchecker_* "$OUT/.inputs"
 mkdir -p "$SRC"
 files | tar --null -T - -c | tar -x -C "$SRC"
 find "$SRC" -exec touch -h -d "@$EPOCH" {} +   # mtimes of the tree, not of this checkout
