@@ -169,7 +169,8 @@ class Lab:
         timeline = wait_for(journaled, f"job {job_id} to be journaled done", JOB_WAIT, interval=POLL)
         stages = {row["stage"]: row["at"] - start for row in timeline["stages"] if row["attempt"] == 0}
         if timeline["attempts"] or Stage.GRADED not in stages:
-            raise SystemExit(f"{account}: job {job_id} took {timeline['attempts'] + 1} attempts")
+            raise SystemExit(f"{account}: job {job_id} took {timeline['attempts'] + 1} attempt(s), stages"
+                             f" {[(r['stage'], r['attempt']) for r in timeline['stages']]}")
         return {**stages, "end": stages[Stage.GRADED]}
 
     def makespan(self, count: int, prefix: str) -> float:

@@ -107,3 +107,23 @@ def test_stage_marks_of_unknown_names_are_left_out(journal):
     job = done_job(journal)
     journal._db.execute("INSERT INTO stages VALUES (?, 0, 'from_the_future', 1.0)", (job.id,))
     assert all(isinstance(m, StageMark) and m.stage in Stage for m in journal.stages([job.id])[job.id])
+
+
+def test_a_job_read_done_has_every_stage_its_landing_recorded(journal, monkeypatch):
+    """The job finishing between the two reads of answer() must not give a done job
+    without its last stages (what a caller waiting for done would then take as final)."""
+    job = journal.enqueue("so", "1-hello", "bob", "s", "linux", now=10.0, stored=9.0)
+    journal.mark_sent(job.id, "t1", deadline=500.0, now=11.0)
+    real = journal.stages
+
+    def then_done(ids):
+        found = real(ids)
+        journal.mark_done(job.id, now=20.0, stages={Stage.GRADED: 20.0})
+        return found
+
+    monkeypatch.setattr(journal, "stages", then_done)
+    t = timeline.answer(journal, [job.id])[job.id]
+    assert t["state"] == "sent" or "graded" in rows(t)
+    monkeypatch.undo()
+    t = timeline.answer(journal, [job.id])[job.id]
+    assert t["state"] == "done" and "graded" in rows(t)

@@ -136,11 +136,9 @@ def build(job: Job, marks: list[StageMark]) -> dict[str, Any]:
 
 
 def answer(journal: Journal, job_ids: list[str]) -> dict[str, Any]:
-    """The timelines of the jobs of ``job_ids`` the journal knows, by job id."""
-    marks = journal.stages(job_ids)
-    found = {}
-    for job_id in dict.fromkeys(job_ids):
-        job = journal.find(job_id)
-        if job is not None:
-            found[job_id] = build(job, marks.get(job_id, []))
-    return found
+    """The timelines of the jobs of ``job_ids`` the journal knows, by job id. The jobs are
+    read before their stages: a job read ``done`` then has every stage its ``mark_done``
+    recorded (the same transaction), never a state newer than its stages."""
+    jobs = [job for job in map(journal.find, dict.fromkeys(job_ids)) if job is not None]
+    marks = journal.stages([job.id for job in jobs])
+    return {job.id: build(job, marks.get(job.id, [])) for job in jobs}
