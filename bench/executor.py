@@ -17,15 +17,21 @@ goal: <= 0.3 s), ``overhead_median_s_kvm_snapshot`` (goal under TCG: <= 3 s; the
 thesis measured 26 s with hardware KVM), ``overhead_median_s_kvm_overlay``,
 ``overhead_median_s_docker`` and ``overhead_median_s_vmware``.
 
+Jobs run the way the queue manager runs them: on a warm guest (executor/warm.py) where
+the machine keeps them (LXC, KVM snapshot), prepared before each job and not timed, as
+an idle slot prepares it; ``--cold`` also times every such machine without (the
+figures with ``_cold`` appended), as a tester with ``warm_guests: 0`` runs.
+
     .venv/bin/python bench/executor.py [--jobs 20] [--vm vmchecker-base]
         [--kvm-jobs 5] [--kvm-overlay-jobs 2] [--kvm-vm vmchecker-kvm-base] [--throughput-jobs 100]
-        [--docker-jobs 10] [--docker-image vmchecker-base:latest] [--vmware-jobs 10]
+        [--docker-jobs 10] [--docker-image vmchecker-base:latest] [--vmware-jobs 10] [--cold]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -42,6 +48,7 @@ from vmchecker.bundle import BundleInfo  # noqa: E402
 from vmchecker.config import parse_machine  # noqa: E402
 from vmchecker.errors import ExecutorError  # noqa: E402
 from vmchecker.executor import base, get_host  # noqa: E402
+from vmchecker.executor.warm import WarmPool, capacity  # noqa: E402
 
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("Hello, world!"); return 0; }\n'
 MAKEFILE = "hello: hello.c\n\tgcc -Wall -o hello hello.c\n"
@@ -106,19 +113,28 @@ class JobTimes:
         return derived[name] if name in derived else getattr(self, name)
 
 
-def time_jobs(host: base.Host, machine: dict, jobs: int, label: str, timeout: int = 10) -> list[JobTimes]:
+def time_jobs(host: base.Host, machine: dict, jobs: int, label: str, timeout: int = 10,
+              warm: bool = True) -> list[JobTimes]:
     """Run ``jobs`` hello jobs on ``machine`` through ``host``, one after the other, after
-    one warm-up job that is not counted; print each; stop at the first that fails."""
+    one warm-up job that is not counted; print each; stop at the first that fails. With
+    ``warm`` and a machine that keeps warm guests, each job runs on one prepared just
+    before it (untimed, as the queue manager's idle slot does)."""
     times = []
     with tempfile.TemporaryDirectory(prefix="vmchecker-bench-") as tmp:
+        pool = WarmPool(Path(tmp) / "warm").ensure()
         for i in range(jobs + 1):
             folder, info = make_bundle(Path(tmp) / f"job{i}", f"bench{label}{i}", machine, timeout)
+            on_warm = warm and capacity(info.machine) > 0
+            if on_warm and host.prepare_warm(info.machine, pool, os.getpid()) is None:
+                raise SystemExit(f"bench job {label} {i}: no warm guest could be prepared")
             start = time.monotonic()
-            job = host.test_submission(folder, info.machine, info)
+            job = host.test_submission(folder, info.machine, info, warm=pool if on_warm else None)
             total = time.monotonic() - start
             if job.status != "done" or not job.steps["run"].succeeded or not job.grade_file:
                 raise SystemExit(f"bench job {label} {i} failed: {job.status} {job.message}"
                                  f" (grade file: {job.grade_file})")
+            if job.warm_guest != on_warm:
+                raise SystemExit(f"bench job {label} {i}: warm guest {job.warm_guest}, expected {on_warm}")
             if i == 0:
                 continue
             t = JobTimes(total, job.steps["build"].wall_s, job.steps["run"].wall_s, dict(job.phases))
@@ -142,30 +158,37 @@ def summarise(times: list[JobTimes], names: tuple[str, ...], label: str) -> dict
     return spreads
 
 
-def executor_overhead(jobs: int, vm: str) -> dict[str, float]:
-    """``jobs`` jobs through the LXC executor; the figures for the last line."""
-    spreads = summarise(time_jobs(get_host("lxc"), lxc_machine(vm), jobs, "lxc"),
-                        ("total", "run", "build", "overhead"), "lxc")
+def executor_overhead(jobs: int, vm: str, cold: bool = False) -> dict[str, float]:
+    """``jobs`` jobs through the LXC executor (on warm guests, and with ``cold`` also
+    without); the figures for the last line."""
     figures: dict[str, float] = {"jobs": jobs}
-    figures.update({f"{name}_median_s": s[0] for name, s in spreads.items()})
-    figures.update(overhead_p10_s=spreads["overhead"][1], overhead_p90_s=spreads["overhead"][2])
+    for warm in (True, False) if cold else (True,):
+        suffix = "" if warm else "_cold"
+        spreads = summarise(time_jobs(get_host("lxc"), lxc_machine(vm), jobs, "lxc" + suffix, warm=warm),
+                            ("total", "run", "build", "overhead", "executor"), "lxc" + suffix)
+        figures.update({f"{name}_median_s{suffix}": s[0] for name, s in spreads.items()})
+        figures.update({f"overhead_p10_s{suffix}": spreads["overhead"][1], f"overhead_p90_s{suffix}": spreads["overhead"][2]})
     return figures
 
 
-def kvm_overhead(jobs: int, overlay_jobs: int, vm: str = KVM_BASE, state: str = KVM_STATE) -> dict[str, float]:
-    """``jobs`` jobs with ``revert: snapshot`` and ``overlay_jobs`` with ``revert: overlay``
-    through the KVM executor (0 skips a mode); the figures for the last line."""
+def kvm_overhead(jobs: int, overlay_jobs: int, vm: str = KVM_BASE, state: str = KVM_STATE,
+                 cold: bool = False) -> dict[str, float]:
+    """``jobs`` jobs with ``revert: snapshot`` (on warm guests, and with ``cold`` also
+    without) and ``overlay_jobs`` with ``revert: overlay`` through the KVM executor (0
+    skips a mode); the figures for the last line."""
     try:
         host = get_host("kvm")
     except ExecutorError as exc:
         print(f"kvm: skipped: {exc}")
         return {}
     figures: dict[str, float] = {"jobs_kvm_snapshot": jobs, "jobs_kvm_overlay": overlay_jobs}
-    for mode, count in (("snapshot", jobs), ("overlay", overlay_jobs)):
+    runs = [("snapshot", jobs, True), *([("snapshot", jobs, False)] if cold else []), ("overlay", overlay_jobs, True)]
+    for mode, count, warm in runs:
         if count > 0:
-            times = time_jobs(host, kvm_machine(vm, mode, state), count, mode, timeout=30)
-            spreads = summarise(times, ("total", "overhead", "executor"), mode)
-            figures.update({f"{name}_median_s_kvm_{mode}": s[0] for name, s in spreads.items()})
+            suffix = "" if warm or mode == "overlay" else "_cold"
+            times = time_jobs(host, kvm_machine(vm, mode, state), count, mode + suffix, timeout=30, warm=warm)
+            spreads = summarise(times, ("total", "overhead", "executor"), mode + suffix)
+            figures.update({f"{name}_median_s_kvm_{mode}{suffix}": s[0] for name, s in spreads.items()})
     return figures
 
 
@@ -254,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="VMware jobs to time per revert mode, on the lab server (default 10; 0 skips)")
     p.add_argument("--throughput-jobs", type=int, default=100,
                    help="jobs per queue-manager throughput run with 1, 2 and 4 slots (default 100; 0 skips)")
+    p.add_argument("--cold", action="store_true",
+                   help="also time LXC and KVM snapshot jobs without warm guests (figures ending in _cold)")
     args = p.parse_args(argv)
-    figures = executor_overhead(args.jobs, args.vm)
+    figures = executor_overhead(args.jobs, args.vm, args.cold)
     figures.update(queue_manager_throughput(args))
     if args.kvm_jobs > 0:
-        figures.update(kvm_overhead(args.kvm_jobs, args.kvm_overlay_jobs, args.kvm_vm, args.kvm_state))
+        figures.update(kvm_overhead(args.kvm_jobs, args.kvm_overlay_jobs, args.kvm_vm, args.kvm_state, args.cold))
     if args.docker_jobs > 0:
         figures.update(docker_overhead(args.docker_jobs, args.docker_image))
     if args.vmware_jobs > 0:

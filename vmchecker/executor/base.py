@@ -163,8 +163,9 @@ class Host:
                             vm.name, machine.name)
                 return None
             record = new_record(vm.name, machine, identity, owner)
-            pool.publish(record)
-            published = True
+            with uninterruptible():   # published means kept: a SIGTERM must not fall in between
+                pool.publish(record)
+                published = True
             return record
         finally:
             with uninterruptible():

@@ -54,8 +54,9 @@ class Agent:
             raise ExecutorError(f"guest agent of {self.name}: {command} failed: {exc.get_error_message()}") from None
         return json.loads(reply).get("return")
 
-    def exec(self, argv: list[str], capture: bool = True) -> int:
-        return self.call("guest-exec", path=argv[0], arg=argv[1:], **{"capture-output": capture})["pid"]
+    def exec(self, argv: list[str], capture: bool = True, stdin: bytes | None = None) -> int:
+        extra = {"input-data": base64.b64encode(stdin).decode()} if stdin is not None else {}
+        return self.call("guest-exec", path=argv[0], arg=argv[1:], **{"capture-output": capture}, **extra)["pid"]
 
     def wait(self, pid: int, deadline: float) -> dict | None:
         """guest-exec-status until the process exited (its status) or ``deadline`` (None)."""
@@ -69,16 +70,26 @@ class Agent:
             time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
             pause = min(pause * 1.5, 0.1)
 
-    def shell(self, script: str, *args: str, timeout: float = guest.COPY_TIMEOUT) -> bytes:
-        """Run ``sh -c script`` as root; its stdout; ExecutorError on failure."""
-        pid = self.exec(["/bin/sh", "-c", script, "sh", *args])
+    def shell(self, script: str, *args: str, timeout: float = guest.COPY_TIMEOUT, stdin: bytes | None = None) -> bytes:
+        """Run ``sh -c script`` as root (``stdin`` its standard input); its stdout;
+        ExecutorError on failure."""
+        return output(self._shell(script, args, timeout, stdin))
+
+    def shell_whole(self, script: str, *args: str, timeout: float = guest.COPY_TIMEOUT) -> bytes | None:
+        """As :meth:`shell`, but None when the stdout was more than the agent brings back
+        (it keeps 16 MiB): the caller goes through a file instead."""
+        status = self._shell(script, args, timeout, None)
+        return None if status.get("out-truncated") else output(status)
+
+    def _shell(self, script: str, args: tuple[str, ...], timeout: float, stdin: bytes | None) -> dict:
+        pid = self.exec(["/bin/sh", "-c", script, "sh", *args], stdin=stdin)
         status = self.wait(pid, time.monotonic() + timeout)
         if status is None:
             raise ExecutorError(f"a command in {self.name} did not finish within {timeout} s")
         if status.get("exitcode") != 0:
             err = output(status, "err").decode("utf-8", "replace").strip()
             raise ExecutorError(f"a command in {self.name} failed ({describe(status)}): {err or 'no message'}")
-        return output(status)
+        return status
 
     def write_file(self, path: str, data: bytes) -> None:
         handle = self.call("guest-file-open", path=path, mode="w")

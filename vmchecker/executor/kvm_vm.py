@@ -46,9 +46,13 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 STEP_CGROUPS = "/sys/fs/cgroup/vmck"   # the guest's cgroup v2 folder for the steps' cgroups
 STEP_PL = guest.program("step.pl")
 
+IN_DATA_MAX = 4 * 1024 * 1024   # a payload up to this size travels as the copy-in's stdin: no file to remove
 # Root, before the first step: set the stale clock (a snapshot's), unpack the job's files
-# (owners by name: the guest's passwd decides), check the guest can keep the contract.
-COPY_IN = ('date -u -s "@$2" >/dev/null; mkdir -p -- "$1" && tar -xpf "$3" -C "$1"; rc=$?; rm -f "$3";'
+# from the tar $3 ("-": standard input; owners by name: the guest's passwd decides),
+# check the guest can keep the contract.
+# ("-" for $2: the clock is right already, as in a warm guest).
+COPY_IN = ('[ "$2" = - ] || date -u -s "@$2" >/dev/null; { [ -d "$1" ] || mkdir -p -- "$1"; } &&'
+           ' tar -xpf "$3" -C "$1"; rc=$?; [ "$3" = - ] || rm -f "$3";'
            f' [ $rc = 0 ] && exec /bin/sh "$1"/course/bin/{payload.STEP_PROGRAM} prepare; exit $rc')
 
 
@@ -118,6 +122,7 @@ class KvmVM(base.VM):
         self._watch: GuestWatch | None = None
         self._user = (0, 0, "/root")
         self._steps = 0
+        self._clock_set = False   # the guest's clock is right (a warm guest's); else the copy-in sets it
 
     # -- what each revert mode does its own way
 
@@ -163,8 +168,13 @@ class KvmVM(base.VM):
             self._user = self._guest_user(agent, self.machine.guest_user)
         buf = io.BytesIO()
         load.write(buf)
-        agent.write_file(IN_TAR, buf.getvalue())
-        agent.shell(COPY_IN, guest_dir, f"{time.time():.6f}", IN_TAR)
+        data = buf.getvalue()
+        now = "-" if self._clock_set else f"{time.time():.6f}"
+        if len(data) <= IN_DATA_MAX:
+            agent.shell(COPY_IN, guest_dir, now, "-", stdin=data)
+        else:
+            agent.write_file(IN_TAR, data)
+            agent.shell(COPY_IN, guest_dir, now, IN_TAR)
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         with self._quota():
@@ -177,8 +187,11 @@ class KvmVM(base.VM):
 
     def _copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         agent = self._require_agent()
-        agent.shell(guest.COPY_OUT, guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS), OUT_TAR)
-        data = agent.read_file(OUT_TAR, results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
+        args = (guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS))
+        data = agent.shell_whole(guest.COPY_OUT, *args, "-")   # the tar as the command's output: one call
+        if data is None:   # more than the agent brings back at once
+            agent.shell(guest.COPY_OUT, *args, OUT_TAR)
+            data = agent.read_file(OUT_TAR, results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
         results.extract_vmrs(data, dest, cap, self.name)
 
     def _run(self, argv: list[str], cwd: str, timeout: float,

@@ -52,7 +52,7 @@ from vmchecker import bundle, config, fsutil, rpc
 from vmchecker.config import Machine
 from vmchecker.contract import STAGE_STAT_PREFIX, SUBMISSION_CONFIG, Stage
 from vmchecker.errors import RpcError, VmcheckerError
-from vmchecker.executor import hostcmds, warm
+from vmchecker.executor import hostcmds
 from vmchecker.service import Service
 from vmchecker.tester import metrics, processes, results, storers
 from vmchecker.tester.jobs import Job, Outcome, job_id_from_name
@@ -236,8 +236,8 @@ class QueueManager(Service):
         if self.once and not self._waiting and not self._running:
             return False
         if not self.once and not self._waiting:   # idle slots prepare the next guests
-            busy = {warm.pool_key(job.machine) for job, _t in self._running.values() if job.machine is not None}
-            self.warmer.top_up(self.config.tester.slots - len(self._running), busy)
+            self.warmer.top_up(self.config.tester.slots - len(self._running),
+                               [job.machine for job, _thread in self._running.values()])
         if watcher is None:
             self._wake.wait(IDLE_WAIT)
             self._wake.clear()
@@ -344,8 +344,7 @@ class QueueManager(Service):
                 del self._running[name]
                 self._known.discard(name)
                 self.warmer.note(job.machine)
-                if job.killed:   # its executor may have died holding a warm guest
-                    self.warmer.sweep()
+                self.warmer.sweep()   # a warm guest its executor claimed and could not destroy
 
     def _abort_running(self) -> None:
         for job, _thread in self._running.values():

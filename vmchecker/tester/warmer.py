@@ -94,10 +94,10 @@ class Warmer:
             old, _machine = self._recent.popitem(last=False)
             self._drop((r, 0) for r in self.pool.ready() if r.owner == self.owner and r.fingerprint == old)
 
-    def top_up(self, idle_slots: int, busy_keys: Iterable[str] = ()) -> None:
+    def top_up(self, idle_slots: int, running: Iterable[Machine | None] = ()) -> None:
         """Start warm-ups, at most ``idle_slots`` at once, for the machines that have fewer
-        ready guests than they should; none for a pool key in ``busy_keys`` (a KVM snapshot
-        domain a job of this tester holds)."""
+        ready guests than they should; none for a guest a job of ``running`` (the machines
+        of the jobs running here) holds now: a KVM snapshot domain."""
         self.reap()
         if not self.enabled or not self._recent or len(self._running) >= idle_slots:
             return
@@ -107,7 +107,7 @@ class Warmer:
                 counts[record.key] = counts.get(record.key, 0) + 1
         for w in self._running:
             counts[w.key] = counts.get(w.key, 0) + 1
-        busy = set(busy_keys)
+        busy = {pool_key(m) for m in running if m is not None and capacity(m) == 1}
         for fp, machine in reversed(self._recent.items()):   # the latest machine first
             key = pool_key(machine)
             wanted = min(self.per_machine, capacity(machine))
@@ -147,7 +147,8 @@ class Warmer:
         self._drop([(r, 0) for r in self.pool.ready() if r.owner == self.owner] + self.pool.orphans(self.owner))
 
     def sweep(self) -> None:
-        """Destroy the guests of claimed records whose executor died (killed mid-job)."""
+        """Destroy the guests of claimed records whose executor is gone and left them
+        (killed mid-job, or its clean-up failed)."""
         self._drop((r, pid) for r, pid in self.pool.claimed() if not pid_alive(pid))
 
     def recover(self) -> list[Machine]:
