@@ -22,6 +22,7 @@ from pathlib import Path
 import paramiko
 
 from vmchecker.errors import TransportError
+from vmchecker.paramiko_compat import fingerprint
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -94,12 +95,12 @@ def connect_error(exc: BaseException, *, where: str, entry: str, known_hosts: Pa
     if isinstance(exc, _UnknownHostKey):
         return TransportError(
             f"{where}: host {entry} is not in {known_hosts} (it offered {exc.key.get_name()}"
-            f" {exc.key.fingerprint}); unknown hosts are never accepted automatically:"
+            f" {fingerprint(exc.key)}); unknown hosts are never accepted automatically:"
             " record it with vmchecker-init-course --add-tester")
     if isinstance(exc, paramiko.BadHostKeyException):
         return TransportError(
             f"{where}: host key mismatch for {entry}: it offered {exc.key.get_name()}"
-            f" {exc.key.fingerprint} but {known_hosts} records {exc.expected_key.fingerprint};"
+            f" {fingerprint(exc.key)} but {known_hosts} records {fingerprint(exc.expected_key)};"
             " if the tester was reinstalled, remove its line there and add it again,"
             " otherwise the connection may be intercepted")
     if isinstance(exc, paramiko.AuthenticationException):

@@ -40,7 +40,7 @@ from vmchecker import config
 from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import ConfigError, TransportError, VmcheckerError
 from vmchecker.fsutil import locked, write_atomic
-from vmchecker.storer.paramiko_compat import load_private_key
+from vmchecker.paramiko_compat import fingerprint, load_private_key
 from vmchecker.storer.transport import CONNECT_TIMEOUT, TesterLink, fetch_host_key, known_hosts_entry
 from vmchecker.tester_config import TesterSettings, parse_identity
 
@@ -80,7 +80,7 @@ def authorized_keys_line(public_line: str) -> str:
 
 def _fingerprint(line: str) -> str:
     entry = HostKeyEntry.from_line(line)
-    return f"{entry.key.get_name()} {entry.key.fingerprint}"
+    return f"{entry.key.get_name()} {fingerprint(entry.key)}"
 
 
 def record_host_key(known_hosts: Path, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> tuple[str, bool]:
@@ -101,8 +101,8 @@ def record_host_key(known_hosts: Path, host: str, port: int, timeout: float = CO
         offered = HostKeyEntry.from_line(line).key
         if recorded.get(offered.get_name()) != offered:
             raise TransportError(
-                f"{entry} offers {offered.get_name()} {offered.fingerprint}, but {known_hosts} already records"
-                f" {recorded[kind].get_name()} {recorded[kind].fingerprint} for it: refusing to replace it;"
+                f"{entry} offers {offered.get_name()} {fingerprint(offered)}, but {known_hosts} already records"
+                f" {recorded[kind].get_name()} {fingerprint(recorded[kind])} for it: refusing to replace it;"
                 " if the tester was reinstalled, remove its line from that file by hand and add it again")
         return line, False
     line = fetch_host_key(host, port, timeout)

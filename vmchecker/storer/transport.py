@@ -43,12 +43,12 @@ from typing import Any, TypeVar
 
 import paramiko
 
+from vmchecker import paramiko_compat
 from vmchecker.config import CourseConfig, Tester
 from vmchecker.contract import TESTER_INFO
 from vmchecker.errors import NotFound, ResultRefused, TransportError
 from vmchecker.fsutil import fsync_dir
 from vmchecker.storer import holdings as held
-from vmchecker.storer import paramiko_compat
 from vmchecker.storer.holdings import Holdings
 from vmchecker.storer.result_fetch import MAX_RESULT_FILE, MAX_RESULT_TOTAL, check_name, download_all
 from vmchecker.storer.ssh_failures import (

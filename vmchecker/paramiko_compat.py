@@ -1,10 +1,13 @@
 """What differs between the paramiko the pip route installs (3.2 and later) and Debian
 12's python3-paramiko (2.12), which the Debian package depends on; the storer uses
-these two calls, so that its connections (transport.py) and the tester setup
-(testers_admin.py) behave alike under either.
+these calls, so that its connections (storer/transport.py), the words of its SSH
+failures (storer/ssh_failures.py) and the tester setup (storer/testers_admin.py) behave
+alike under either.
 
 - ``PKey.from_path`` reads a private key of any type; 2.12 has not got it, so each key
   class is tried in turn.
+- ``PKey.fingerprint`` is the OpenSSH-style ``SHA256:...`` a sysadmin compares with
+  ``ssh-keygen -lf``; 2.12 has not got it, so it is computed the same way.
 - ``SSHClient.connect(channel_timeout=...)`` bounds how long opening a channel (an SFTP
   session, a command) waits for the server; 2.12 has not got it and waits an hour, so
   there the connection's ``open_channel`` gets the same bound as its default.
@@ -12,6 +15,8 @@ these two calls, so that its connections (transport.py) and the tester setup
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,16 @@ def load_private_key(path: Path | str) -> paramiko.PKey:
         except paramiko.SSHException as exc:
             errors.append(exc)
     raise errors[0]   # the ed25519 reader's words: vmchecker makes ed25519 course keys
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """``SHA256:`` and the unpadded base64 of the SHA-256 of the public key, as OpenSSH
+    and paramiko 3.2+ show it."""
+    shown = getattr(key, "fingerprint", None)
+    if isinstance(shown, str):
+        return shown
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
 def connect(client: paramiko.SSHClient, *args: Any, channel_timeout: float, **options: Any) -> None:

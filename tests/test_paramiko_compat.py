@@ -1,6 +1,6 @@
 """The storer's SSH calls behave alike with paramiko 3.2+ and with Debian 12's paramiko
 2.12 (the Debian package depends on that one). The 2.12 side is this paramiko with what
-2.12 lacks taken away: ``PKey.from_path``, and ``connect``'s ``channel_timeout`` (a
+2.12 lacks taken away: ``PKey.from_path`` (and ``fingerprint``), and ``connect``'s ``channel_timeout`` (a
 client whose connect does not take it, and a transport that records its channel opens)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from vmchecker.storer import paramiko_compat
-from vmchecker.storer.paramiko_compat import load_private_key
+from vmchecker import paramiko_compat
+from vmchecker.paramiko_compat import fingerprint, load_private_key
 
 
 def make_key(tmp_path: Path, kind: str) -> tuple[Path, str]:
@@ -27,8 +27,12 @@ def test_each_key_type_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
                                without_from_path: bool) -> None:
     if without_from_path:
         monkeypatch.delattr(paramiko.PKey, "from_path", raising=False)
+        monkeypatch.delattr(paramiko.PKey, "fingerprint", raising=False)
     path, public = make_key(tmp_path, kind)
-    assert load_private_key(path).get_base64() == public
+    key = load_private_key(path)
+    assert key.get_base64() == public
+    shown = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True, check=True).stdout
+    assert fingerprint(key) == shown.split()[1]   # as a sysadmin compares it
 
 
 def test_not_a_key_is_paramikos_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
