@@ -18,9 +18,9 @@ thesis measured 26 s with hardware KVM), ``overhead_median_s_kvm_overlay``,
 ``overhead_median_s_docker`` and ``overhead_median_s_vmware``.
 
 Jobs run the way the queue manager runs them: on a warm guest (executor/warm.py) where
-the machine keeps them (LXC, KVM snapshot), prepared before each job and not timed, as
-an idle slot prepares it; ``--cold`` also times every such machine without (the
-figures with ``_cold`` appended), as a tester with ``warm_guests: 0`` runs.
+the machine keeps them (LXC, KVM snapshot, Docker), prepared before each job and not
+timed, as an idle slot prepares it; ``--cold`` also times every such machine without
+(the figures with ``_cold`` appended), as a tester with ``warm_guests: 0`` runs.
 
     .venv/bin/python bench/executor.py [--jobs 20] [--vm vmchecker-base]
         [--kvm-jobs 5] [--kvm-overlay-jobs 2] [--kvm-vm vmchecker-kvm-base] [--throughput-jobs 100]
@@ -192,16 +192,22 @@ def kvm_overhead(jobs: int, overlay_jobs: int, vm: str = KVM_BASE, state: str = 
     return figures
 
 
-def docker_overhead(jobs: int, image: str) -> dict[str, float]:
-    """``jobs`` jobs through the Docker executor, a fresh container each from ``image``."""
+def docker_overhead(jobs: int, image: str, cold: bool = False) -> dict[str, float]:
+    """``jobs`` jobs through the Docker executor, a fresh container each from ``image``
+    (made ahead, warm, and with ``cold`` also in the job)."""
     try:
         host = get_host("docker")
     except ExecutorError as exc:
         print(f"docker: skipped: {exc}")
         return {}
     machine = {"name": "linux-docker", "type": "docker", "image": image}
-    spreads = summarise(time_jobs(host, machine, jobs, "docker"), ("total", "overhead"), "docker")
-    return {"jobs_docker": jobs, **{f"{name}_median_s_docker": s[0] for name, s in spreads.items()}}
+    figures: dict[str, float] = {"jobs_docker": jobs}
+    for warm in (True, False) if cold else (True,):
+        suffix = "" if warm else "_cold"
+        spreads = summarise(time_jobs(host, machine, jobs, "docker" + suffix, warm=warm), ("total", "overhead"),
+                            "docker" + suffix)
+        figures.update({f"{name}_median_s_docker{suffix}": s[0] for name, s in spreads.items()})
+    return figures
 
 
 def vmware_overhead(jobs: int) -> dict[str, float]:
@@ -278,14 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-jobs", type=int, default=100,
                    help="jobs per queue-manager throughput run with 1, 2 and 4 slots (default 100; 0 skips)")
     p.add_argument("--cold", action="store_true",
-                   help="also time LXC and KVM snapshot jobs without warm guests (figures ending in _cold)")
+                   help="also time LXC, KVM snapshot and Docker jobs without warm guests (figures ending in _cold)")
     args = p.parse_args(argv)
     figures = executor_overhead(args.jobs, args.vm, args.cold)
     figures.update(queue_manager_throughput(args))
     if args.kvm_jobs > 0:
         figures.update(kvm_overhead(args.kvm_jobs, args.kvm_overlay_jobs, args.kvm_vm, args.kvm_state, args.cold))
     if args.docker_jobs > 0:
-        figures.update(docker_overhead(args.docker_jobs, args.docker_image))
+        figures.update(docker_overhead(args.docker_jobs, args.docker_image, args.cold))
     if args.vmware_jobs > 0:
         figures.update(vmware_overhead(args.vmware_jobs))
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))

@@ -1,4 +1,5 @@
-"""Warm guests on real LXC clones and the real KVM snapshot domain (executor/warm.py):
+"""Warm guests on real LXC clones, the real KVM snapshot domain and real Docker
+containers (executor/warm.py):
 a warm guest serves exactly one job and is never claimed again, a job on one is as
 clean as on a cold guest, and a warm guest made before its base changed (or before
 another job used the one KVM domain) is dropped and the job runs cold.
@@ -9,6 +10,7 @@ checks see them), as a queue manager's warm-up would; nothing asserts on time.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.executor.docker_fixtures import DOCKER_IMAGE, docker_machine
 from tests.executor.helpers import make_bundle, result_json, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine
 from vmchecker.executor.warm import WarmPool
@@ -172,3 +175,63 @@ def test_kvm_warm_guest_used_by_another_job_meanwhile_is_dropped(own_domain, tmp
     assert vmr(out1, "run-stdout.vmr") == "clean\n"
     assert not pool.take(record)
     assert pool.ready() == [] and pool.claimed() == [] and not token().exists()
+
+
+# --------------------------------------------------------------------------- Docker
+
+
+@pytest.fixture
+def own_image(docker_host):
+    """An image tag of this test's own (on the shared image), so the test can change the
+    image a machine names without touching the shared tag."""
+    api = docker_host.api()
+    tag = f"vmck-test-warm:{secrets.token_hex(3)}"
+    api.tag(DOCKER_IMAGE, *tag.split(":"))
+    made: list[str] = []
+    yield tag, made
+    import docker
+
+    for image in [tag, *made]:
+        with contextlib.suppress(docker.errors.NotFound):   # gone with its last tag
+            api.remove_image(image, force=True)
+
+
+def docker_containers(host) -> set[str]:
+    return set(host.containers())
+
+
+@pytest.mark.docker
+def test_docker_warm_guest_serves_one_job_and_the_next_gets_another(docker_host, tmp_path):
+    pool = WarmPool(tmp_path / "warm").ensure()
+    first = docker_host.prepare_warm(machine_of(tmp_path / "m", **docker_machine()), pool, os.getpid())
+    assert first and first.name in docker_containers(docker_host)
+
+    job1, out1 = job(docker_host, tmp_path / "warm1", pool, **docker_machine())
+    job2, out2 = job(docker_host, tmp_path / "cold2", pool, **docker_machine())
+
+    assert job1.status == "done" and job2.status == "done", (job1.message, job2.message)
+    assert job1.vm == first.name and job2.vm != first.name
+    assert [result_json(o)["warm_guest"] for o in (out1, out2)] == [True, False]
+    assert [vmr(o, "run-stdout.vmr") for o in (out1, out2)] == ["clean\n"] * 2
+    assert not pool.take(first) and pool.ready() == [] and pool.claimed() == []
+    assert first.name not in docker_containers(docker_host)
+
+
+@pytest.mark.docker
+def test_docker_warm_guest_of_a_changed_image_is_dropped(docker_host, own_image, tmp_path):
+    tag, made = own_image
+    api = docker_host.api()
+    pool = WarmPool(tmp_path / "warm").ensure()
+    record = docker_host.prepare_warm(machine_of(tmp_path / "m", **docker_machine(image=tag)), pool, os.getpid())
+    assert record
+    box = api.create_container(tag, labels={"vmck-test": "warm"})   # the image changes: a commit of it
+    made.append(api.commit(box["Id"])["Id"])
+    api.remove_container(box["Id"], force=True)
+    api.tag(made[0], *tag.split(":"))
+
+    job1, out1 = job(docker_host, tmp_path / "after", pool, **docker_machine(image=tag))
+
+    assert job1.status == "done", job1.message
+    assert result_json(out1)["warm_guest"] is False and job1.vm != record.name
+    assert record.name not in docker_containers(docker_host)
+    assert pool.ready() == [] and pool.claimed() == []

@@ -89,5 +89,6 @@ def test_which_machines_are_kept_warm():
     assert fingerprint(machine(**kvm)) != fingerprint(machine(**kvm, limits={"memory_mb": 1024}))
     assert capacity(machine(**kvm, revert="overlay")) == 0
     assert capacity(machine(kernel_messages=["tail -F x"])) == 0   # they must see the boot
-    assert capacity(machine(type="docker", vm="", image="img")) == 0
+    assert capacity(machine(type="docker", vm="", image="img")) > 1
+    assert capacity(machine(type="vmware", vm="v", vmware_url="https://x/sdk")) == 0
     assert fingerprint(machine(testers=["t1"])) == fingerprint(machine(testers=["t2"]))

@@ -19,7 +19,8 @@ but PID 1, thaw). Containers are named ``vmck-<job>-<owner pid>-<random>`` and l
 ``vmchecker.job``, so :meth:`DockerHost.cleanup_leftovers` removes those whose executor
 died; a failed job's container is kept for inspection under ``kept-<name>`` where the
 machine says ``keep_failed``. Every Docker error becomes an ExecutorError naming the
-container and the call.
+container and the call. A warm container (:mod:`.warm`) is one created and started ahead
+of its job, from the image the machine names as it was then (its id).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from vmchecker.errors import ExecutorError
 from vmchecker.executor import base, docker_io, guest, payload, results
 from vmchecker.executor.cgroups import KILL_TIMEOUT, GuestCgroup
 from vmchecker.executor.lxc_process import Buffer  # a capped in-memory sink (no LXC in it)
+from vmchecker.executor.warm import WarmGuest
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,21 @@ class DockerVM(base.VM):
         with calling("stop", self.name):
             self.api.stop(self.name, timeout=STOP_TIMEOUT)
 
+    def identity(self) -> str | None:
+        """The id of the image the machine names now (a rebuilt image is another)."""
+        try:
+            return self.api.inspect_image(self.machine.image)["Id"]
+        except (docker.errors.DockerException, requests.RequestException):
+            return None   # the cold path says what is wrong
+
+    def adopt(self, record: WarmGuest) -> bool:
+        with calling("inspect_container", record.name), contextlib.suppress(docker.errors.NotFound):
+            info = self.api.inspect_container(record.name)
+            if info["State"].get("Running") and info.get("Image") == record.identity:
+                self.name, self._created = record.name, True
+                return True
+        return False
+
     def cleanup(self, failed: bool = False) -> str | None:
         if not self._created:
             return None
@@ -281,6 +298,9 @@ class DockerHost(base.Host):
 
     def cleanup_leftovers(self, machines: Iterable[Machine] = ()) -> list[str]:
         return guest.remove_leftovers(self.containers(), self.remove_container, "Docker container")
+
+    def drop_warm(self, record: WarmGuest) -> None:
+        self.remove_container(record.name)
 
 
 def create_host() -> DockerHost:

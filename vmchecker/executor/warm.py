@@ -12,7 +12,8 @@ and described by a record (:class:`WarmGuest`) in the tester's pool folder
   once claimed is never ready again. The job's clean-up destroys the guest like a cold one.
 - **Never across a change of the base.** A record holds the base's identity when the guest
   was prepared (:meth:`~vmchecker.executor.base.VM.identity`: the LXC base's config,
-  rootfs and recipe stamp; the KVM snapshot domain, its snapshot and QEMU process). At the
+  rootfs and recipe stamp; the KVM snapshot domain, its snapshot and QEMU process; the
+  Docker image's id). At the
   claim it is read again; a record that differs (or whose guest is gone) is destroyed and
   the job runs cold.
 - **Never left behind.** A warm guest is named after the queue manager that keeps it
@@ -57,11 +58,12 @@ def fingerprint(machine: Machine) -> str:
 
 def capacity(machine: Machine) -> int:
     """How many warm guests ``machine`` can have at once: 0 where its backend keeps none
-    (VMware, Docker, a machine whose kernel_messages must watch the boot), 1 for a KVM
-    snapshot domain (one guest, the domain itself), otherwise no limit of its own."""
+    (VMware, KVM overlay, a machine whose kernel_messages must watch the boot), 1 for a
+    KVM snapshot domain (one guest, the domain itself), otherwise (LXC, Docker) no limit
+    of its own."""
     if machine.kernel_messages:
         return 0
-    if machine.type == "lxc":
+    if machine.type in ("lxc", "docker"):
         return UNLIMITED
     if machine.type == "kvm" and machine.revert == "snapshot":
         return 1
