@@ -64,6 +64,7 @@ bench: venv base kvm-base docker-base
 	$(VENV)/bin/python bench/commands.py
 	$(VENV)/bin/python bench/latency.py
 	$(VENV)/bin/python bench/scheduler.py
+	$(VENV)/bin/python bench/scheduler_lab.py
 	$(VENV)/bin/python bench/hostile.py
 	$(VENV)/bin/python bench/chaos.py
 
