@@ -262,8 +262,12 @@ def test_a_failed_job_waits_out_its_retry_delay(tmp_path):
         journal.mark_sent(job.id, "t1", deadline=500.0, now=101.0)
         journal.record_failure(job.id, "cannot connect", max_attempts=3, retry_delay=30.0, now=102.0)
         assert journal.to_dispatch(now=120.0) == []
-        assert journal.next_retry() == 132.0
+        assert journal.next_due() == 132.0
         assert [j.id for j in journal.to_dispatch(now=132.0)] == [job.id]
+        assert journal.next_due(after=132.0) is None   # due already: no reason to wait
+        other = journal.enqueue("so", "1-hello", "carol", "s", "linux", now=103.0)
+        journal.mark_sent(other.id, "t1", deadline=600.0, now=104.0)
+        assert (journal.next_due(after=120.0), journal.next_due(after=132.0)) == (132.0, 600.0)   # its deadline
 
 
 def test_a_send_is_in_doubt_until_confirmed(journal: Journal) -> None:

@@ -191,6 +191,7 @@ class StorerDaemon(Service):
         self.dispatcher.wake.set()
         self.rechecker.wake.set()
         dispatcher.join(30)
+        self.dispatcher.close(30)   # the sends under way; those not started stay queued
         rechecker.join(30)
         self.rechecker.join_workers(30)
         if exporter is not None:

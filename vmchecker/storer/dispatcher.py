@@ -1,16 +1,19 @@
 """Sends queued jobs to testers and gives up waiting for lost ones.
 
 Notification plus sweeper (STYLE.md habit 5): ``queue_task`` wakes the dispatcher at
-once, and every pass also re-reads the journal, so a job left behind by a lost wake-up
-or a daemon restart is sent anyway. One pass:
+once, so does a failed attempt (its job is queued again), and every pass also re-reads
+the journal, so a job left behind by a lost wake-up or a daemon restart is sent anyway;
+the poll interval is only that sweep's guard. One pass:
 
 1. each ``queued`` job (oldest first): pick a tester with the scheduler (a
-   reservation of one of its slots), build the bundle, journal ``sent`` *before*
-   uploading (the intent), upload ``NAME.zip.part``, rename, and journal the
-   confirmation (a daemon killed in between leaves the job in doubt, for the next
-   start to resolve); a failed upload is a failure of
-   that tester (penalty sample, retry elsewhere). The reservation gives the slot back
-   on every way out before ``sent`` without a line of clean-up per failure;
+   reservation of one of its slots) and hand the job to that tester's sender
+   (:mod:`vmchecker.storer.senders`), so a tester that hangs delays only its own jobs.
+   The sender builds the bundle, journals ``sent`` *before* uploading (the intent),
+   uploads ``NAME.zip.part``, renames, and journals the confirmation (a daemon killed
+   in between leaves the job in doubt, for the next start to resolve); a failed upload
+   is a failure of that tester (penalty sample, retry elsewhere, and the jobs waiting
+   for that tester are handed back to be picked again). The reservation gives the slot
+   back on every way out before ``sent`` without a line of clean-up per failure;
 2. each ``sent`` job past its notify deadline: a failure of its tester, same path.
 
 A job that fails ``max_attempts`` times ends in ``error`` with every reason written
@@ -23,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from vmchecker import bundle
@@ -32,6 +36,7 @@ from vmchecker.storer import metrics, outcomes
 from vmchecker.storer.courses import Course, Courses
 from vmchecker.storer.journal import Job, Journal
 from vmchecker.storer.scheduler import Reservation
+from vmchecker.storer.senders import Send, Senders, settle
 from vmchecker.storer.tester_keys import TesterKeys
 
 log = logging.getLogger(__name__)
@@ -56,12 +61,18 @@ class Dispatcher:
         self._tester_keys = tester_keys
         self._sending: set[str] = set()   # jobs between the intent and the confirmation, here and now
         self._sending_lock = threading.Lock()
+        self._senders = Senders(self._deliver, on_unsent=self.wake.set)
 
     def sending(self, job_id: str) -> bool:
         """Whether this dispatcher is sending the job right now: journaled ``sent`` and not
         yet confirmed, but not in doubt (the upload is under way)."""
         with self._sending_lock:
             return job_id in self._sending
+
+    def close(self, timeout: float) -> None:
+        """Stop the testers' senders, waiting up to ``timeout`` seconds for the sends under
+        way; a job whose send had not started stays queued for the next start."""
+        self._senders.close(timeout)
 
     def loop(self, stop: threading.Event, drain: bool = False) -> None:
         """Dispatch and sweep until ``stop`` is set; each pass survives any one job's failure.
@@ -75,7 +86,7 @@ class Dispatcher:
                 if self._sweep is not None and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self._sweep_every
                     self._sweep()
-                self.run_once()
+                self._pass()
             except Exception:
                 log.exception("dispatcher pass failed; trying again")
             if drain and not self.journal.active():
@@ -83,32 +94,48 @@ class Dispatcher:
             self.wake.wait(self._wait())
 
     def _wait(self) -> float:
-        """Until the next pass: the poll interval, or sooner when a retry falls due."""
-        due = self.journal.next_retry()
-        return self.poll if due is None else min(self.poll, max(due - time.time(), 0.05))
+        """Until the next pass: the poll interval (the sweep's guard), or sooner when a
+        queued job's retry delay ends or a sent job's notify deadline passes."""
+        now = time.time()
+        due = self.journal.next_due(after=now)
+        return self.poll if due is None else min(self.poll, max(due - now, 0.05))
 
     def run_once(self) -> int:
-        """One pass: sweep overdue jobs, then send what is queued. Returns jobs sent."""
+        """One pass, waiting for the sends it started (what a test steps through): jobs sent."""
+        return settle(self._pass())
+
+    def _pass(self) -> list[Future[int]]:
+        """Sweep overdue jobs, then hand each queued job to the sender of the tester picked
+        for it; the sends go on after the pass. Their results."""
         for job in self.journal.overdue():
             self.fail(job, "no notification from the tester before the deadline", job.tester, kind="deadline")
-        sent = 0
+        handed = []
         for job in self.journal.to_dispatch():
-            sent += self._dispatch(job)
-        return sent
+            if not self._senders.holds(job.id):   # with a sender already: picked, not yet sent
+                result = self._dispatch(job)
+                if result is not None:
+                    handed.append(result)
+        return handed
 
     # ------------------------------------------------------------------ one job
 
-    def _dispatch(self, job: Job) -> int:
-        """Pick a tester, build the bundle, send it; 1 if the job went out.
-
-        The tester's slot is reserved for the job from the pick on; any way out before
-        the journal says ``sent`` (a refusal, an exception) gives it back."""
+    def _dispatch(self, job: Job) -> Future[int] | None:
+        """Pick a tester and hand the job to its sender; the send's result (1 if the job
+        went out), or None when no tester can take it (the job is given up)."""
         try:
             course, reservation = self._pick(job)
         except VmcheckerError as exc:
             self._give_up(job, exc.message, kind="unusable")
-            return 0
+            return None
         decided = time.time()   # the timeline's "dispatched"
+        return self._senders.submit(Send(job, course, reservation, decided))
+
+    def _deliver(self, send: Send) -> int:
+        """In the sender of the tester picked: build the bundle, send it; 1 if the job went out.
+
+        The tester's slot is reserved for the job from the pick on; any way out before
+        the journal says ``sent`` (a refusal, an exception) gives it back."""
+        course, job, reservation = send.course, send.job, send.reservation
         with reservation:
             try:
                 path = self._build(course, job, reservation.tester)
@@ -119,7 +146,7 @@ class Dispatcher:
                 self._give_up(job, f"cannot build the bundle: {exc}", kind="bundle")
                 return 0
             try:
-                return self._send(course, job, reservation, path, decided)
+                return self._send(course, job, reservation, path, send.decided)
             finally:
                 path.unlink(missing_ok=True)
 
@@ -167,6 +194,7 @@ class Dispatcher:
             course.link(tester).send_bundle(path, course.config.testers[tester].queue, path.name)
         except VmcheckerError as exc:
             self.fail(job, f"could not send the bundle: {exc.message}", tester, kind="send")
+            self._senders.hand_back(course.id, tester)
             return 0
         try:
             self.journal.confirm_sent(job.id)
@@ -217,6 +245,7 @@ class Dispatcher:
             self._record_error(course, job)
         else:
             self._set_status(course, job, SubmissionStatus.QUEUED)
+            self.wake.set()   # queued again: the next pass sends it, or waits for its retry time
 
     def _give_up(self, job: Job, reason: str, *, kind: str = "other") -> None:
         """A failure no other tester can mend: error at once."""

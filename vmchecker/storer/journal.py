@@ -366,11 +366,11 @@ class Journal:
                 found.setdefault(row["job_id"], []).append(StageMark(Stage(row["stage"]), row["at"], row["attempt"]))
         return found
 
-    def next_retry(self) -> float | None:
-        """When the earliest queued job waiting out a retry delay falls due."""
-        rows = self._read("SELECT MIN(retry_at) FROM jobs WHERE state = ? AND retry_at IS NOT NULL",
-                          (JobState.QUEUED.value,))
-        return rows[0][0] if rows else None
+    def next_due(self, after: float = 0.0) -> float | None:
+        """When the dispatcher next has work unasked: the first retry time or notify deadline after ``after``."""
+        q, s = JobState.QUEUED.value, JobState.SENT.value
+        return self._read(f"SELECT MIN(CASE state WHEN '{q}' THEN retry_at ELSE deadline END) FROM jobs WHERE"
+                          f" (state = '{q}' AND retry_at > ?) OR (state = '{s}' AND deadline > ?)", (after, after))[0][0]
 
     def in_flight(self, tester: str | None = None) -> list[Job]:
         """Sent jobs (all, or those on ``tester``), oldest sent first."""
