@@ -197,5 +197,8 @@ class Warmer:
             except (VmcheckerError, OSError) as exc:
                 log.error("destroying warm guest %s failed: %s", record.name, getattr(exc, "message", exc))
                 continue
+            except Exception:   # a broken backend must not stop the rest (the queue manager's stop)
+                log.exception("destroying warm guest %s failed", record.name)
+                continue
             self.pool.release(record, pid or None)
             log.info("warm guest %s destroyed", record.name)
