@@ -292,6 +292,12 @@ def remove_leftovers() -> None:
         m = pattern.match(name)
         return bool(m) and not pid_alive(int(m[1]))
 
+    for proc in Path("/proc").glob("[0-9]*"):   # a build outlives its killed run (a session of its own)
+        with contextlib.suppress(OSError):
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if any(a.endswith(b"build-image.sh") for a in args) and any(dead(a.decode()) for a in args):
+                print(f"stopping build-image.sh {proc.name} left by an earlier run", file=sys.stderr)
+                os.killpg(int(proc.name), signal.SIGKILL)
     for name in virsh("list", "--all", "--name", check=False).stdout.split():
         if dead(name):
             print(f"removing domain {name} left by an earlier run", file=sys.stderr)
