@@ -22,6 +22,7 @@ import pytest
 from tests.executor.docker_fixtures import DOCKER_IMAGE, docker_machine
 from tests.executor.helpers import make_bundle, result_json, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine
+from vmchecker.errors import ExecutorError
 from vmchecker.executor.warm import WarmPool
 
 # Run by both jobs of a pair: says whether the first one's writes (as root and as the
@@ -235,3 +236,18 @@ def test_docker_warm_guest_of_a_changed_image_is_dropped(docker_host, own_image,
     assert result_json(out1)["warm_guest"] is False and job1.vm != record.name
     assert record.name not in docker_containers(docker_host)
     assert pool.ready() == [] and pool.claimed() == []
+
+
+@pytest.mark.kvm
+def test_kvm_warm_guest_is_not_made_where_the_student_cannot_reach_the_folder(own_domain, tmp_path):
+    kvm_host = own_domain
+    pool = WarmPool(tmp_path / "warm").ensure()
+    closed = {**kvm_machine(), "guest_base_path": "/root/vmchecker"}   # /root is closed to the student
+
+    with pytest.raises(ExecutorError):
+        kvm_host.prepare_warm(machine_of(tmp_path / "m", **closed), pool, os.getpid())
+    job1, out1 = job(kvm_host, tmp_path / "cold", pool, timeout=60, **closed)
+
+    assert pool.ready() == [] and not token().exists()
+    assert job1.status == "error" and result_json(out1)["warm_guest"] is False
+    assert "cannot work in /root/vmchecker/job" in vmr(out1, "vmchecker-stderr.vmr")

@@ -33,8 +33,10 @@ from vmchecker.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
-# Root, in a warm guest before it is parked: what every job's copy-in would do first.
-PARK = 'date -u -s "@$1" >/dev/null && mkdir -p -- "$2"'
+# Root, in a warm guest before it is parked: what every job's copy-in would do first (set
+# the clock, make guest_base_path $2), and the way of the student $3 to it tried once.
+PARK = ('date -u -s "@$1" >/dev/null && mkdir -p -- "$2" &&'
+        ' setpriv --reuid="$3" --regid="$(id -g -- "$3")" --clear-groups -- test -x "$2"')
 
 
 class SnapshotVM(KvmVM):
@@ -111,7 +113,8 @@ class SnapshotVM(KvmVM):
             return None   # the cold path says what is missing
 
     def park(self) -> None:
-        self._require_agent().shell(PARK, f"{time.time():.6f}", self.machine.guest_base_path.rstrip("/"))
+        self._require_agent().shell(PARK, f"{time.time():.6f}", self.machine.guest_base_path.rstrip("/"),
+                                    self.machine.student_user)
         write_atomic(self.token, self.name + "\n", 0o600)
 
     def detach(self) -> None:
@@ -128,6 +131,7 @@ class SnapshotVM(KvmVM):
         dom = self._take_domain()
         self._use(dom)
         self._clock_set = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING   # paused meanwhile: the clock lags
+        self._reached = True   # tried when it was parked
         self.start()
         return True
 

@@ -49,11 +49,11 @@ STEP_PL = guest.program("step.pl")
 IN_DATA_MAX = 4 * 1024 * 1024   # a payload up to this size travels as the copy-in's stdin: no file to remove
 # Root, before the first step: set the stale clock (a snapshot's), unpack the job's files
 # from the tar $3 ("-": standard input; owners by name: the guest's passwd decides),
-# check the guest can keep the contract.
-# ("-" for $2: the clock is right already, as in a warm guest).
+# check the guest can keep the contract ("-" for $2: the clock is right already; "reached"
+# for $4: the student's way to the folder was tried already; both in a warm guest).
 COPY_IN = ('[ "$2" = - ] || date -u -s "@$2" >/dev/null; { [ -d "$1" ] || mkdir -p -- "$1"; } &&'
            ' tar -xpf "$3" -C "$1"; rc=$?; [ "$3" = - ] || rm -f "$3";'
-           f' [ $rc = 0 ] && exec /bin/sh "$1"/course/bin/{payload.STEP_PROGRAM} prepare; exit $rc')
+           f' [ $rc = 0 ] && exec /bin/sh "$1"/course/bin/{payload.STEP_PROGRAM} prepare "$4"; exit $rc')
 
 
 @functools.cache
@@ -123,6 +123,7 @@ class KvmVM(base.VM):
         self._user = (0, 0, "/root")
         self._steps = 0
         self._clock_set = False   # the guest's clock is right (a warm guest's); else the copy-in sets it
+        self._reached = False     # the student's way to guest_base_path was tried (a warm guest's)
 
     # -- what each revert mode does its own way
 
@@ -170,11 +171,12 @@ class KvmVM(base.VM):
         load.write(buf)
         data = buf.getvalue()
         now = "-" if self._clock_set else f"{time.time():.6f}"
+        reached = "reached" if self._reached else ""
         if len(data) <= IN_DATA_MAX:
-            agent.shell(COPY_IN, guest_dir, now, "-", stdin=data)
+            agent.shell(COPY_IN, guest_dir, now, "-", reached, stdin=data)
         else:
             agent.write_file(IN_TAR, data)
-            agent.shell(COPY_IN, guest_dir, now, IN_TAR)
+            agent.shell(COPY_IN, guest_dir, now, IN_TAR, reached)
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         with self._quota():
