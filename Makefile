@@ -58,7 +58,7 @@ demo: venv base kvm-base docker-base vmware-lab
 demo-stop:
 	demo/demo.sh stop
 
-bench: venv base kvm-base docker-base
+bench: venv base kvm-base docker-base vmware-lab
 	$(VENV)/bin/python bench/executor.py
 	$(VENV)/bin/python bench/dispatch.py
 	$(VENV)/bin/python bench/commands.py
