@@ -45,8 +45,13 @@ def machine_data(**overrides) -> dict:
     return data
 
 
+# The steps' timeout of a job whose test is not about timeouts: only a guard against a
+# hang, far above a build under emulation on a busy machine (no passing test waits for it).
+GUARD_TIMEOUT = 60
+
+
 def make_bundle(folder: Path, files: dict[str, str | bytes] | None = None, *, build: str = HELLO_BUILD,
-                run: str = HELLO_RUN, tests: dict[str, str | bytes] | None = None, timeout: int = 5,
+                run: str = HELLO_RUN, tests: dict[str, str | bytes] | None = None, timeout: int = GUARD_TIMEOUT,
                 job_id: str = "job1", **machine) -> tuple[Path, BundleInfo]:
     """An unpacked bundle in ``folder`` (created): archive.zip of ``files``, tests.zip,
     build.sh, run.sh and submission-config.yaml for an lxc machine on the base container."""

@@ -35,6 +35,8 @@ from vmchecker.executor import base
 # Seconds two parallel jobs may wait for each other before their run steps (a guard:
 # a job that fails first breaks the wait at once).
 BARRIER_WAIT = 600
+# The run step's timeout of the tests that must be killed: their build compiles nothing.
+STEP_TIMEOUT = 5
 # Written by the job of test_files_outside_the_job_folder_do_not_survive.
 EVIL_PATHS = ("etc/evil", "root/x", "usr/local/evil")
 
@@ -189,12 +191,14 @@ def test_course_scripts_cannot_be_shadowed(backend, tmp_path):
 
 
 def test_infinite_loop_is_killed_and_next_job_runs(backend, tmp_path):
-    loop = c_program("fork(); for (;;) ;")   # two spinning processes
-    job, out = backend.run(tmp_path / "loop", files=loop, timeout=2)
+    # Two spinning processes, in perl (in every guest): nothing to compile, so the build
+    # (under the same timeout) is over at once even on an emulated CPU of a busy machine.
+    job, out = backend.run(tmp_path / "loop", files={"spin.pl": "fork; 1 while 1;\n"}, build=":\n",
+                           run="vmchecker-run perl ./spin.pl\n", timeout=STEP_TIMEOUT)
     assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
-    assert job.steps["run"].timed_out
+    assert job.steps["build"].succeeded and job.steps["run"].timed_out
     assert job.steps["run"].signal == signal.SIGKILL
-    assert "did not finish within 2 s" in vmr(out, "vmchecker-stderr.vmr")
+    assert f"did not finish within {STEP_TIMEOUT} s" in vmr(out, "vmchecker-stderr.vmr")
     job, out = backend.run(tmp_path / "next")
     assert job.status == "done" and vmr(out, "run-stdout.vmr") == "Hello, world!\n"
 
@@ -209,10 +213,11 @@ def test_leftover_background_process_is_killed(backend, tmp_path):
 
 
 def test_fork_bomb_is_contained(backend, tmp_path):
-    bomb = c_program("for (;;) fork();")
-    job, out = backend.run(tmp_path / "bomb", files=bomb, timeout=3, limits={"pids": 64})
+    # forks on when a fork fails (a shell would give up at the first failure)
+    job, out = backend.run(tmp_path / "bomb", files={"bomb.pl": "fork while 1;\n"}, build=":\n",
+                           run="vmchecker-run perl ./bomb.pl\n", timeout=STEP_TIMEOUT, limits={"pids": 64})
     assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
-    assert job.steps["run"].timed_out
+    assert job.steps["build"].succeeded and job.steps["run"].timed_out
     # the host still forks, and the next job runs
     assert subprocess.run(["true"]).returncode == 0
     job, out = backend.run(tmp_path / "next")
