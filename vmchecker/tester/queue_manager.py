@@ -36,14 +36,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
 import os
-import select
 import shutil
 import sys
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -57,13 +54,10 @@ from vmchecker.service import Service
 from vmchecker.tester import metrics, processes, results, storers
 from vmchecker.tester.jobs import Job, Outcome, job_id_from_name
 from vmchecker.tester.notifier import Journal, Notifier, Pending
+from vmchecker.tester.queue_watcher import QueueWatcher, is_bundle_name, queued_before
 from vmchecker.tester.storers import KnownStorers
 from vmchecker.tester.warmer import Warmer
 from vmchecker.tester_config import TesterConfig
-
-with warnings.catch_warnings():  # pyinotify imports asyncore, deprecated in 3.11
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import pyinotify
 
 log = logging.getLogger(__name__)
 
@@ -74,72 +68,9 @@ ERROR_PAUSE = 1.0     # seconds the main loop waits after an unexpected error
 IDLE_WAIT = 0.5
 
 
-def is_bundle_name(name: str) -> bool:
-    """A complete bundle: ``*.zip``, not a dotfile, not an upload in progress (``.part``)."""
-    return name.endswith(".zip") and not name.startswith(".") and len(name) > len(".zip")
-
-
 def default_executor_command(config: TesterConfig) -> list[str]:
     """The executor, run as ``COMMAND BUNDLE_DIR``."""
     return [sys.executable, "-m", "vmchecker.cli.vm_executor", "--tester-config", str(config.path)]
-
-
-class QueueWatcher:
-    """inotify on ``queue/``: names of bundles that were moved in or closed after writing.
-
-    :meth:`poll` waits on the inotify descriptor and on a pipe of its own, so another
-    thread (a job that ended, a signal handler) ends the wait at once with :meth:`wake`."""
-
-    MASK = pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE
-
-    def __init__(self, queue_dir: Path):
-        self._found: list[str] = []
-        self.overflowed = False
-        watcher = self
-
-        class Handler(pyinotify.ProcessEvent):
-            def process_default(self, event: pyinotify.Event) -> None:
-                if event.mask & pyinotify.IN_Q_OVERFLOW:
-                    watcher.overflowed = True
-                elif is_bundle_name(event.name or ""):
-                    watcher._found.append(event.name)
-
-        self._wm = pyinotify.WatchManager()
-        self._notifier = pyinotify.Notifier(self._wm, Handler())
-        result = self._wm.add_watch(str(queue_dir), self.MASK, quiet=False)
-        if result.get(str(queue_dir), -1) < 0:
-            self._notifier.stop()
-            raise OSError(f"{queue_dir}: cannot watch with inotify")
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poller = select.poll()
-        self._poller.register(self._wm.get_fd(), select.POLLIN)
-        self._poller.register(self._wake_r, select.POLLIN)
-
-    def wake(self) -> None:
-        """End a :meth:`poll` under way (or the next one) now; safe from any thread and
-        from a signal handler."""
-        fd = self._wake_w
-        if fd >= 0:
-            with contextlib.suppress(BlockingIOError):   # the pipe is full: a wake-up is pending anyway
-                os.write(fd, b"\0")
-
-    def poll(self, timeout: float) -> list[str]:
-        """The bundles that arrived, waiting up to ``timeout`` seconds for one or a :meth:`wake`."""
-        ready = {fd for fd, _event in self._poller.poll(math.ceil(max(timeout, 0) * 1000))}
-        if self._wake_r in ready:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wake_r, 4096)
-        if self._wm.get_fd() in ready:
-            self._notifier.read_events()
-            self._notifier.process_events()
-        found, self._found = self._found, []
-        return found
-
-    def close(self) -> None:
-        self._notifier.stop()
-        wake_w, self._wake_w = self._wake_w, -1   # a late wake() writes nowhere
-        os.close(wake_w)
-        os.close(self._wake_r)
 
 
 class QueueManager(Service):
@@ -446,7 +377,7 @@ class QueueManager(Service):
             bundle_path = cfg.queue_dir / bundle_name
             if not is_bundle_name(bundle_name) or not bundle_path.is_file():
                 continue
-            if not _older_than(bundle_path, marker.get("committed")):
+            if not queued_before(bundle_path, marker.get("committed")):
                 log.info("job %s: %s arrived again after its results were committed; a duplicate unless"
                          " its notification was answered", marker.get("job_id"), bundle_name)
                 continue
@@ -477,18 +408,6 @@ class QueueManager(Service):
         """Machine types named in the tester config, and of ``machines``."""
         types = {str(body["type"]) for body in self.config.machines.values() if body.get("type")}
         return types | {m.type for m in machines}
-
-
-def _older_than(path: Path, committed: object) -> bool:
-    """Whether ``path`` was last written or moved in before the time ``committed``: a
-    bundle queued when its job was committed, not a resend of the same job since."""
-    if not isinstance(committed, (int, float)):
-        return True   # a marker without the time (older format): trust it, as before
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    return max(st.st_mtime, st.st_ctime) < committed
 
 
 def cleanup_backend(machine_type: str, machines: Sequence[Machine] = ()) -> None:
