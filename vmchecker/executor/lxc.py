@@ -31,7 +31,7 @@ from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor import base, guest, interrupts, payload, results
 from vmchecker.executor.cgroups import GuestCgroup
-from vmchecker.executor.lxc_clone import base_identity, config_items, mount_disk, unmount_disk
+from vmchecker.executor.lxc_clone import base_identity, config_items, destroy, mount_disk
 from vmchecker.executor.lxc_process import Buffer, pump, step_result
 from vmchecker.executor.warm import WarmGuest
 
@@ -161,7 +161,7 @@ class LxcVM(base.VM):
     def cleanup(self, failed: bool = False) -> str | None:
         self._reap_children()
         c = self._c if self._c is not None else lxc.Container(self.name, self.lxcpath)
-        _destroy(c)
+        destroy(c)
         self._c = None
         return None
 
@@ -258,20 +258,6 @@ def _guest_user(parent: lxc.Container, user: str) -> tuple[int, int, str]:
     return entry
 
 
-def _destroy(c: lxc.Container) -> None:
-    if not c.defined:
-        return
-    if c.state == "FROZEN":
-        c.unfreeze()
-    if c.running and not c.stop() and c.init_pid > 0:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(c.init_pid, signal.SIGKILL)
-        c.wait("STOPPED", 5)
-    unmount_disk(c)
-    if not c.destroy():
-        raise ExecutorError(f"LXC container {c.name} could not be destroyed")
-
-
 class LxcHost(base.Host):
     backend = "lxc"
 
@@ -292,7 +278,7 @@ class LxcHost(base.Host):
         """Stop and destroy the job clone ``name`` (whoever made it)."""
         if not name.startswith(PREFIX):
             raise ExecutorError(f"refusing to destroy {name!r}: not a job clone ({PREFIX}*)")
-        _destroy(lxc.Container(name, self.lxcpath))
+        destroy(lxc.Container(name, self.lxcpath))
 
     def cleanup_leftovers(self, machines: Iterable[Machine] = ()) -> list[str]:
         return guest.remove_leftovers(self.clones(), self.destroy_clone, "LXC clone")

@@ -27,8 +27,10 @@ cloned from: :func:`base_identity` says which base that is.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 from pathlib import Path
 
 import lxc  # the LXC binding
@@ -120,6 +122,22 @@ def unmount_disk(clone: lxc.Container) -> None:
         if _libc.umount2(os.fsencode(top), MNT_DETACH) != 0:
             raise ExecutorError(f"unmounting the disk of LXC clone {clone.name} ({top}) failed:"
                                 f" {os.strerror(ctypes.get_errno())}")
+
+
+def destroy(c: lxc.Container) -> None:
+    """Stop (SIGKILL its init if it will not stop), unmount its disk and destroy a clone;
+    nothing to do for one already gone."""
+    if not c.defined:
+        return
+    if c.state == "FROZEN":
+        c.unfreeze()
+    if c.running and not c.stop() and c.init_pid > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(c.init_pid, signal.SIGKILL)
+        c.wait("STOPPED", 5)
+    unmount_disk(c)
+    if not c.destroy():
+        raise ExecutorError(f"LXC container {c.name} could not be destroyed")
 
 
 def _quota_mounted(where: Path) -> bool:
