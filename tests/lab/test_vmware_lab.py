@@ -33,7 +33,10 @@ def si(vmware_lab: vmware.VmwareLab) -> Iterator[object]:
 
 @pytest.fixture(autouse=True)
 def leaves_nothing(vmware_lab: vmware.VmwareLab) -> Iterator[None]:
-    """Each test reverts and destroys what it made: no container, clone or running VM left."""
+    """Each test reverts and destroys what it made: no container, clone or running VM left.
+    The session's lab starts each test as it started (the backend's jobs, earlier in the
+    suite, leave their VM off with its container until the next revert, as on a real host)."""
+    vmware_lab.reset()
     yield
     left = sorted(set(vmware_lab.leftovers()) | {f"container {c}" for c in vmware_lab.containers()})
     if left:
@@ -45,9 +48,9 @@ def vm_named(lab: vmware.VmwareLab, si: object, name: str) -> vim.VirtualMachine
     return lab.inventory(si)[name]
 
 
-def poll(what: str, done):
+def poll(what: str, done, wait: float = WAIT):
     """done()'s first true result, polled (a barrier: a hung lab fails, a slow one waits)."""
-    deadline = time.monotonic() + WAIT
+    deadline = time.monotonic() + wait
     while not (result := done()):
         assert time.monotonic() < deadline, f"still waiting for {what}"
         time.sleep(0.05)
@@ -197,7 +200,9 @@ def test_terminate_works_in_a_guest_whose_pids_limit_is_exhausted(vmware_lab, tm
                 return True
             return False
 
-        poll("the guest to run out of pids", cannot_start)
+        # Each try is a docker exec into a guest near its limit: on a busy host filling
+        # even 64 pids has taken 100 s, so the guard against a hang is long.
+        poll("the guest to run out of pids", cannot_start, wait=10 * WAIT)
         guest.processes.TerminateProcessInGuest(vm, guest.auth, pid)
         assert guest.wait(pid).exitCode == 137
         assert guest.run("ps -eo stat=,comm= | grep -v '^Z' | grep -q -e perl -e sleep") == 1
