@@ -17,7 +17,7 @@ from flask import Blueprint, Response, abort, flash, g, redirect, render_templat
 from vmchecker import grading, penalty
 from vmchecker.assignments import Assignment
 from vmchecker.config import CourseConfig
-from vmchecker.contract import ACCOUNT_RE
+from vmchecker.contract import ACCOUNT_RE, WAITING_STATUSES
 from vmchecker.errors import GradeRefused, NotFound
 from vmchecker.repo import Repository, Submission
 from vmchecker.storer.web import context, model, overview, sources
@@ -46,7 +46,7 @@ def _find(course_id: str, assignment_id: str, account: str, submission: str) -> 
 def _page(course: CourseConfig, task: Assignment, sub: Submission, draft: str = "", code: int = 200):
     now = context.now()
     admin = model.is_admin(course, g.user)
-    waiting = sub.status() in model.WAITING and not task.submit_only
+    waiting = sub.status() in WAITING_STATUSES and not task.submit_only
     current = Repository(course).current(task.id, sub.account)
     view = model.submission_view(course, task, sub, g.user, context.queue_jobs(course) if waiting else None, now,
                                  current is not None and current.path == sub.path)

@@ -29,7 +29,7 @@ from vmchecker import grades, penalty
 from vmchecker.assignments import Assignment
 from vmchecker.config import CourseConfig
 from vmchecker.confparse import format_datetime
-from vmchecker.contract import GRADE_VMR, SubmissionStatus
+from vmchecker.contract import GRADE_VMR, WAITING_STATUSES, SubmissionStatus
 from vmchecker.course_access import GroupCheck
 from vmchecker.repo import Repository, Submission
 from vmchecker.storer.web.jobs import JobKey, QueueInfo, TimelineView
@@ -37,7 +37,6 @@ from vmchecker.storer.web.jobs import JobKey, QueueInfo, TimelineView
 log = logging.getLogger(__name__)
 
 VMR_CAP = 64 * 1024  # bytes of one .vmr shown; the rest is cut with a visible marker
-WAITING = (SubmissionStatus.SAVED, SubmissionStatus.QUEUED, SubmissionStatus.RUNNING)
 Timelines = Callable[[list[str]], dict[str, TimelineView]]   # job ids -> their timelines (the daemon's)
 
 
@@ -196,9 +195,9 @@ def submission_view(course: CourseConfig, task: Assignment, sub: Submission, use
                     jobs: dict[JobKey, QueueInfo] | None, now: dt.datetime, current: bool,
                     timeline: TimelineView | None = None) -> SubmissionView:
     status = sub.status()
-    waiting = status in WAITING and not task.submit_only   # submit-only: graded by hand, no queue
+    waiting = status in WAITING_STATUSES and not task.submit_only   # submit-only: graded by hand, no queue
     queue = (jobs or {}).get((sub.assignment, sub.account, sub.name)) if waiting else None
-    by_hand = task.submit_only and status in WAITING
+    by_hand = task.submit_only and status in WAITING_STATUSES
     view = dict(name=sub.name, account=sub.account, upload_time=format_datetime(sub.upload_time),
                 submitted_by=sub.submitted_by if sub.submitted_by != sub.account else "",
                 status=status.value, waiting=waiting, queue=queue, current=current,
