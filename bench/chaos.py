@@ -52,7 +52,6 @@ import argparse
 import collections
 import random
 import re
-import shutil
 import signal
 import sqlite3
 import sys
@@ -356,13 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         with netns.LabNetwork() as network:
             return run(args, network, root)
     finally:
-        left = netns.leftovers() + sshd.leftovers()
-        if left:
-            print(f"left behind: {left}", file=sys.stderr)
-        if args.keep:
-            print(f"logs kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        netlab.report_leftovers(root, args.keep)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ manager of ours left behind.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -118,6 +119,20 @@ class Lab:
                 print(f"closing tester {t.name}: {exc}", file=sys.stderr)
         self.storer.close()
         destroy_our_clones(self.qm_pids)
+
+
+def report_leftovers(root: Path, keep: bool) -> None:
+    """At a benchmark's end: name what the lab left (it should be nothing), then keep its
+    logs in ``root`` or remove them."""
+    from tests.lab import sshd
+
+    left = netns.leftovers() + sshd.leftovers()
+    if left:
+        print(f"left behind: {left}", file=sys.stderr)
+    if keep:
+        print(f"logs kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def destroy_our_clones(owners: set[int]) -> None:

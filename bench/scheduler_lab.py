@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import signal
 import sqlite3
 import statistics
@@ -363,13 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for box in testers.values():
             box.close()
-        left = netns.leftovers() + sshd.leftovers()
-        if left:
-            print(f"left behind: {left}", file=sys.stderr)
-        if args.keep:
-            print(f"logs kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        netlab.report_leftovers(root, args.keep)
 
 
 if __name__ == "__main__":

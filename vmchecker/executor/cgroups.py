@@ -64,17 +64,24 @@ def limit_items(limits: Limits) -> list[tuple[str, str]]:
     return items
 
 
+def process_cgroups(pid: int) -> dict[str, str]:
+    """Controller name (or ``unified``) -> the cgroup of process ``pid`` below that
+    controller's mount, from /proc/PID/cgroup."""
+    paths: dict[str, str] = {}
+    with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+        for line in f:
+            _n, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(",") if controllers else ["unified"]:
+                paths[c] = path.lstrip("/")
+    return paths
+
+
 class GuestCgroup:
     """The host's view of a running clone's cgroups, found from its init's pid."""
 
     def __init__(self, init_pid: int):
         self.init_pid = init_pid
-        paths: dict[str, str] = {}
-        with open(f"/proc/{init_pid}/cgroup", encoding="utf-8") as f:
-            for line in f:
-                _n, controllers, path = line.rstrip("\n").split(":", 2)
-                for c in controllers.split(",") if controllers else ["unified"]:
-                    paths[c] = path.lstrip("/")
+        paths = process_cgroups(init_pid)
         mounts = cgroup_mounts()
 
         def where(controller: str) -> Path | None:

@@ -182,12 +182,7 @@ class Usage:
     ``cpu.stat`` and ``memory.peak`` (the container's peak since it started)."""
 
     def __init__(self, init_pid: int):
-        paths: dict[str, str] = {}
-        with open(f"/proc/{init_pid}/cgroup", encoding="utf-8") as f:
-            for line in f:
-                _n, controllers, path = line.rstrip("\n").split(":", 2)
-                for c in controllers.split(",") if controllers else ["unified"]:
-                    paths[c] = path.lstrip("/")
+        paths = cgroups.process_cgroups(init_pid)
         mounts = cgroups.cgroup_mounts()
         self.v1 = "memory" in mounts and "cpuacct" in mounts
         if self.v1:
