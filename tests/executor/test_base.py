@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor.helpers import make_bundle, vmr
+from tests.executor.helpers import GUARD_TIMEOUT, make_bundle, vmr
 from vmchecker.errors import BundleError, ExecutorError, Interrupted
 from vmchecker.executor import base, get_host, interrupts, results
 
@@ -101,7 +101,7 @@ def test_full_flow_in_order(tmp_path):
     assert not (out / "results" / "job.vmr").exists()
     data = json.loads(vmr(out, "result.json"))
     assert data["status"] == "done" and data["steps"]["run"]["exit_code"] == 0
-    assert data["grade_file"] is True and data["steps"]["run"]["timeout_s"] == 5
+    assert data["grade_file"] is True and data["steps"]["run"]["timeout_s"] == GUARD_TIMEOUT
 
 
 def test_result_json_says_when_each_stage_happened_in_order(tmp_path):
