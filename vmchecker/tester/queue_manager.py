@@ -129,6 +129,7 @@ class QueueManager(Service):
         watcher = None if self.once else QueueWatcher(cfg.queue_dir)  # before the scan: miss nothing
         self._watcher = watcher
         self._enqueue(self.backlog())
+        self._drop_held_duplicates()
         self._say_back()
         if not self.once:
             self.notifier.start()
@@ -233,6 +234,16 @@ class QueueManager(Service):
                 self._received[name] = time.time()
                 self._known.add(name)
                 self._waiting.append(name)
+
+    def _drop_held_duplicates(self) -> None:
+        """At start, before the notifier's first pass: drop the queued bundles of jobs done
+        here whose notification waits. Once that notification is answered, a bundle left
+        would look like a new attempt and run the job a second time."""
+        for name in list(self._waiting):
+            if self._drop_duplicate(self.config.queue_dir / name):
+                self._waiting.remove(name)
+                self._known.discard(name)
+                self._received.pop(name, None)
 
     def _start_jobs(self) -> None:
         while self._waiting and len(self._running) < self.config.tester.slots and not self.stop.is_set():
