@@ -173,6 +173,18 @@ def _daemon_log(caplog):
     caplog.set_level(logging.INFO, logger="vmchecker.storer")
 
 
+def _job_running(lab) -> tuple[Path, Path, Path, str]:
+    """Daemon and queue manager up, one job of bob's running on the tester, blocked until
+    ``release`` exists: (its runs log, its finished log, release, the job id)."""
+    runs, finished, release = (lab.root / n for n in ("runs.log", "finished.log", "release"))
+    lab.start_daemon()
+    lab.qm.start()
+    job_id = lab.submit("bob", {"log": str(runs), "wait_file": str(release), "finished": str(finished),
+                                "grade": ""})
+    wait_for(lambda: _lines(runs) == [job_id], "the job to start on the tester")
+    return runs, finished, release, job_id
+
+
 # --------------------------------------------------------------------------- (a)
 
 
@@ -203,12 +215,7 @@ def test_notifications_pending_when_the_queue_manager_died_are_sent_at_once_on_r
     """The storer daemon is away when the job ends, so its notification waits, with a next
     try an hour away (what a long outage and the default 300-s backoff cap come to);
     the queue manager dies; both come back. The notification goes at the restart."""
-    runs, finished, release = (lab.root / n for n in ("runs.log", "finished.log", "release"))
-    lab.start_daemon()
-    lab.qm.start()
-    job_id = lab.submit("bob", {"log": str(runs), "wait_file": str(release), "finished": str(finished),
-                                "grade": ""})
-    wait_for(lambda: _lines(runs) == [job_id], "the job to start on the tester")
+    runs, finished, release, job_id = _job_running(lab)
     lab.daemon.close()
     release.touch()
     journal = lab.notifications()
@@ -234,12 +241,7 @@ def test_a_tester_back_from_an_sshd_outage_has_its_finished_job_pulled_at_once(l
     tester, when it answers again, can. The outage lasts a minute, as an operator's would:
     a dozen failed pings of the daemon, then the first that succeeds looks at the tester
     (the minute is the condition under test; nothing asserts how long anything took)."""
-    runs, finished, release = (lab.root / n for n in ("runs.log", "finished.log", "release"))
-    lab.start_daemon()
-    lab.qm.start()
-    job_id = lab.submit("bob", {"log": str(runs), "wait_file": str(release), "finished": str(finished),
-                                "grade": ""})
-    wait_for(lambda: _lines(runs) == [job_id], "the job to start on the tester")
+    runs, finished, release, job_id = _job_running(lab)
     lab.ssh.stop()
     release.touch()
     journal = lab.notifications()
