@@ -165,6 +165,8 @@ def _assert_graded_once(lab: Lab, caplog, account: str, job_id: str) -> None:
     assert sub.status() is SubmissionStatus.DONE
     assert (sub.results_dir / GRADE_VMR).read_text() == "done\n"   # full points, from the run's evidence
     assert not list(sub.path.glob("results.*")), "no results were moved aside by a second landing"
+    # the landing logs its line just after the journal says done: wait for it, then count
+    wait_for(lambda: _landings(caplog, job_id) >= 1, "the landing's log line")
     assert _landings(caplog, job_id) == 1
 
 
