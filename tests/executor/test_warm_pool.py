@@ -90,5 +90,8 @@ def test_which_machines_are_kept_warm():
     assert capacity(machine(**kvm, revert="overlay")) == 0
     assert capacity(machine(kernel_messages=["tail -F x"])) == 0   # they must see the boot
     assert capacity(machine(type="docker", vm="", image="img")) > 1
-    assert capacity(machine(type="vmware", vm="v", vmware_url="https://x/sdk")) == 0
+    vmware = dict(type="vmware", vm="v", vms=["v", "w"], vmware_url="https://x/sdk")
+    assert capacity(machine(**vmware)) == 2   # one per VM of the pool
+    assert pool_key(machine(**vmware)) == pool_key(machine(**vmware, limits={"memory_mb": 1024}))   # one pool
+    assert capacity(machine(**vmware, revert="linked-clone")) > 2
     assert fingerprint(machine(testers=["t1"])) == fingerprint(machine(testers=["t2"]))

@@ -27,8 +27,9 @@ from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor import base, guest
 from vmchecker.executor.vmware_api import Session, read_credentials
-from vmchecker.executor.vmware_modes import DEFAULT_STATE, MODES, destroy_leftover
+from vmchecker.executor.vmware_modes import DEFAULT_STATE, MODES, destroy_leftover, drop_warm_vm, warm_tokens
 from vmchecker.executor.vmware_vm import VmwareVM
+from vmchecker.executor.warm import WarmGuest
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,28 @@ class VmwareHost(base.Host):
         return sorted((self.state / "clones").glob(f"{guest.GUEST_PREFIX}*.json"))
 
     def cleanup_leftovers(self, machines: Iterable[Machine] = ()) -> list[str]:
-        """Destroy the linked clones whose executor died (named by their records in the
-        state folder: clones of other testers on the same vCenter are not ours). VMs of
-        ``revert: snapshot`` need nothing: an executor's lock dies with it, and the next
-        job powers off and reverts the VM it takes."""
+        """Destroy the linked clones whose executor (or, warm, queue manager) died, named
+        by their records in the state folder: clones of other testers on the same vCenter
+        are not ours. A VM of ``revert: snapshot`` needs nothing after a job (an
+        executor's lock dies with it, and the next job powers off and reverts the VM it
+        takes); one a dead queue manager kept warm is powered off and its token removed."""
         records = {r.stem: r for r in self.clone_records()}
-        return guest.remove_leftovers(sorted(records), lambda name: destroy_leftover(records[name], self.session),
-                                      "VMware linked clone")
+        removed = guest.remove_leftovers(sorted(records), lambda name: destroy_leftover(records[name], self.session),
+                                         "VMware linked clone")
+        tokens = warm_tokens(self.state / "locks")
+        return removed + guest.remove_leftovers(sorted(tokens), lambda name: drop_warm_vm(tokens[name], name,
+                                                                                         self.session),
+                                                "VMware VM kept warm as")
+
+    def drop_warm(self, record: WarmGuest) -> None:
+        """A linked clone is destroyed; a VM of a snapshot pool is powered off and no
+        longer kept warm (left to a job that holds it now)."""
+        if record.to_machine().revert == "linked-clone":
+            clone = self.state / "clones" / f"{record.name}.json"
+            if clone.exists():
+                destroy_leftover(clone, self.session)
+        elif (token := warm_tokens(self.state / "locks").get(record.name)) is not None:
+            drop_warm_vm(token, record.name, self.session)
 
 
 def create_host() -> VmwareHost:

@@ -209,6 +209,11 @@ class Session:
 
     def vm_names(self, what: str = "the VMs") -> list[tuple[Any, str]]:
         """(VM, name) of every VM of the inventory, in one round trip."""
+        return [(vm, props["name"]) for vm, props in self.vm_properties(["name"], what) if "name" in props]
+
+    def vm_properties(self, paths: list[str], what: str = "the VMs") -> list[tuple[Any, dict[str, Any]]]:
+        """(VM, {property path: value}) of every VM of the inventory, in one round trip
+        (a property that is unset is left out)."""
         content = self.content
         pc = vmodl.query.PropertyCollector
         view = self.call("CreateContainerView", what, content.viewManager.CreateContainerView,
@@ -217,11 +222,11 @@ class Session:
             spec = pc.FilterSpec(
                 objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
                     pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])],
-                propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])])
+                propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=paths)])
             found = self.call("RetrieveContents", what, content.propertyCollector.RetrieveContents, [spec])
         finally:
             self.call("DestroyView", what, view.Destroy)
-        return [(o.obj, o.propSet[0].val) for o in found if o.propSet]
+        return [(o.obj, {p.name: p.val for p in o.propSet or []}) for o in found]
 
     # -- files in a guest, over HTTP
 

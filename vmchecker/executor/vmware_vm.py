@@ -107,6 +107,12 @@ class VmwareVM(base.VM):
         self._ops: GuestOps | None = None
         self._commands = 0
 
+    @property
+    def vm_name(self) -> str:
+        """The VM in vSphere, as messages name it: the guest's own name unless its revert
+        mode says otherwise (a warm-up's VM of a snapshot pool)."""
+        return self.name
+
     # -- what each revert mode does its own way
 
     def _release(self, failed: bool) -> str | None:
@@ -118,23 +124,23 @@ class VmwareVM(base.VM):
     def start(self) -> None:
         vm = self._require_vm()
         self._configure(vm)
-        self.session.wait("PowerOnVM_Task", self.name, vm.PowerOnVM_Task)
+        self.session.wait("PowerOnVM_Task", self.vm_name, vm.PowerOnVM_Task)
 
     def wait_ready(self, timeout: float) -> None:
         vm = self._require_vm()
         deadline = time.monotonic() + timeout
         tools = "not checked"
         while time.monotonic() < deadline:
-            state = self.session.call("reading the guest state", self.name, lambda: vm.guest)
+            state = self.session.call("reading the guest state", self.vm_name, lambda: vm.guest)
             tools = state.toolsRunningStatus
             if tools == "guestToolsRunning" and state.guestOperationsReady is not False:
                 if self._ops is None:
-                    self._ops = GuestOps(self.session, vm, self.name, self.machine.guest_user)
+                    self._ops = GuestOps(self.session, vm, self.vm_name, self.machine.guest_user)
                 if self._ops.mkdir(f"{self.base}/{STEPS}"):
                     return
                 tools = "running, guest operations not ready yet"
             time.sleep(0.1)
-        raise ExecutorError(f"VMware VM {self.name!r} was not ready within {timeout} s (VMware Tools: {tools});"
+        raise ExecutorError(f"VMware VM {self.vm_name!r} was not ready within {timeout} s (VMware Tools: {tools});"
                             " are VMware Tools (open-vm-tools) installed and started at boot in the guest?")
 
     def copy_to(self, load: payload.Payload, guest_dir: str) -> None:
@@ -146,7 +152,7 @@ class VmwareVM(base.VM):
         ops.upload(f"{guest_dir}/{STEPS}/in.tar", buf.getvalue(), guest.COPY_TIMEOUT)
         done = self._command(["/bin/sh", "-c", COPY_IN], guest_dir, guest.COPY_TIMEOUT, 0)
         if not done.succeeded:
-            raise ExecutorError(f"copying the job's files into {guest_dir} in VMware VM {self.name!r} failed:"
+            raise ExecutorError(f"copying the job's files into {guest_dir} in VMware VM {self.vm_name!r} failed:"
                                 f" {done.why()}")
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
@@ -154,12 +160,12 @@ class VmwareVM(base.VM):
         limit = results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024   # the tar comes back in the report
         done = self._command(argv, "/", guest.COPY_TIMEOUT, limit)
         if not done.succeeded:
-            raise ExecutorError(f"copying results out of {guest_dir} in VMware VM {self.name!r} failed:"
+            raise ExecutorError(f"copying results out of {guest_dir} in VMware VM {self.vm_name!r} failed:"
                                 f" {done.why()}")
         if done.out_total > len(done.out):
-            raise ExecutorError(f"the results copied out of VMware VM {self.name!r} are {done.out_total} bytes,"
+            raise ExecutorError(f"the results copied out of VMware VM {self.vm_name!r} are {done.out_total} bytes,"
                                 f" more than {limit}")
-        results.extract_vmrs(done.out, dest, cap, self.name)
+        results.extract_vmrs(done.out, dest, cap, self.vm_name)
 
     def run(self, argv: list[str], cwd: str, timeout: float,
             stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
@@ -195,24 +201,24 @@ class VmwareVM(base.VM):
         pid = ops.start(WRAPPER, [STEP_PL, "run", folder, student, nproc, str(keep), guest.GUEST_PATH, cwd, *argv])
         code = ops.wait(pid, time.monotonic() + timeout)
         if code is None:
-            log.info("%s: a command outlived its %s s; killing it in the guest", self.name, timeout)
+            log.info("%s: a command outlived its %s s; killing it in the guest", self.vm_name, timeout)
             ops.terminate(pid)
             killer = ops.start(WRAPPER, [STEP_PL, "kill", folder, student, str(keep)])
             killed = ops.wait(killer, time.monotonic() + KILL_GRACE)
             if killed is None:
-                raise ExecutorError(f"VMware VM {self.name!r} did not end a command that outlived its {timeout} s")
+                raise ExecutorError(f"VMware VM {self.vm_name!r} did not end a command that outlived its {timeout} s")
             if killed != 0:
-                log.warning("%s: processes of %s survived being killed", self.name, student)
+                log.warning("%s: processes of %s survived being killed", self.vm_name, student)
         if code == 0 and keep == 0:   # nothing to read back: save the round trips
             return Report(folder, 0, None, False, None, None, b"", 0, b"", 0)
         keep = keep or REPORT_KEEP
         data, _ = ops.download(f"{folder}/report", REPORT_HEAD + 2 * keep, guest.COPY_TIMEOUT)
-        return Report.parse(data, folder, code, self.name)
+        return Report.parse(data, folder, code, self.vm_name)
 
     def _configure(self, vm: Any) -> None:
         """RAM, vCPUs and network cards as the machine says, in one reconfiguration
         (none when the VM already matches)."""
-        hardware = self.session.call("reading the VM's hardware", self.name, lambda: vm.config.hardware)
+        hardware = self.session.call("reading the VM's hardware", self.vm_name, lambda: vm.config.hardware)
         limits = self.machine.limits
         spec = vim.vm.ConfigSpec()
         changed = False
@@ -231,19 +237,19 @@ class VmwareVM(base.VM):
                     spec.deviceChange.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=device))
                     changed = True
         if changed:
-            self.session.wait("ReconfigVM_Task", self.name, lambda: vm.ReconfigVM_Task(spec=spec))
+            self.session.wait("ReconfigVM_Task", self.vm_name, lambda: vm.ReconfigVM_Task(spec=spec))
 
     def _power_off(self, vm: Any) -> None:
-        state = self.session.call("reading the power state", self.name, lambda: vm.runtime.powerState)
+        state = self.session.call("reading the power state", self.vm_name, lambda: vm.runtime.powerState)
         if state != vim.VirtualMachinePowerState.poweredOff:
-            self.session.wait("PowerOffVM_Task", self.name, vm.PowerOffVM_Task)
+            self.session.wait("PowerOffVM_Task", self.vm_name, vm.PowerOffVM_Task)
 
     def _require_vm(self) -> Any:
         if self._vm is None:
-            raise ExecutorError(f"VMware VM {self.name!r} was not reverted")
+            raise ExecutorError(f"VMware VM {self.vm_name!r} was not reverted")
         return self._vm
 
     def _require_ops(self) -> GuestOps:
         if self._ops is None:
-            raise ExecutorError(f"VMware VM {self.name!r} was not started")
+            raise ExecutorError(f"VMware VM {self.vm_name!r} was not started")
         return self._ops

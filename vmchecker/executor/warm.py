@@ -13,7 +13,7 @@ and described by a record (:class:`WarmGuest`) in the tester's pool folder
 - **Never across a change of the base.** A record holds the base's identity when the guest
   was prepared (:meth:`~vmchecker.executor.base.VM.identity`: the LXC base's config,
   rootfs and recipe stamp; the KVM snapshot domain, its snapshot and QEMU process; the
-  Docker image's id). At the
+  Docker image's id; the VMware VMs and their snapshot). At the
   claim it is read again; a record that differs (or whose guest is gone) is destroyed and
   the job runs cold.
 - **Never left behind.** A warm guest is named after the queue manager that keeps it
@@ -58,24 +58,28 @@ def fingerprint(machine: Machine) -> str:
 
 def capacity(machine: Machine) -> int:
     """How many warm guests ``machine`` can have at once: 0 where its backend keeps none
-    (VMware, KVM overlay, a machine whose kernel_messages must watch the boot), 1 for a
-    KVM snapshot domain (one guest, the domain itself), otherwise (LXC, Docker) no limit
-    of its own."""
+    (KVM overlay, a machine whose kernel_messages must watch the boot), 1 for a KVM
+    snapshot domain (one guest, the domain itself), one per VM of a VMware snapshot pool
+    (each VM is a guest), otherwise (LXC, Docker, VMware linked clones) no limit of its own."""
     if machine.kernel_messages:
         return 0
-    if machine.type in ("lxc", "docker"):
+    if machine.type in ("lxc", "docker") or (machine.type == "vmware" and machine.revert == "linked-clone"):
         return UNLIMITED
     if machine.type == "kvm" and machine.revert == "snapshot":
         return 1
+    if machine.type == "vmware" and machine.revert == "snapshot":
+        return len(machine.vms or [machine.vm])
     return 0
 
 
 def pool_key(machine: Machine) -> str:
     """What warm guests of ``machine`` are counted against :func:`capacity` by: the one
-    domain of a KVM snapshot machine (two machines on one domain share its one warm guest),
-    otherwise the machine's :func:`fingerprint`."""
+    domain of a KVM snapshot machine, the VMs of a VMware snapshot pool (machines on one
+    domain or pool share its guests), otherwise the machine's :func:`fingerprint`."""
     if machine.type == "kvm" and machine.revert == "snapshot":
         return f"kvm-domain:{machine.base_image}:{machine.vm}"
+    if machine.type == "vmware" and machine.revert == "snapshot":
+        return f"vmware-vms:{machine.vmware_url}:{','.join(sorted(machine.vms or [machine.vm]))}"
     return fingerprint(machine)
 
 
