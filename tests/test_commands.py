@@ -98,3 +98,39 @@ def test_the_work_loads_what_the_start_left_out(tmp_path):
                        f"assert main(['--config', {str(tmp_path / 'global.yaml')!r}, '--skip-time-checks',"
                        f" '--no-queue', 'so', '1-hello', 'bob', {str(archive)!r}]) == 0")
     assert {"yaml", "vmchecker.config", "vmchecker.submit", "vmchecker.archive", "vmchecker.queueing"} <= loaded
+
+
+# What a submission stored and queued over http:// never needs: the stdlib's XML-RPC
+# client brings http.client, ssl and the email parser (vmchecker.rpc_http replaces it).
+NOT_FOR_HTTP = ("xmlrpc.client", "http.client", "ssl", "email")
+
+
+def test_a_submit_queued_over_http_loads_no_http_client(tmp_path):
+    """A real ``vmchecker-submit`` against a daemon on loopback stores and queues the
+    submission without the stdlib's XML-RPC client and what it imports."""
+    import threading
+
+    import yaml
+
+    from tests.util import HELLO_C, free_port, make_zip, write_course
+    from vmchecker.storer.daemon import StorerDaemon
+
+    write_course(tmp_path, extra={"course": {"open_to_all_users": True, "students": []}})
+    glob = tmp_path / "global.yaml"
+    data = yaml.safe_load(glob.read_text())
+    data["daemon"] = {"listen": f"127.0.0.1:{free_port()}", "state": str(tmp_path / "state")}
+    glob.write_text(yaml.safe_dump(data))
+    daemon = StorerDaemon(glob, state_dir=tmp_path / "state")
+    threading.Thread(target=daemon.server.serve_forever, daemon=True).start()
+    archive = make_zip(tmp_path / "hello.zip", {"hello.c": HELLO_C})
+    try:
+        loaded = loaded_by("from vmchecker.cli.submit import main\n"
+                           f"assert main(['--config', {str(glob)!r}, '--skip-time-checks',"
+                           f" 'so', '1-hello', 'bob', {str(archive)!r}]) == 0")
+        assert sum(daemon.journal.counts().values()) == 1
+    finally:
+        daemon.server.shutdown()
+        daemon.server.server_close()
+        daemon.journal.close()
+    assert "vmchecker.rpc_http" in loaded
+    assert not {m for m in loaded if any(m == n or m.startswith(n + ".") for n in NOT_FOR_HTTP)}, sorted(loaded)

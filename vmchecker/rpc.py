@@ -7,25 +7,29 @@ it (so a bad one is never retried forever), the daemon checks every call on arri
 must never be able to reach anything else on the storer).
 
 :class:`Client` is the only way the CLI, the web and the tester reach the daemon: a
-stdlib ``ServerProxy`` with a socket timeout whose failures become
-:class:`~vmchecker.errors.RpcError` with a message a sysadmin can act on.
+call with a socket timeout whose failures become :class:`~vmchecker.errors.RpcError`
+with a message a sysadmin can act on. An ``http://`` daemon is called through
+:mod:`vmchecker.rpc_http` (no ``http.client``, ``ssl`` nor ``email`` to import: most of a
+command's start-up otherwise); ``https://`` through the stdlib's ``ServerProxy``.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import math
 import re
-import xmlrpc.client
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
+from vmchecker import rpc_http
 from vmchecker.contract import ID_RE, JOB_ID_RE, ResultStatus
 from vmchecker.errors import CallRefused, RpcError, TryLater
+
+if TYPE_CHECKING:
+    import xmlrpc.client
 
 log = logging.getLogger(__name__)
 
@@ -229,31 +233,53 @@ class BackRequest:
 # --------------------------------------------------------------------------- client
 
 
-class _TimeoutMixin:
-    """Connections that time out, so a hung daemon cannot hang the caller."""
+def _https_proxy(url: str, timeout: float) -> xmlrpc.client.ServerProxy:
+    """The stdlib's proxy, its connections timing out (a hung daemon cannot hang the
+    caller); imported here, since only an https:// (or user@) URL needs it."""
+    import xmlrpc.client
 
-    def __init__(self, timeout: float):
-        super().__init__()
-        self._timeout = timeout
+    class TimeoutTransport(xmlrpc.client.SafeTransport if url.startswith("https:") else xmlrpc.client.Transport):
+        def make_connection(self, host: Any) -> Any:
+            conn = super().make_connection(host)
+            conn.timeout = timeout
+            return conn
 
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        conn = super().make_connection(host)
-        conn.timeout = self._timeout
-        return conn
-
-
-class _TimeoutTransport(_TimeoutMixin, xmlrpc.client.Transport):
-    pass
+    return xmlrpc.client.ServerProxy(url, transport=TimeoutTransport(), allow_none=False)
 
 
-class _SafeTimeoutTransport(_TimeoutMixin, xmlrpc.client.SafeTransport):
-    pass
+def _failures(stdlib: bool) -> tuple[tuple[type[Exception], ...], ...]:
+    """The exceptions a call ends with: (faults, HTTP statuses, no answer), rpc_http's
+    and, when the stdlib's proxy makes the call, xmlrpc.client's and http.client's."""
+    faults: tuple[type[Exception], ...] = (rpc_http.Fault,)
+    statuses: tuple[type[Exception], ...] = (rpc_http.ProtocolError,)
+    silences: tuple[type[Exception], ...] = (OSError, rpc_http.ResponseError, ExpatError)
+    if stdlib:
+        import http.client
+        import xmlrpc.client
+
+        faults += (xmlrpc.client.Fault,)
+        statuses += (xmlrpc.client.ProtocolError,)
+        silences += (http.client.HTTPException, xmlrpc.client.ResponseError)
+    return faults, statuses, silences
 
 
 def check_url(url: Any) -> str:
     if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
         raise RpcError(f"bad storer daemon URL {url!r}: expected http://HOST:PORT/")
     return url
+
+
+def _plain_http(url: str) -> tuple[str, int, str] | None:
+    """(host, port, path) of a plain ``http://`` URL without a user, which rpc_http
+    calls; None for any other, left to the stdlib (and its errors, a bad port's too)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 80
+    except ValueError:
+        return None
+    if parts.scheme != "http" or "@" in parts.netloc or not parts.hostname:
+        return None
+    return parts.hostname, port, parts.path + (f"?{parts.query}" if parts.query else "") or "/RPC2"
 
 
 class Client:
@@ -263,25 +289,28 @@ class Client:
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = check_url(url)
         self.timeout = timeout
+        self._plain = _plain_http(self.url)
 
-    def _proxy(self) -> xmlrpc.client.ServerProxy:
+    def _send(self, method: str, params: tuple[Any, ...]) -> Any:
+        if self._plain is not None:
+            return rpc_http.call(*self._plain, method, params, self.timeout)
         # A fresh proxy per call: ServerProxy is not thread-safe, and calls are rare.
-        transport_cls = _SafeTimeoutTransport if self.url.startswith("https:") else _TimeoutTransport
-        return xmlrpc.client.ServerProxy(self.url, transport=transport_cls(self.timeout), allow_none=False)
+        return getattr(_https_proxy(self.url, self.timeout), method)(*params)
 
     def call(self, method: str, *params: Any) -> Any:
         if method not in METHODS:
             raise RpcError(f"unknown storer daemon method {method!r}")
+        faults, statuses, silences = _failures(stdlib=self._plain is None)
         try:
-            return getattr(self._proxy(), method)(*params)
-        except xmlrpc.client.Fault as exc:
+            return self._send(method, params)
+        except faults as exc:
             if exc.faultCode == FAULT_TRY_LATER:
                 raise TryLater(f"storer daemon at {self.url} asks to retry {method} later: {exc.faultString}") from None
             raise CallRefused(f"storer daemon at {self.url} refused {method}: {exc.faultString}") from None
-        except xmlrpc.client.ProtocolError as exc:
+        except statuses as exc:
             raise RpcError(f"storer daemon at {self.url} answered HTTP {exc.errcode} {exc.errmsg}") from None
-        except (OSError, http.client.HTTPException, xmlrpc.client.ResponseError, ExpatError) as exc:
-            raise RpcError(f"storer daemon at {self.url} is not answering: {exc or type(exc).__name__}") from None
+        except silences as exc:
+            raise RpcError(f"storer daemon at {self.url} is not answering: {str(exc) or type(exc).__name__}") from None
 
     def notify(self, request: NotifyRequest) -> Any:
         return self.call(NOTIFY, *request.params())
