@@ -1,6 +1,8 @@
 """A stand-in for ``vmchecker-vm-executor`` used by the queue manager's own tests.
 
-Run as ``fake_executor.py BUNDLE_DIR``. It behaves as the ``fake.json`` member of the
+Run as ``fake_executor.py BUNDLE_DIR``, or pre-started as the real one is
+(``--await-job WORK_DIR/ [--preload TYPE]...``: the job folder's name comes on stdin;
+exit 0 at the end of stdin). It behaves as the ``fake.json`` member of the
 bundle's ``archive.zip`` says, so one test can make it pass, fail, crash, hang, spawn a
 child or wait for a partner job, and then check what the queue manager did about it.
 Like the real executor it writes ``BUNDLE_DIR/results/`` with ``result.json`` and
@@ -26,6 +28,7 @@ fake.json keys (all optional):
   finished     file to append "<job_id>\\n" to once the results are written (runs completed)
   grade        text of the grade file the tests wrote (results/grade.vmr, grade_file true)
   build_exit   the build step's exit status in result.json (default 0): a build that failed
+  pid_file     file to write {"pid": its pid, "prestarted": whether it was} to
 """
 
 import json
@@ -42,9 +45,21 @@ import yaml
 PROBE_WAIT = 120   # seconds: a guard, never reached when the queue manager works
 
 
+def job_folder() -> tuple[Path, bool]:
+    """The bundle folder, and whether this executor was pre-started (then it waits for
+    the folder's name on stdin, as vmchecker/cli/vm_executor.py does)."""
+    if sys.argv[1] != "--await-job":
+        return Path(sys.argv[1]), False
+    print(f"fake executor pid {os.getpid()} waiting for a job", flush=True)
+    name = sys.stdin.readline().strip()
+    if not name:
+        sys.exit(0)
+    return Path(sys.argv[2]) / name, True
+
+
 def main() -> int:
+    bundle, prestarted = job_folder()
     started_at = time.time()
-    bundle = Path(sys.argv[1])
     info = yaml.safe_load((bundle / "submission-config.yaml").read_text())
     job_id = info["job_id"]
     with zipfile.ZipFile(bundle / "archive.zip") as zf:
@@ -73,6 +88,8 @@ def main() -> int:
     if spec.get("child_pid"):
         child = subprocess.Popen(["sleep", "1000"])
         Path(spec["child_pid"]).write_text(str(child.pid))
+    if spec.get("pid_file"):
+        Path(spec["pid_file"]).write_text(json.dumps({"pid": os.getpid(), "prestarted": prestarted}))
     if spec.get("modes"):
         umask = os.umask(0o022)
         config_mode = (bundle / "submission-config.yaml").stat().st_mode & 0o777

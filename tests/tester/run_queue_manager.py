@@ -1,10 +1,11 @@
 """Run a queue manager whose executor is fake_executor.py, as its own process.
 
-``python -m tests.tester.run_queue_manager [--once] [--hour-timers] TESTER_DIR``: what the
+``python -m tests.tester.run_queue_manager [--once] [--hour-timers] [--prestart] TESTER_DIR``: what the
 kill -9 and restart tests start, since the executor command can only be injected in code.
 Backend clean-up is recorded on stderr instead of run. ``--hour-timers`` sets every
 fallback timer of the queue manager (its idle wait, its rescan of queue/, the notifier's
-retries) to an hour: a job that still goes through was moved on by events alone."""
+retries) to an hour: a job that still goes through was moved on by events alone.
+``--prestart`` keeps pre-started fake executors, as the real executor gets."""
 
 import sys
 
@@ -32,4 +33,4 @@ if __name__ == "__main__":
         delays = {"notify_base_delay": HOUR, "notify_max_delay": HOUR}
     cfg = tester_config.load_tester(sys.argv[-1])
     sys.exit(QueueManager(cfg, once=once, notify_timeout=2, **delays, kill_grace=2,
-                          _executor_command=FAKE_COMMAND).run())
+                          _executor_command=FAKE_COMMAND, _prestart="--prestart" in sys.argv).run())

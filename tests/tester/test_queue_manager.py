@@ -484,12 +484,15 @@ def start_process(cfg, *args: str) -> subprocess.Popen:
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_kill_9_mid_job_then_restart_produces_the_results(tmp_path):
+@pytest.mark.parametrize("prestart", [[], ["--prestart"]], ids=["cold", "prestarted"])
+def test_kill_9_mid_job_then_restart_produces_the_results(tmp_path, prestart):
+    """A pre-started executor's command line names the work folder, not its job's: the
+    restarted queue manager finds it all the same."""
     cfg = make_tester(tmp_path / "tester")
     started = tmp_path / "started"
     child_pid = tmp_path / "child.pid"
     make_bundle(cfg.queue_dir, "j1", {"action": "hang", "started": str(started), "child_pid": str(child_pid)})
-    proc = start_process(cfg)
+    proc = start_process(cfg, *prestart)
     try:
         wait_for(lambda: child_pid.exists() and child_pid.read_text(), "the job to start")
         executor = int(started.read_text())

@@ -7,6 +7,11 @@ vmchecker/executor/warm.py), and the results left in ``BUNDLE_DIR/results/``.
 Exit 0 whenever results were written, even with status ``error``; non-zero only when
 not even that was possible. SIGTERM tears the guest down before exiting.
 
+``--await-job WORK_DIR/`` (the queue manager's pre-started executor,
+vmchecker/tester/prestart.py): load what a job needs (``--preload TYPE``: that backend
+too), then read the name of the job's folder in WORK_DIR on stdin and run it as above;
+exit 0 at once at the end of stdin (the queue manager stopped or is gone).
+
 ``--warm MACHINE_FILE --owner PID`` (the queue manager's warm-up): make one guest of the
 machine in MACHINE_FILE (JSON) ready and publish it in the tester's pool, named after the
 queue manager PID that keeps it. Exit 0 when published, 20 when the machine keeps no warm
@@ -15,6 +20,7 @@ guests, another code on failure (no guest is left).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -54,6 +60,28 @@ def warm_up(machine_file: Path, tester_config: Path, owner: int) -> WarmGuest | 
     if pool is None:
         return None
     return executor.get_host(machine.type).prepare_warm(machine, pool.ensure(), owner)
+
+
+def await_job(folder: Path, preload: list[str]) -> Path | None:
+    """A pre-started executor's wait: load the backends of ``preload`` (one that cannot
+    load says so when its job comes), then read the job folder's name on stdin. None at
+    the end of stdin, i.e. no job will come."""
+    for machine_type in preload:
+        if machine_type in executor.BACKENDS:
+            try:
+                importlib.import_module(executor.BACKENDS[machine_type])
+            except ImportError:
+                pass
+    line = sys.stdin.readline()
+    devnull = os.open(os.devnull, os.O_RDONLY)   # the job's tools get /dev/null, as a cold start's
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    name = line.strip()
+    if not name:
+        return None
+    if "/" in name or name in (".", ".."):
+        raise VmcheckerError(f"{name!r} is not the name of a job folder in {folder}")
+    return folder / name
 
 
 def execute(bundle_dir: Path, tester_config: Path | None = None) -> JobResult:
@@ -122,10 +150,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of a job: make one warm guest of this machine (JSON) for the tester's pool")
     p.add_argument("--owner", metavar="PID", type=int, default=0,
                    help="with --warm: the queue manager that keeps the guest (default: the parent process)")
+    p.add_argument("--await-job", metavar="WORK_DIR", type=Path,
+                   help="start now, then run the job whose folder in WORK_DIR stdin names (the queue"
+                        " manager's pre-started executor)")
+    p.add_argument("--preload", metavar="TYPE", action="append", default=[],
+                   help="with --await-job: load this machine type's backend while waiting (repeatable)")
     p.add_argument("bundle_dir", metavar="BUNDLE_DIR", type=Path, nargs="?")
     args = p.parse_args(argv)
-    if (args.warm is None) == (args.bundle_dir is None):
-        p.error("give BUNDLE_DIR, or --warm MACHINE_FILE with --tester-config")
+    if [args.warm, args.bundle_dir, args.await_job].count(None) != 2:
+        p.error("give BUNDLE_DIR, --await-job WORK_DIR, or --warm MACHINE_FILE with --tester-config")
     if args.warm is not None and args.tester_config is None:
         p.error("--warm needs --tester-config (the pool is the tester's)")
     common.setup_logging(args.verbose, args.log_format)
@@ -148,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.warm is not None:
             return warm()
         try:
-            job = execute(args.bundle_dir, args.tester_config)
+            bundle_dir = args.bundle_dir
+            if bundle_dir is None:
+                bundle_dir = await_job(args.await_job, args.preload)
+                if bundle_dir is None:
+                    return 0
+            job = execute(bundle_dir, args.tester_config)
         except Interrupted as exc:
             print(f"{PROG}: stopped by {exc}; the guest was removed", file=sys.stderr)
             return 128 + signal.Signals[str(exc)].value

@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from vmchecker.contract import JOB_ID_RE, RESULT_JSON, STAGE_STAT_PREFIX, SUBMIS
 from vmchecker.errors import BundleError, VmcheckerError
 from vmchecker.executor import guest, hostcmds
 from vmchecker.tester import processes, results
+from vmchecker.tester.prestart import Executors
 from vmchecker.tester_config import TesterConfig
 
 log = logging.getLogger(__name__)
@@ -96,17 +96,17 @@ def executor_timeout(configured: int, machine: Machine, step_timeout: int) -> fl
 class Job:
     """Runs one bundle from ``queue/`` in ``work/<bundle name>/``."""
 
-    def __init__(self, bundle_path: Path, config: TesterConfig, executor_command: Sequence[str],
-                 kill_grace: float = 30.0):
+    def __init__(self, bundle_path: Path, config: TesterConfig, executors: Executors, kill_grace: float = 30.0):
         self.bundle = Path(bundle_path)
         self.config = config
-        self.executor_command = list(executor_command)
+        self.executors = executors
         self.kill_grace = kill_grace
         self.name = self.bundle.name[: -len(".zip")]
         self.work = config.work_dir / self.name
         self.log_path = config.work_dir / f"{self.name}.log"
         self.aborted = threading.Event()
         self.killed = False  # the executor had to be killed: its guest may be left over
+        self.ended = False   # its slot thread is done with it (set by the queue manager)
         self.machine: Machine | None = None   # with the tester's overrides, once the bundle is read
         self.received_at: float | None = None  # when the queue manager saw the bundle (wall clock)
         self._proc: subprocess.Popen | None = None
@@ -180,21 +180,19 @@ class Job:
 
     def _execute(self, stats: dict[str, Any], timeout: float) -> str:
         """Run the executor for at most ``timeout`` seconds; read the status it wrote."""
-        command = [*self.executor_command, str(self.work)]
-        log.info("job %s: running %s", self.name, " ".join(command))
         started = time.monotonic()
-        with open(self.log_path, "wb") as output:
-            with self._proc_lock:
-                if self.aborted.is_set():
-                    return ResultStatus.ERROR.value
-                self._proc = proc = processes.start(command, output, cwd=self.config.work_dir)
-            timed_out = not processes.wait_exit(proc, timeout)
-            if timed_out:
-                log.warning("job %s: executor still running after %d s; killing it", self.name, timeout)
-                processes.kill_child(proc, self.kill_grace)
-                self.killed = True
-            processes.reap_group(proc)
-            hostcmds.kill_recorded(self.work)   # host commands of an executor that could not stop them
+        with self._proc_lock:
+            if self.aborted.is_set():
+                return ResultStatus.ERROR.value
+            self._proc = proc = self.executors.start(self.work, self.log_path)
+        log.info("job %s: executor pid %d: %s", self.name, proc.pid, " ".join(map(str, proc.args)))
+        timed_out = not processes.wait_exit(proc, timeout)
+        if timed_out:
+            log.warning("job %s: executor still running after %d s; killing it", self.name, timeout)
+            processes.kill_child(proc, self.kill_grace)
+            self.killed = True
+        processes.reap_group(proc)
+        hostcmds.kill_recorded(self.work)   # host commands of an executor that could not stop them
         stats.update(executor_seconds=round(time.monotonic() - started, 3), executor_exit=proc.returncode,
                      timed_out=timed_out)
         if self.aborted.is_set():

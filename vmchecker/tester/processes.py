@@ -26,11 +26,13 @@ from vmchecker.executor.hostcmds import pid_alive
 log = logging.getLogger(__name__)
 
 
-def start(command: Sequence[str], output: IO[bytes], cwd: Path | None = None) -> subprocess.Popen:
+def start(command: Sequence[str], output: IO[bytes], cwd: Path | None = None,
+          stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
     """Start ``command`` as the leader of a new session (and process group), with the
     usual umask 022: the queue manager's own 077 guards job keys, and must not change
-    the modes of what the executor puts in its guests."""
-    return subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+    the modes of what the executor puts in its guests. ``stdin`` is /dev/null, or a pipe
+    for a pre-started executor's handover (:mod:`vmchecker.tester.prestart`)."""
+    return subprocess.Popen(list(command), stdin=stdin, stdout=output, stderr=subprocess.STDOUT,
                             cwd=cwd, start_new_session=True, close_fds=True, umask=0o022)
 
 

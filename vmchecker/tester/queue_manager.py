@@ -34,7 +34,6 @@ deliberate retry (it reported an error) and runs again.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import shutil
@@ -45,15 +44,16 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from vmchecker import bundle, config, fsutil, rpc
-from vmchecker.config import Machine
-from vmchecker.contract import STAGE_STAT_PREFIX, SUBMISSION_CONFIG, Stage
-from vmchecker.errors import RpcError, VmcheckerError
+from vmchecker import fsutil, rpc
+from vmchecker.contract import STAGE_STAT_PREFIX, Stage
+from vmchecker.errors import RpcError
 from vmchecker.executor import hostcmds
 from vmchecker.service import Service
 from vmchecker.tester import metrics, processes, results, storers
 from vmchecker.tester.jobs import Job, Outcome, job_id_from_name
+from vmchecker.tester.leftovers import cleanup_backend, known_machines, machine_types
 from vmchecker.tester.notifier import Journal, Notifier, Pending
+from vmchecker.tester.prestart import Executors
 from vmchecker.tester.queue_watcher import QueueWatcher, is_bundle_name, queued_before
 from vmchecker.tester.storers import KnownStorers
 from vmchecker.tester.warmer import Warmer
@@ -81,13 +81,18 @@ class QueueManager(Service):
     def __init__(self, config: TesterConfig, *, once: bool = False, pid_file: Path | str | None = None,
                  keep_done_days: float | None = None, notify_timeout: float = 10.0,
                  notify_base_delay: float = 2.0, notify_max_delay: float = 300.0, kill_grace: float = 30.0,
-                 _executor_command: Sequence[str] | None = None, _warm_command: Sequence[str] | None = None):
+                 _executor_command: Sequence[str] | None = None, _warm_command: Sequence[str] | None = None,
+                 _prestart: bool | None = None):
         super().__init__(pid_file=pid_file or config.state_dir / "queue-manager.pid", once=once)
         self.config = config
         self.keep_done_days = keep_done_days
         self.kill_grace = kill_grace
         # Tests replace the executor with a small script; never a config key.
         self._executor_command = list(_executor_command or default_executor_command(config))
+        # Pre-started executors (tester/prestart.py) are the real executor's, as warm guests.
+        prestart = _executor_command is None if _prestart is None else _prestart
+        self.executors = Executors(self._executor_command, config.work_dir, config.tester.slots if prestart else 0,
+                                   kill_grace)
         # Warm guests are the real executor's: a replaced executor gets none unless the
         # test names a warm-up command too.
         warm_command = _warm_command or (None if _executor_command else self._executor_command)
@@ -126,6 +131,8 @@ class QueueManager(Service):
         cfg.publish_identity()  # the name and slots it runs with, for the storer to check
         self.notifier = Notifier(Journal(cfg.state_dir / "notify"), **self._notify_settings)
         self.recover()
+        for machine_type in machine_types(cfg):
+            self.executors.note(machine_type)
         watcher = None if self.once else QueueWatcher(cfg.queue_dir)  # before the scan: miss nothing
         self._watcher = watcher
         self._enqueue(self.backlog())
@@ -140,6 +147,7 @@ class QueueManager(Service):
             self._loop(watcher)
         finally:
             self._abort_running()
+            self.executors.stop()
             self.warmer.stop()
             if watcher:
                 watcher.close()
@@ -165,6 +173,7 @@ class QueueManager(Service):
         """One turn of the main loop; False when a drain (``--once``) is over."""
         self._reap()
         self._start_jobs()
+        self.executors.top_up()
         if self.once and not self._waiting and not self._running:
             return False
         if not self.once and not self._waiting:   # idle slots prepare the next guests
@@ -253,7 +262,7 @@ class QueueManager(Service):
             if not bundle_path.is_file() or self._drop_duplicate(bundle_path):  # removed by hand meanwhile
                 self._known.discard(name)
                 continue
-            job = Job(bundle_path, self.config, self._executor_command, self.kill_grace)
+            job = Job(bundle_path, self.config, self.executors, self.kill_grace)
             job.received_at = received
             thread = threading.Thread(target=self._run_job, args=(job,), name=f"slot:{job.name}", daemon=True)
             self._running[name] = (job, thread)
@@ -281,11 +290,13 @@ class QueueManager(Service):
 
     def _reap(self) -> None:
         for name, (job, thread) in list(self._running.items()):
-            if not thread.is_alive():
-                thread.join()
+            if job.ended or not thread.is_alive():
+                thread.join()   # ended: it has only to return
                 del self._running[name]
                 self._known.discard(name)
                 self.warmer.note(job.machine)
+                if job.machine is not None:
+                    self.executors.note(job.machine.type)
                 self.warmer.sweep()   # a warm guest its executor claimed and could not destroy
 
     def _abort_running(self) -> None:
@@ -310,6 +321,7 @@ class QueueManager(Service):
             log.exception("job %s: could not record its results; the bundle stays in the queue", job.name)
         finally:
             job.cleanup()
+            job.ended = True   # before the nudge: the loop it wakes may look before this thread is gone
             self._nudge()   # its slot is free: the next bundle starts now
 
     def finish(self, outcome: Outcome) -> None:
@@ -365,14 +377,14 @@ class QueueManager(Service):
     def recover(self) -> None:
         """Undo what a killed run left: executors, guests, work folders, half-finished jobs."""
         cfg = self.config
-        machines = self._known_machines()
+        machines = known_machines(cfg)
         for pid in processes.find_orphans(cfg.work_dir):
             processes.kill_orphan(pid, self.kill_grace)
         machines += self.warmer.recover()   # after the executors that may hold warm guests
         for job_dir in cfg.work_dir.iterdir():
             if job_dir.is_dir() and not job_dir.is_symlink():
                 hostcmds.kill_recorded(job_dir)   # host commands of the executors just killed
-        for machine_type in sorted(self._machine_types(machines)):
+        for machine_type in sorted(machine_types(cfg, machines)):
             cleanup_backend(machine_type, [m for m in machines if m.type == machine_type])
         for entry in cfg.work_dir.iterdir():
             log.info("removing %r left by an earlier run", str(entry))
@@ -397,45 +409,3 @@ class QueueManager(Service):
                 self._journal_notification(marker)
             self._remove_bundle(bundle_path)
         self.cleanup_done()
-
-    def _known_machines(self) -> list[Machine]:
-        """The machines (tester overrides applied) of the jobs a killed run left in
-        ``work/``, and those the tester config defines whole enough to locate a guest's
-        files (a type and a base image): where a backend looks for leftovers."""
-        machines = []
-        for sub_config in self.config.work_dir.glob(f"*/{SUBMISSION_CONFIG}"):
-            try:
-                machines.append(self.config.machine(bundle.read_bundle_dir(sub_config.parent).machine))
-            except (VmcheckerError, OSError) as exc:
-                log.warning("%s: cannot tell its machine, its guest is not looked for: %s",
-                            sub_config.parent, getattr(exc, "message", exc))
-        for name, body in self.config.machines.items():
-            if body.get("type") in config.MACHINE_TYPES and isinstance(body.get("base_image"), str):
-                machines.append(Machine(name=name, type=body["type"], vm=str(body.get("vm", "")),
-                                        base_image=body["base_image"]))
-        return machines
-
-    def _machine_types(self, machines: Iterable[Machine]) -> set[str]:
-        """Machine types named in the tester config, and of ``machines``."""
-        types = {str(body["type"]) for body in self.config.machines.values() if body.get("type")}
-        return types | {m.type for m in machines}
-
-
-def cleanup_backend(machine_type: str, machines: Sequence[Machine] = ()) -> None:
-    """Ask an executor backend to remove guests a killed job left (LXC clones...);
-    ``machines`` of that type tell it where else to look (e.g. KVM state folders)."""
-    try:
-        executor = importlib.import_module("vmchecker.executor")
-        get_host = getattr(executor, "get_host", None)
-        if get_host is None:
-            log.warning("vmchecker.executor has no get_host(); cannot clean %s leftovers", machine_type)
-            return
-        host = get_host(machine_type)
-        cleanup = getattr(host, "cleanup_leftovers", None)
-        if cleanup is None:
-            log.warning("the %s backend has no cleanup_leftovers(); skipping", machine_type)
-            return
-        removed = cleanup(machines)
-        log.info("cleaned %s leftovers: %s", machine_type, ", ".join(removed or []) or "none")
-    except Exception:  # a broken backend must not stop the tester from serving others
-        log.exception("cleaning %s leftovers failed", machine_type)
