@@ -209,11 +209,6 @@ class Session:
 
     def vm_names(self, what: str = "the VMs") -> list[tuple[Any, str]]:
         """(VM, name) of every VM of the inventory, in one round trip."""
-        return [(vm, props["name"]) for vm, props in self.vm_properties(["name"], what) if "name" in props]
-
-    def vm_properties(self, paths: list[str], what: str = "the VMs") -> list[tuple[Any, dict[str, Any]]]:
-        """(VM, {property path: value}) of every VM of the inventory, in one round trip
-        (a property that is unset is left out)."""
         content = self.content
         pc = vmodl.query.PropertyCollector
         view = self.call("CreateContainerView", what, content.viewManager.CreateContainerView,
@@ -222,11 +217,21 @@ class Session:
             spec = pc.FilterSpec(
                 objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
                     pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])],
-                propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=paths)])
+                propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])])
             found = self.call("RetrieveContents", what, content.propertyCollector.RetrieveContents, [spec])
         finally:
             self.call("DestroyView", what, view.Destroy)
-        return [(o.obj, {p.name: p.val for p in o.propSet or []}) for o in found]
+        return [(o.obj, o.propSet[0].val) for o in found if o.propSet]
+
+    def properties(self, vms: list[Any], paths: list[str], what: str) -> list[dict[str, Any]]:
+        """The properties ``paths`` of each VM of ``vms``, in one round trip, as
+        {path: value} in the order of ``vms`` (a property that is unset is left out)."""
+        pc = vmodl.query.PropertyCollector
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=vm, skip=False) for vm in vms],
+                             propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=paths)])
+        found = self.call("RetrieveContents", what, self.content.propertyCollector.RetrieveContents, [spec])
+        by_id = {o.obj._moId: {p.name: p.val for p in o.propSet or []} for o in found}
+        return [by_id.get(vm._moId, {}) for vm in vms]
 
     # -- files in a guest, over HTTP
 

@@ -64,24 +64,20 @@ def find_snapshot(session: Session, vm: Any, vm_name: str, name: str) -> Any:
 
 def pool_identity(session: Session, names: list[str], snapshot: str) -> str | None:
     """The identity of the VMs ``names`` and their snapshot ``snapshot`` (module
-    docstring), read in one round trip; None when one is missing (the cold path says so)."""
-    found: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
-    paths = ["name", "config.instanceUuid", "snapshot"]
-    for vm, props in session.vm_properties(paths, "the VMs' snapshots"):
-        found.setdefault(props.get("name", ""), []).append((vm, props))
-    parts = []
+    docstring), in a few round trips whatever their number; None when one is missing
+    (the cold path says what)."""
+    what = "reading the VMs' snapshots"
     try:
-        for name in names:
-            if "/" in name:   # an inventory path: found on its own
-                vm = session.find_vm(name)
-                entries = [(vm, {"config.instanceUuid": session.call("reading the VM's identity", name,
-                                                                     lambda vm=vm: vm.config.instanceUuid),
-                                 "snapshot": session.call("reading the snapshots", name, lambda vm=vm: vm.snapshot)})]
-            else:
-                entries = found.get(name, [])
-            if len(entries) != 1:
-                return None
-            vm, props = entries[0]
+        by_name: dict[str, list[Any]] = {}
+        for vm, value in session.vm_names(what) if any("/" not in n for n in names) else []:
+            by_name.setdefault(value, []).append(vm)
+        found = [[session.find_vm(n)] if "/" in n else by_name.get(n, []) for n in names]   # a path: on its own
+        if any(len(f) != 1 for f in found):
+            return None
+        vms = [f[0] for f in found]
+        parts = []
+        props_of = session.properties(vms, ["config.instanceUuid", "snapshot"], what)
+        for name, vm, props in zip(names, vms, props_of, strict=True):
             node = _snapshot_node(props.get("snapshot"), name, snapshot)
             parts.append(f"{vm._moId}/{props.get('config.instanceUuid')}/{node.snapshot._moId}/"
                          f"{node.createTime.isoformat()}")
