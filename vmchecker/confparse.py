@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import re
 import types
@@ -41,11 +42,25 @@ def parse_datetime(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return value.replace(tzinfo=None, microsecond=0) if value.tzinfo else value
     if isinstance(value, str):
+        text = value.strip()
         try:
-            return dt.datetime.strptime(value.strip(), DATE_FORMAT)
+            return _fixed_datetime(text) or dt.datetime.strptime(text, DATE_FORMAT)
         except ValueError:
             pass
     raise ValueError(f"bad date {value!r}: expected YYYY-MM-DD HH:MM:SS")
+
+
+def _fixed_datetime(text: str) -> dt.datetime | None:
+    """``YYYY-MM-DD HH:MM:SS`` with every digit written (how the files spell a date) read
+    without strptime, whose first call costs a command 13 ms (it imports _strptime and
+    builds its locale's patterns); None for any other form, which strptime then reads.
+    ValueError for a date out of range, as strptime."""
+    if (len(text) != 19 or text[4] != "-" or text[7] != "-" or text[10] != " " or text[13] != ":"
+            or text[16] != ":" or not (digits := text[:4] + text[5:7] + text[8:10] + text[11:13]
+                                       + text[14:16] + text[17:]).isascii() or not digits.isdigit()):
+        return None
+    return dt.datetime(int(text[:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
+                       int(text[17:]))
 
 
 def format_datetime(value: dt.datetime) -> str:
@@ -208,14 +223,21 @@ def _convert(tp: Any, value: Any, file: Path, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")  # a bug in the schema, not in the file
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """A dataclass's field types and fields, worked out once a process: the types are
+    strings (``from __future__ import annotations``) that get_type_hints evaluates, and
+    a course builds one class many times (each assignment, tester, machine)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def build(cls: type, data: Any, file: Path, key: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown and missing keys."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(file, key, f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(cls)
     prefix = f"{key}." if key else ""
     unknown = sorted(str(k) for k in data if k not in fields)
     if unknown:

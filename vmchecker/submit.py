@@ -273,7 +273,7 @@ def _prepare_incoming(repo_root: Path, data: bytes, on_unpack_refused: Callable[
     incoming = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=repo_root))
     try:
         os.chmod(incoming, 0o755)
-        fsutil.write_atomic(incoming / ARCHIVE, data)
+        _write_new(incoming / ARCHIVE, data)
         try:
             detect_format(incoming / ARCHIVE)
         except SubmissionRefused as exc:
@@ -290,6 +290,22 @@ def _prepare_incoming(repo_root: Path, data: bytes, on_unpack_refused: Callable[
     return incoming
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a new file of the incoming folder, durably. No temporary name and rename nor
+    a folder fsync per file, as :func:`fsutil.write_atomic` does for a file in place:
+    nothing reads the incoming folder before :func:`_store` fsyncs it and renames it
+    into place, so a crash before then leaves the old state whatever was written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.fchmod(fd, 0o644)   # whatever the umask, as write_atomic
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _store(repo: Repository, task: Assignment, account: str, uploader: str, incoming: Path, size: int,
            upload_time: dt.datetime | None, skip_time_checks: bool) -> Submission:
     """Under the lock: last checks, then name, rename into place, swap ``current``.
@@ -302,9 +318,10 @@ def _store(repo: Repository, task: Assignment, account: str, uploader: str, inco
     account_dir = repo.account_dir(task.id, account)
     info = SubmissionInfo(course=repo.course.id, assignment=task.id, account=account,
                           upload_time=when, machine=task.machine, size=size, submitted_by=uploader)
-    fsutil.write_atomic(incoming / SUBMISSION_CONFIG, info.to_yaml())
+    _write_new(incoming / SUBMISSION_CONFIG, info.to_yaml().encode("utf-8"))
     (incoming / "results").mkdir(mode=0o755)
-    fsutil.write_atomic(incoming / "results" / GRADE_VMR, f"{SubmissionStatus.SAVED.value}\n")
+    _write_new(incoming / "results" / GRADE_VMR, f"{SubmissionStatus.SAVED.value}\n".encode())
+    fsutil.fsync_dir(incoming / "results")
     fsutil.fsync_dir(incoming)
     if not account_dir.is_dir():
         account_dir.mkdir(mode=0o755, parents=True)
