@@ -18,7 +18,7 @@ thesis measured 26 s with hardware KVM), ``overhead_median_s_kvm_overlay``,
 ``overhead_median_s_docker`` and ``overhead_median_s_vmware``.
 
 Jobs run the way the queue manager runs them: on a warm guest (executor/warm.py) where
-the machine keeps them (LXC, KVM snapshot, Docker), prepared before each job and not
+the machine keeps them (LXC, KVM snapshot, Docker, VMware), prepared before each job and not
 timed, as an idle slot prepares it; ``--cold`` also times every such machine without
 (the figures with ``_cold`` appended), as a tester with ``warm_guests: 0`` runs.
 
@@ -210,9 +210,10 @@ def docker_overhead(jobs: int, image: str, cold: bool = False) -> dict[str, floa
     return figures
 
 
-def vmware_overhead(jobs: int) -> dict[str, float]:
+def vmware_overhead(jobs: int, cold: bool = False) -> dict[str, float]:
     """``jobs`` jobs through the VMware executor against the lab server (tests/lab/vmware:
-    a vSphere API server whose VMs are containers), in both revert modes."""
+    a vSphere API server whose VMs are containers), in both revert modes (on warm guests,
+    and with ``cold`` also reverted and started in the job)."""
     from tests.lab import vmware_lab
 
     reason = vmware_lab.lab_unusable()
@@ -225,9 +226,12 @@ def vmware_overhead(jobs: int) -> dict[str, float]:
         credentials = lab.write_credentials(Path(tmp) / "credentials")
         for mode in ("snapshot", "linked-clone"):
             machine = {"name": "linux-vmware", **lab.machine(credentials, revert=mode)}
-            spreads = summarise(time_jobs(get_host("vmware"), machine, jobs, mode), ("total", "overhead"), mode)
-            suffix = "vmware" if mode == "snapshot" else "vmware_linked_clone"
-            figures.update({f"{name}_median_s_{suffix}": s[0] for name, s in spreads.items()})
+            for warm in (True, False) if cold else (True,):
+                label = mode + ("" if warm else "_cold")
+                spreads = summarise(time_jobs(get_host("vmware"), machine, jobs, label, warm=warm),
+                                    ("total", "overhead"), label)
+                suffix = ("vmware" if mode == "snapshot" else "vmware_linked_clone") + ("" if warm else "_cold")
+                figures.update({f"{name}_median_s_{suffix}": s[0] for name, s in spreads.items()})
     return figures
 
 
@@ -284,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-jobs", type=int, default=100,
                    help="jobs per queue-manager throughput run with 1, 2 and 4 slots (default 100; 0 skips)")
     p.add_argument("--cold", action="store_true",
-                   help="also time LXC, KVM snapshot and Docker jobs without warm guests (figures ending in _cold)")
+                   help="also time LXC, KVM snapshot, Docker and VMware jobs without warm guests (figures ending"
+                        " in _cold)")
     args = p.parse_args(argv)
     figures = executor_overhead(args.jobs, args.vm, args.cold)
     figures.update(queue_manager_throughput(args))
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docker_jobs > 0:
         figures.update(docker_overhead(args.docker_jobs, args.docker_image, args.cold))
     if args.vmware_jobs > 0:
-        figures.update(vmware_overhead(args.vmware_jobs))
+        figures.update(vmware_overhead(args.vmware_jobs, args.cold))
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
     return 0
 
