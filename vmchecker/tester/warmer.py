@@ -7,13 +7,14 @@ the next job of that machine skips revert and start.
   loses its warm guests.
 - **How many**: per machine up to ``tester.warm_guests`` (default: ``slots``; 0: none), no
   more than its backend can keep (:func:`~vmchecker.executor.warm.capacity`: one for a KVM
-  snapshot domain, shared by the machines on it).
+  snapshot domain, shared by the machines on it; one per VM of a VMware snapshot pool).
 - **When**: only while no bundle waits, and no more warm-ups at once than idle slots; each
   is a warm-up executor (``vmchecker-vm-executor --warm``) in its own process group, never
   counted in any job's time. A job never waits for a warm-up: it takes a guest that is
-  ready or runs cold at once. A KVM snapshot machine is the one exception by nature (its
-  domain is a single guest): a job waits for the domain's lock while a warm-up holds it,
-  no longer than the revert it would have done itself, and then takes that guest.
+  ready or runs cold at once. A KVM snapshot machine and a VM of a VMware snapshot pool
+  are the exceptions by nature (each is a single guest): a job waits for its lock while a
+  warm-up holds it, no longer than the revert it would have done itself, and then takes
+  that guest.
 - **Failure**: a warm-up that fails (or finds that its machine keeps none) is not tried
   again for that machine until its next job.
 - **Stop and crash**: stopping ends the warm-ups (SIGTERM: each removes its half-made
