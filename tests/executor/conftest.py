@@ -11,7 +11,7 @@ import pytest
 
 from tests.executor.docker_fixtures import docker_host  # noqa: F401  (a fixture, for every module here)
 from tests.executor.helpers import BASE
-from tests.executor.kvm_fixtures import kvm_host  # noqa: F401  (a fixture, for every module here)
+from tests.executor.kvm_fixtures import kvm_host, own_domain  # noqa: F401  (fixtures, for every module here)
 from tests.executor.vmware_fixtures import vmware_host  # noqa: F401  (a fixture, for every module here)
 from tests.lab import lxc_unusable
 

@@ -8,6 +8,7 @@ module; the helpers are imported from here.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -51,6 +52,20 @@ def kvm_host():
     from vmchecker.executor import get_host
 
     return get_host("kvm")
+
+
+@pytest.fixture
+def own_domain(kvm_host, monkeypatch):
+    """Hold the shared snapshot domain for the whole test, as a tester alone with it
+    would: other suites running now wait, and this test's jobs and warm-ups, each taking
+    the lock as usual, share this one (a dup of the locked file)."""
+    from vmchecker.executor import kvm_modes
+
+    fd = os.open(KVM_STATE / "jobs" / f".{KVM_BASE}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    monkeypatch.setattr(kvm_modes.SnapshotVM, "_lock_domain", lambda vm: setattr(vm, "_lock", os.dup(fd)))
+    yield kvm_host
+    os.close(fd)
 
 
 def kvm_machine(**overrides) -> dict:

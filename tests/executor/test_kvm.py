@@ -1,7 +1,8 @@
 """What only the KVM backend does, on real libvirt/QEMU guests (TCG here): the guest
 clock after a snapshot revert, kernel messages from the serial console, a guest that
-never becomes ready (and keep_failed), leftovers of dead executors. The behaviour both
-backends share is in test_behaviour.py.
+never becomes ready (and keep_failed), leftovers of dead executors, both ways results
+come out and both ways a payload goes in. The behaviour both backends share is in
+test_behaviour.py.
 
 Most jobs use ``revert: snapshot`` (the fast path: the RAM snapshot is loaded per job);
 the keep-failed and leftover tests use ``revert: overlay`` (a transient guest per job).
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor.helpers import around_run_step, run_job, vmr
+from tests.executor.helpers import around_run_step, make_bundle, run_job, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine, owned_domains
 from tests.util import wait_for
+from vmchecker.executor.warm import WarmPool
 
 pytestmark = pytest.mark.kvm
 
@@ -121,3 +123,45 @@ def test_cleanup_looks_in_the_state_folders_of_the_machines_it_is_given(kvm_host
     assert left not in kvm_host.cleanup_leftovers()   # the default folder only
     assert left in kvm_host.cleanup_leftovers([machine])
     assert sorted(p.name for p in jobs.iterdir()) == [mine.name]
+
+
+def results_run(extra: int) -> str:
+    """run.sh: the grade, a file over the 1 KiB cap, a note and ``extra`` more results,
+    beside what the copy-out must not take: a dotfile, a link to a secret, a fifo."""
+    return ('cd "$VMCHECKER_RESULTS" && : > "$VMCHECKER_GRADE" && head -c 3000 /dev/zero | tr "\\000" x > big.vmr'
+            ' && echo note > note.vmr && echo hidden > .dot.vmr && ln -s /etc/shadow leak.vmr && mkfifo fifo.vmr'
+            f' && for i in $(seq {extra}); do echo $i > n$i.vmr; done\n')
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["read-one-by-one", "as-one-tar"])
+def test_results_come_out_capped_without_links_dotfiles_or_fifos(kvm_host, tmp_path, many):
+    from vmchecker.executor.kvm_vm import FILE_READS_MAX
+
+    extra = FILE_READS_MAX if many else 0
+    machine = kvm_machine(limits={"output_kb": 1})
+    job, out = run_job(kvm_host, tmp_path / "b", machine, build="true\n", run=results_run(extra))
+    assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")
+    names = {p.name for p in (out / "results").iterdir()}
+    assert {"grade.vmr", "big.vmr", "note.vmr", *(f"n{i}.vmr" for i in range(1, extra + 1))} <= names
+    assert not names & {"leak.vmr", ".dot.vmr", "fifo.vmr"}
+    assert vmr(out, "note.vmr") == "note\n" and vmr(out, "grade.vmr") == ""
+    big = vmr(out, "big.vmr")
+    assert big.startswith("x" * 1024) and "x" * 1025 not in big and "truncated" in big
+
+
+def test_a_payload_through_a_file_on_cold_and_warm_guests(own_domain, tmp_path, monkeypatch):
+    # a payload over IN_DATA_MAX goes through a file in the guest; 0 sends every one so
+    from vmchecker.executor import kvm_vm
+
+    run = './hello; if [ -e /run/vmck-in.tar ]; then echo left; else echo gone; fi; : > "$VMCHECKER_GRADE"\n'
+    monkeypatch.setattr(kvm_vm, "IN_DATA_MAX", 0)
+    pool = WarmPool(tmp_path / "warm").ensure()
+    outs = []
+    for name, warm in (("cold", False), ("warm", True)):
+        bundle_dir, info = make_bundle(tmp_path / name, run=run, job_id=name, **kvm_machine())
+        if warm:
+            assert own_domain.prepare_warm(info.machine, pool, os.getpid())
+        job = own_domain.test_submission(bundle_dir, info.machine, info, warm=pool if warm else None)
+        assert job.status == "done" and job.warm_guest == warm, vmr(bundle_dir, "vmchecker-stderr.vmr")
+        outs.append(vmr(bundle_dir, "run-stdout.vmr"))
+    assert outs == ["Hello, world!\ngone\n"] * 2

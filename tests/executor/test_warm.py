@@ -11,7 +11,6 @@ checks see them), as a queue manager's warm-up would; nothing asserts on time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
@@ -124,20 +123,6 @@ def kvm_job(host, folder: Path, pool: WarmPool | None):
 
 def token() -> Path:
     return KVM_STATE / "jobs" / ".vmchecker-kvm-base.warm"
-
-
-@pytest.fixture
-def own_domain(kvm_host, monkeypatch):
-    """Hold the shared snapshot domain for the whole test, as a tester alone with it
-    would: other suites running now wait, and this test's jobs and warm-ups, each taking
-    the lock as usual, share this one (a dup of the locked file)."""
-    from vmchecker.executor import kvm_modes
-
-    fd = os.open(KVM_STATE / "jobs" / ".vmchecker-kvm-base.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    monkeypatch.setattr(kvm_modes.SnapshotVM, "_lock_domain", lambda vm: setattr(vm, "_lock", os.dup(fd)))
-    yield kvm_host
-    os.close(fd)
 
 
 @pytest.mark.kvm

@@ -16,27 +16,25 @@ import fcntl
 import logging
 import os
 import subprocess
-import time
+import tempfile
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 import libvirt
 import libvirt_qemu
 
 from vmchecker.config import Machine
+from vmchecker.contract import ARCHIVE, TESTS
 from vmchecker.errors import ExecutorError
 from vmchecker.executor.kvm_agent import Agent
 from vmchecker.executor.kvm_guard import disk_path, serial_path
 from vmchecker.executor.kvm_vm import NAME_RE, KvmVM, base_image, domain_type, state_dir
+from vmchecker.executor.payload import Payload, prepare_payload
 from vmchecker.executor.warm import WarmGuest
 from vmchecker.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
-
-# Root, in a warm guest before it is parked: what every job's copy-in would do first (set
-# the clock, make guest_base_path $2), and the way of the student $3 to it tried once.
-PARK = ('date -u -s "@$1" >/dev/null && mkdir -p -- "$2" &&'
-        ' setpriv --reuid="$3" --regid="$(id -g -- "$3")" --clear-groups -- test -x "$2"')
 
 
 class SnapshotVM(KvmVM):
@@ -49,9 +47,10 @@ class SnapshotVM(KvmVM):
     running burns no CPU. The guest clock is set per job (``copy_to``).
 
     Kept warm, the domain waits with the snapshot freshly loaded, running (an idle guest
-    costs next to no CPU), its clock set and the job's folder made, so the job's copy-in
-    starts fewer programs in the slow guest; a token file beside the lock names the warm
-    guest. Every use of the domain goes through the lock
+    costs next to no CPU), parked: the copy-in of a job without files done (clock, guest
+    folder, the course's programs, vmchecker-step's checks), so the job's copy-in is one
+    ``tar`` in the slow guest; a token file beside the lock names the warm guest. Every use
+    of the domain goes through the lock
     and either adopts that guest (the token matches its record: nothing touched the
     domain since) or reverts, which first removes the token: a warm guest is never used
     after any other job ran on the domain, whichever tester's or by hand."""
@@ -108,13 +107,17 @@ class SnapshotVM(KvmVM):
         try:
             snap = dom.snapshotLookupByName(self.machine.snapshot)
             created = ET.fromstring(snap.getXMLDesc(0)).findtext("creationTime")
-            return f"{dom.UUIDString()}|{self.machine.snapshot}|{created}|{dom.ID()}"
+            running = self._lookup(self.machine.vm).ID()   # a handle keeps the id of its lookup: a new one
+            return f"{dom.UUIDString()}|{self.machine.snapshot}|{created}|{running}"
         except libvirt.libvirtError:
             return None   # the cold path says what is missing
 
     def park(self) -> None:
-        self._require_agent().shell(PARK, f"{time.time():.6f}", self.machine.guest_base_path.rstrip("/"),
-                                    self.machine.student_user)
+        """The copy-in of a job without files (the clock set, the guest folder laid out
+        with the course's programs, vmchecker-step's checks passed), so the job's own
+        copy-in only unpacks its files over it: one program where a cold one starts three."""
+        with tempfile.TemporaryDirectory(prefix="vmck-park-") as tmp:
+            self.copy_to(_empty_payload(Path(tmp), self.machine), self.machine.guest_base_path.rstrip("/"))
         write_atomic(self.token, self.name + "\n", 0o600)
 
     def detach(self) -> None:
@@ -130,8 +133,7 @@ class SnapshotVM(KvmVM):
         self.token.unlink()
         dom = self._take_domain()
         self._use(dom)
-        self._clock_set = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING   # paused meanwhile: the clock lags
-        self._reached = True   # tried when it was parked
+        self._parked = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING   # paused meanwhile: the clock lags
         self.start()
         return True
 
@@ -276,6 +278,17 @@ class OverlayVM(KvmVM):
 
 
 MODES: dict[str, type[KvmVM]] = {"snapshot": SnapshotVM, "overlay": OverlayVM}
+
+
+def _empty_payload(work: Path, machine: Machine) -> Payload:
+    """The payload of a job whose archive and tests hold no file: the guest folder's
+    layout, the course's programs and the student's name, as every job of ``machine`` has."""
+    bundle = work / "bundle"
+    bundle.mkdir()
+    for name in (ARCHIVE, TESTS):
+        with zipfile.ZipFile(bundle / name, "w"):
+            pass
+    return prepare_payload(bundle, work, machine)
 
 
 def warm_token(machine: Machine) -> Path:

@@ -46,14 +46,21 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 STEP_CGROUPS = "/sys/fs/cgroup/vmck"   # the guest's cgroup v2 folder for the steps' cgroups
 STEP_PL = guest.program("step.pl")
 
+FILE_READS_MAX = 8   # more result files than this come out as one tar (3 agent calls a file)
+# Root, at the copy-out: "1 NAME\0" (or "0 NAME\0": empty) for each regular *.vmr file,
+# not a symlink, at the top of the folder $1; nothing when it is missing (as copy-out.sh).
+LIST_OUT = ('cd -- "$1" 2>/dev/null || exit 0; for f in *.vmr; do'
+            ' if [ -f "$f" ] && [ ! -L "$f" ]; then [ -s "$f" ] && s=1 || s=0; printf "%s %s\\0" $s "$f"; fi;'
+            ' done')
 IN_DATA_MAX = 4 * 1024 * 1024   # a payload up to this size travels as the copy-in's stdin: no file to remove
-# Root, before the first step: set the stale clock (a snapshot's), unpack the job's files
-# from the tar $3 ("-": standard input; owners by name: the guest's passwd decides),
-# check the guest can keep the contract ("-" for $2: the clock is right already; "reached"
-# for $4: the student's way to the folder was tried already; both in a warm guest).
-COPY_IN = ('[ "$2" = - ] || date -u -s "@$2" >/dev/null; { [ -d "$1" ] || mkdir -p -- "$1"; } &&'
+# Root, before the first step: set the stale clock (a snapshot's) to $2, unpack the job's
+# files from the tar $3 ("-": standard input; owners by name: the guest's passwd decides),
+# check the guest can keep the contract.
+COPY_IN = ('date -u -s "@$2" >/dev/null; { [ -d "$1" ] || mkdir -p -- "$1"; } &&'
            ' tar -xpf "$3" -C "$1"; rc=$?; [ "$3" = - ] || rm -f "$3";'
-           f' [ $rc = 0 ] && exec /bin/sh "$1"/course/bin/{payload.STEP_PROGRAM} prepare "$4"; exit $rc')
+           f' [ $rc = 0 ] && exec /bin/sh "$1"/course/bin/{payload.STEP_PROGRAM} prepare; exit $rc')
+# The same in a parked guest, which had all but the job's files (see SnapshotVM.park).
+UNPACK = 'tar -xpf "$2" -C "$1"; rc=$?; rm -f "$2"; exit $rc'
 
 
 @functools.cache
@@ -100,6 +107,25 @@ def _parse_report(status: dict) -> tuple[list[str], bytes, bytes]:
     return fields, rest[:out_kept], rest[out_kept:out_kept + err_kept]
 
 
+def _result_files(agent: Agent, folder: str) -> list[tuple[str, bool]] | None:
+    """The first MAX_GUEST_VMRS regular ``*.vmr`` files at the top of ``folder``, as
+    ``copy-out.sh`` chooses them (byte order, no dotfiles, no symlinks), each with
+    whether it holds anything; listed by shell builtins alone (one program started in the
+    slow guest, where the script starts three). None when a name is not UTF-8 (it must
+    travel in JSON) or the list is longer than the agent brings back: ``copy-out.sh``
+    decides then."""
+    listing = agent.shell_whole(LIST_OUT, folder)
+    if listing is None:
+        return None
+    files = []
+    for entry in listing.split(b"\0")[:-1]:
+        try:
+            files.append((entry[2:].decode("utf-8"), entry[:1] == b"1"))
+        except UnicodeDecodeError:
+            return None
+    return sorted(files)[:results.MAX_GUEST_VMRS]   # str order is byte order for UTF-8
+
+
 def _number(text: str) -> int | None:
     return None if text == "-" else int(text)
 
@@ -122,8 +148,9 @@ class KvmVM(base.VM):
         self._watch: GuestWatch | None = None
         self._user = (0, 0, "/root")
         self._steps = 0
-        self._clock_set = False   # the guest's clock is right (a warm guest's); else the copy-in sets it
-        self._reached = False     # the student's way to guest_base_path was tried (a warm guest's)
+        # A warm guest's: park ran the copy-in of a job without files in it, and nothing
+        # ran since (the folders, vmchecker-step's checks, the clock): only unpack is left.
+        self._parked = False
 
     # -- what each revert mode does its own way
 
@@ -170,13 +197,16 @@ class KvmVM(base.VM):
         buf = io.BytesIO()
         load.write(buf)
         data = buf.getvalue()
-        now = "-" if self._clock_set else f"{time.time():.6f}"
-        reached = "reached" if self._reached else ""
-        if len(data) <= IN_DATA_MAX:
-            agent.shell(COPY_IN, guest_dir, now, "-", reached, stdin=data)
-        else:
+        stdin = data if len(data) <= IN_DATA_MAX else None
+        if stdin is None:
             agent.write_file(IN_TAR, data)
-            agent.shell(COPY_IN, guest_dir, now, IN_TAR, reached)
+        if not self._parked:
+            agent.shell(COPY_IN, guest_dir, f"{time.time():.6f}", "-" if stdin is not None else IN_TAR,
+                        stdin=stdin)
+        elif stdin is not None:
+            agent.run(["/bin/tar", "-xpf", "-", "-C", guest_dir], stdin=stdin)   # one program: no shell
+        else:
+            agent.shell(UNPACK, guest_dir, IN_TAR)
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         with self._quota():
@@ -189,6 +219,11 @@ class KvmVM(base.VM):
 
     def _copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
         agent = self._require_agent()
+        listed = _result_files(agent, guest_dir)
+        if listed is not None and len(listed) <= FILE_READS_MAX:
+            for name, full in listed:   # the guest's processes are dead: nothing swaps a file for a link now
+                (dest / name).write_bytes(agent.read_file(f"{guest_dir}/{name}", cap + 1) if full else b"")
+            return
         args = (guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS))
         data = agent.shell_whole(guest.COPY_OUT, *args, "-")   # the tar as the command's output: one call
         if data is None:   # more than the agent brings back at once
