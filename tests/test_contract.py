@@ -32,8 +32,11 @@ PATTERNS = {contract.JOB_ID_RE.pattern, contract.ACCOUNT_RE.pattern, contract.ID
 LITERALS = (contract.GRADE_VMR, contract.RESULT_JSON, contract.VMCHECKER_STDERR, contract.SUBMISSION_CONFIG,
             contract.ARCHIVE)
 # Exceptions that may live outside errors.py: private, documented, never leaving their module.
+# rpc_http.py's wire errors mirror xmlrpc.client's; only rpc.py sees them, and turns
+# them into RpcError (errors.py) as it does the stdlib's.
 PRIVATE_EXCEPTIONS = {("storer/ssh_failures.py", "_UnknownHostKey"), ("migrate.py", "_Bad"),
-                      ("storer/web/gate.py", "_LoginFirst")}
+                      ("storer/web/gate.py", "_LoginFirst"), ("rpc_http.py", "Fault"), ("rpc_http.py", "ProtocolError"),
+                      ("rpc_http.py", "ResponseError"), ("rpc_http.py", "_Disconnected")}
 
 
 def sources() -> list[tuple[str, ast.Module]]:
