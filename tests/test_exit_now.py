@@ -1,4 +1,4 @@
-"""``common.exit_now``: a one-shot command skips the interpreter's teardown, and loses
+"""``quick_exit.exit_now``: a one-shot command skips the interpreter's teardown, and loses
 nothing an exit must do: its exit status, what it printed but had not flushed, its log
 lines, and the atexit handlers (the KVM and VMware backends close connections there)."""
 
@@ -11,11 +11,12 @@ SCRIPT = """
 import atexit, logging, sys
 from pathlib import Path
 from vmchecker.cli import common
+from vmchecker.quick_exit import exit_now
 common.setup_logging(False)
 atexit.register(lambda: Path(sys.argv[1]).write_text("closed"))
 logging.getLogger("probe").warning("a log line")
 sys.stdout.write("printed, not flushed")
-common.exit_now(3)
+exit_now(3)
 """
 
 

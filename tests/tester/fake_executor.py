@@ -1,8 +1,8 @@
 """A stand-in for ``vmchecker-vm-executor`` used by the queue manager's own tests.
 
-Run as ``fake_executor.py BUNDLE_DIR``, or pre-started as the real one is
-(``--await-job WORK_DIR/ [--preload TYPE]...``: the job folder's name comes on stdin;
-exit 0 at the end of stdin). It behaves as the ``fake.json`` member of the
+Run as ``fake_executor.py BUNDLE_DIR``, or as the queue manager's fork server, as the
+real one is (``--serve-jobs WORK_DIR/ [--preload TYPE]...``: the real server's loop,
+vmchecker/tester/forkserver.py, forking a child per job to do what follows). It behaves as the ``fake.json`` member of the
 bundle's ``archive.zip`` says, so one test can make it pass, fail, crash, hang, spawn a
 child or wait for a partner job, and then check what the queue manager did about it.
 Like the real executor it writes ``BUNDLE_DIR/results/`` with ``result.json`` and
@@ -28,7 +28,8 @@ fake.json keys (all optional):
   finished     file to append "<job_id>\\n" to once the results are written (runs completed)
   grade        text of the grade file the tests wrote (results/grade.vmr, grade_file true)
   build_exit   the build step's exit status in result.json (default 0): a build that failed
-  pid_file     file to write {"pid": its pid, "prestarted": whether it was} to
+  pid_file     file to write {"pid": its pid, "parent": its parent's, "forked": whether a fork
+               server forked it} to
 """
 
 import json
@@ -45,20 +46,17 @@ import yaml
 PROBE_WAIT = 120   # seconds: a guard, never reached when the queue manager works
 
 
-def job_folder() -> tuple[Path, bool]:
-    """The bundle folder, and whether this executor was pre-started (then it waits for
-    the folder's name on stdin, as vmchecker/cli/vm_executor.py does)."""
-    if sys.argv[1] != "--await-job":
-        return Path(sys.argv[1]), False
-    print(f"fake executor pid {os.getpid()} waiting for a job", flush=True)
-    name = sys.stdin.readline().strip()
-    if not name:
-        sys.exit(0)
-    return Path(sys.argv[2]) / name, True
-
-
 def main() -> int:
-    bundle, prestarted = job_folder()
+    if sys.argv[1] != "--serve-jobs":
+        return run(Path(sys.argv[1]), forked=False)
+    from vmchecker.tester import forkserver
+
+    print(f"fake fork server pid {os.getpid()} serving", file=sys.stderr, flush=True)
+    return forkserver.serve(Path(sys.argv[2]), lambda bundle: run(bundle, forked=True))
+
+
+def run(bundle: Path, forked: bool) -> int:
+    print(f"fake executor pid {os.getpid()} runs {bundle.name}", flush=True)
     started_at = time.time()
     info = yaml.safe_load((bundle / "submission-config.yaml").read_text())
     job_id = info["job_id"]
@@ -89,7 +87,7 @@ def main() -> int:
         child = subprocess.Popen(["sleep", "1000"])
         Path(spec["child_pid"]).write_text(str(child.pid))
     if spec.get("pid_file"):
-        Path(spec["pid_file"]).write_text(json.dumps({"pid": os.getpid(), "prestarted": prestarted}))
+        Path(spec["pid_file"]).write_text(json.dumps({"pid": os.getpid(), "parent": os.getppid(), "forked": forked}))
     if spec.get("modes"):
         umask = os.umask(0o022)
         config_mode = (bundle / "submission-config.yaml").stat().st_mode & 0o777

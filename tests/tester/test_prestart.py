@@ -1,8 +1,9 @@
-"""Pre-started executors (vmchecker/tester/prestart.py): a slot hands its job to an
-executor that started before the job came, which runs that job only, keeps what it wrote
-while idle in the job's log, and is never left behind. The executor is the stand-in
-``fake_executor.py`` started as the real one is (``--await-job WORK_DIR/``); the real
-executor's side of the handover runs in every real-backend queue manager test."""
+"""Executors forked by the queue manager's fork server (vmchecker/tester/forkserver.py,
+prestart.py): each job runs in a fresh child of one server that loaded the executor once,
+its output in the job's log; a server that died is replaced; none is left behind. The
+executor is the stand-in ``fake_executor.py`` run as the real one is (``--serve-jobs``,
+the real server loop); the real executor is forked the same way in every real-backend
+queue manager test."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import logging
 import os
 import signal
 
-from tests.tester.helpers import make_bundle, make_tester
+from tests.tester.helpers import FAKE_COMMAND, make_bundle, make_tester
 from tests.tester.test_queue_manager import (
     Background,
     assert_finished,
@@ -23,73 +24,108 @@ from tests.tester.test_queue_manager import (
 from tests.util import wait_for
 from vmchecker.executor.hostcmds import pid_alive
 from vmchecker.tester import processes
-from vmchecker.tester.prestart import IDLE_LOG_PREFIX
+from vmchecker.tester.forkserver import SERVE_OPTION
+from vmchecker.tester.prestart import Executors
 
 __all__ = ["cleanups", "no_leftover_processes"]   # the autouse fixtures apply here too
 
 
-def idle_executors(cfg) -> list[int]:
-    """The executors waiting under the tester's work folder (their command line names it)."""
-    return sorted(pid for pid in processes.find_orphans(cfg.work_dir) if pid_alive(pid))
+def servers(work_dir) -> list[int]:
+    """The fork servers running for this work folder (their command line names it)."""
+    found = []
+    for pid in processes.find_orphans(work_dir):
+        cmdline = processes._cmdline(pid)
+        if pid_alive(pid) and SERVE_OPTION in cmdline and os.getppid() != pid:
+            found.append(pid)
+    return sorted(found)
 
 
-def one_idle(cfg, other_than: int = 0) -> int:
-    found = wait_for(lambda: [p for p in idle_executors(cfg) if p != other_than], "an executor to wait for a job")
-    assert len(found) == 1, f"slots=1 keeps one waiting executor, found {found}"
-    return found[0]
+def one_server(work_dir, other_than: int = 0) -> int:
+    """The fork server, once it is the only one (one it replaced may take a moment to end)."""
+    def alone() -> list[int]:
+        found = [p for p in servers(work_dir) if p != other_than]
+        return found if len(found) == 1 else []
+
+    return wait_for(alone, "one fork server to run")[0]
 
 
-def test_a_job_goes_to_the_waiting_executor_which_runs_it_alone(tmp_path):
+def finished(cfg, job_id: str) -> bool:
+    return (cfg.done_dir / job_id / "result.json").exists() and not list(cfg.queue_dir.glob(f"*_{job_id}.zip"))
+
+
+def test_each_job_runs_in_a_fresh_child_of_one_fork_server(tmp_path):
     cfg = make_tester(tmp_path / "tester", slots=1)
-    ran = tmp_path / "ran.json"
     with Background(qm(cfg, once=False, _prestart=True)):
-        waiting = one_idle(cfg)
-        make_bundle(cfg.queue_dir, "j1", {"pid_file": str(ran)})
-        wait_for(lambda: (cfg.done_dir / "j1" / "result.json").exists() and not list(cfg.queue_dir.glob("*.zip")),
-                 "j1 to finish")
-        assert json.loads(ran.read_text()) == {"pid": waiting, "prestarted": True}
-        assert not pid_alive(waiting), "an executor runs one job, then exits"
-        one_idle(cfg, other_than=waiting)   # the next one already waits
+        first = one_server(cfg.work_dir)
+        make_bundle(cfg.queue_dir, "j0", {})   # its machine type is new here: the next server loads it
+        wait_for(lambda: finished(cfg, "j0"), "j0 to finish")
+        wait_for(lambda: not pid_alive(first), "the first server to end")
+        server = one_server(cfg.work_dir)
+        assert processes._cmdline(server)[-2:] == ["--preload", "lxc"]
+        ran = []
+        for job_id in ("j1", "j2"):
+            make_bundle(cfg.queue_dir, job_id, {"pid_file": str(tmp_path / f"{job_id}.json")})
+            wait_for(lambda job_id=job_id: finished(cfg, job_id), f"{job_id} to finish")
+            ran.append(json.loads((tmp_path / f"{job_id}.json").read_text()))
+        assert [r["parent"] for r in ran] == [server, server] and all(r["forked"] for r in ran)
+        assert ran[0]["pid"] != ran[1]["pid"] and server not in (ran[0]["pid"], ran[1]["pid"])
+        assert not any(pid_alive(r["pid"]) for r in ran), "a forked executor runs one job, then exits"
+        assert servers(cfg.work_dir) == [server]
     assert_finished(cfg, "j1", "done")
-    assert idle_executors(cfg) == [], "a stopped queue manager leaves no waiting executor"
-    assert not list(cfg.work_dir.glob(f"{IDLE_LOG_PREFIX}*")), "nor its log"
+    assert_finished(cfg, "j2", "done")
+    assert processes.find_orphans(cfg.work_dir) == [], "a stopped queue manager leaves no fork server"
 
 
-def test_what_a_waiting_executor_wrote_is_in_its_jobs_log(tmp_path):
+def test_a_forked_executors_output_is_in_its_jobs_log(tmp_path):
     cfg = make_tester(tmp_path / "tester", slots=1)
     with Background(qm(cfg, once=False, _prestart=True)):
-        waiting = one_idle(cfg)
-        make_bundle(cfg.queue_dir, "j1", {"action": "crash"})
-        wait_for(lambda: (cfg.done_dir / "j1" / "result.json").exists(), "j1 to end")
+        one_server(cfg.work_dir)
+        make_bundle(cfg.queue_dir, "j1", {"action": "crash", "pid_file": str(tmp_path / "j1.json")})
+        wait_for(lambda: finished(cfg, "j1"), "j1 to end")
     assert_finished(cfg, "j1", "error")
+    pid = json.loads((tmp_path / "j1.json").read_text())["pid"]
     reason = (cfg.done_dir / "j1" / "vmchecker-stderr.vmr").read_text()
-    assert "exited with code 3 without writing results" in reason
-    assert f"fake executor pid {waiting} waiting for a job" in reason   # written while it waited
-    assert "crashing as asked" in reason
+    assert "exited with code 3 without writing results" in reason   # its status, as the server reaped it
+    assert f"fake executor pid {pid} runs" in reason and "crashing as asked" in reason
 
 
-def test_an_executor_that_died_while_waiting_is_replaced_and_the_job_starts_cold(tmp_path, caplog):
+def test_a_fork_server_that_died_is_replaced(tmp_path, caplog):
     caplog.set_level(logging.ERROR, logger="vmchecker.tester.prestart")
     cfg = make_tester(tmp_path / "tester", slots=1)
-    ran = tmp_path / "ran.json"
     with Background(qm(cfg, once=False, _prestart=True)):
-        waiting = one_idle(cfg)
-        os.kill(waiting, signal.SIGKILL)
-        wait_for(lambda: not pid_alive(waiting), "the waiting executor to die")
-        make_bundle(cfg.queue_dir, "j1", {"pid_file": str(ran)})
-        wait_for(lambda: (cfg.done_dir / "j1" / "result.json").exists() and not list(cfg.queue_dir.glob("*.zip")),
-                 "j1 to finish")
-        assert json.loads(ran.read_text())["prestarted"] is False
-        one_idle(cfg, other_than=waiting)
+        server = one_server(cfg.work_dir)
+        os.kill(server, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(server), "the fork server to die")
+        make_bundle(cfg.queue_dir, "j1", {})   # forked by the next server, or started cold: done either way
+        wait_for(lambda: finished(cfg, "j1"), "j1 to finish")
+        one_server(cfg.work_dir, other_than=server)
     assert_finished(cfg, "j1", "done")
-    assert f"pre-started executor pid {waiting} exited (code -9) while idle" in caplog.text
+    assert f"fork server pid {server} ended; starting another" in caplog.text
 
 
-def test_waiting_executors_of_a_killed_queue_manager_exit(tmp_path):
+def test_a_machine_type_seen_first_starts_a_server_that_loads_it_and_the_old_one_ends(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    executors = Executors(FAKE_COMMAND, work, enabled=True, kill_grace=1)
+    try:
+        executors.top_up()
+        first = one_server(work)
+        assert "kvm" not in processes._cmdline(first)
+        executors.note("kvm")
+        executors.top_up()
+        second = one_server(work, other_than=first)
+        assert processes._cmdline(second)[-2:] == ["--preload", "kvm"]
+        wait_for(lambda: not pid_alive(first), "the replaced server to end (it had no job running)")
+    finally:
+        executors.stop()
+    assert processes.find_orphans(work) == []
+
+
+def test_the_fork_server_of_a_killed_queue_manager_exits(tmp_path):
     cfg = make_tester(tmp_path / "tester", slots=2)
     proc = start_process(cfg, "--prestart")
     try:
-        waiting = wait_for(lambda: len(idle_executors(cfg)) == 2 and idle_executors(cfg), "two waiting executors")
+        server = one_server(cfg.work_dir)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -97,4 +133,4 @@ def test_waiting_executors_of_a_killed_queue_manager_exit(tmp_path):
             proc.kill()
             proc.wait()
         proc.stderr.close()
-    wait_for(lambda: not any(pid_alive(pid) for pid in waiting), "the waiting executors to see their end of input")
+    wait_for(lambda: not pid_alive(server), "the fork server to see the end of its input and exit")

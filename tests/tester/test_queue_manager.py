@@ -486,8 +486,8 @@ def start_process(cfg, *args: str) -> subprocess.Popen:
 
 @pytest.mark.parametrize("prestart", [[], ["--prestart"]], ids=["cold", "prestarted"])
 def test_kill_9_mid_job_then_restart_produces_the_results(tmp_path, prestart):
-    """A pre-started executor's command line names the work folder, not its job's: the
-    restarted queue manager finds it all the same."""
+    """A forked executor's command line is its fork server's, which names the work folder,
+    not the job's: the restarted queue manager finds both all the same."""
     cfg = make_tester(tmp_path / "tester")
     started = tmp_path / "started"
     child_pid = tmp_path / "child.pid"
@@ -515,6 +515,7 @@ def test_kill_9_mid_job_then_restart_produces_the_results(tmp_path, prestart):
     wait_for(lambda: not pid_alive(child), "the orphaned executor's child to die")
     assert_finished(cfg, "j1", "done")
     assert list(cfg.work_dir.iterdir()) == []
+    assert processes.find_orphans(cfg.work_dir) == [], "no executor nor fork server left"
 
 
 def test_cli_once_on_an_empty_queue_and_on_a_bad_config(tmp_path):

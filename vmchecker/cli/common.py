@@ -14,13 +14,10 @@ needs (``--help`` must stay fast: tests/test_commands.py), so the JSON formatter
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
-from typing import NoReturn
 
 from vmchecker.errors import VmcheckerError
 
@@ -107,23 +104,6 @@ def _report(prog: str, message: str) -> None:
         log.error("%s: %s", prog, message)
     else:
         print(f"{prog}: {message}", file=sys.stderr)
-
-
-def exit_now(code: int | None) -> NoReturn:
-    """End a one-shot command with ``code``, skipping the interpreter's teardown of its
-    modules and objects: 50-80 ms of CPU for the executor with its bindings, on a job's
-    path between its results and their commit. What an exit must still do is done: the
-    atexit handlers (the KVM and VMware backends close their connections there), the
-    logs and stdio flushed. For commands whose work is over when ``main`` returns, never
-    for a daemon (its threads would be cut, not joined)."""
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):   # a closed pipe or stream: nothing left to write to
-            pass
-    os._exit(code or 0)
 
 
 def run(prog: str, work: Callable[[], int | None], verbose: bool = False, error_code: int | None = None) -> int:

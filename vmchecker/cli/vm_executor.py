@@ -7,10 +7,10 @@ vmchecker/executor/warm.py), and the results left in ``BUNDLE_DIR/results/``.
 Exit 0 whenever results were written, even with status ``error``; non-zero only when
 not even that was possible. SIGTERM tears the guest down before exiting.
 
-``--await-job WORK_DIR/`` (the queue manager's pre-started executor,
-vmchecker/tester/prestart.py): load what a job needs (``--preload TYPE``: that backend
-too), then read the name of the job's folder in WORK_DIR on stdin and run it as above;
-exit 0 at once at the end of stdin (the queue manager stopped or is gone).
+``--serve-jobs WORK_DIR/`` (the queue manager's fork server, vmchecker/tester/forkserver.py):
+load what a job needs (``--preload TYPE``: that backend too), then fork a child per job
+folder name read on stdin, each running that job as above; exit once stdin has ended and
+the children have.
 
 ``--warm MACHINE_FILE --owner PID`` (the queue manager's warm-up): make one guest of the
 machine in MACHINE_FILE (JSON) ready and publish it in the tester's pool, named after the
@@ -35,6 +35,8 @@ from vmchecker.errors import Interrupted, VmcheckerError
 from vmchecker.executor.interrupts import interrupt
 from vmchecker.executor.results import JobResult, ResultFiles, StepResult
 from vmchecker.executor.warm import WarmGuest, WarmPool
+from vmchecker.quick_exit import exit_now
+from vmchecker.tester import forkserver
 from vmchecker.tester_config import TesterConfig, load_tester
 
 log = logging.getLogger(__name__)
@@ -62,26 +64,15 @@ def warm_up(machine_file: Path, tester_config: Path, owner: int) -> WarmGuest | 
     return executor.get_host(machine.type).prepare_warm(machine, pool.ensure(), owner)
 
 
-def await_job(folder: Path, preload: list[str]) -> Path | None:
-    """A pre-started executor's wait: load the backends of ``preload`` (one that cannot
-    load says so when its job comes), then read the job folder's name on stdin. None at
-    the end of stdin, i.e. no job will come."""
-    for machine_type in preload:
+def preload(machine_types: list[str]) -> None:
+    """Load the backends of ``machine_types`` now, in a fork server, so each forked job
+    has them; one that cannot load says so when its job comes."""
+    for machine_type in machine_types:
         if machine_type in executor.BACKENDS:
             try:
                 importlib.import_module(executor.BACKENDS[machine_type])
             except ImportError:
                 pass
-    line = sys.stdin.readline()
-    devnull = os.open(os.devnull, os.O_RDONLY)   # the job's tools get /dev/null, as a cold start's
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    name = line.strip()
-    if not name:
-        return None
-    if "/" in name or name in (".", ".."):
-        raise VmcheckerError(f"{name!r} is not the name of a job folder in {folder}")
-    return folder / name
 
 
 def execute(bundle_dir: Path, tester_config: Path | None = None) -> JobResult:
@@ -150,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of a job: make one warm guest of this machine (JSON) for the tester's pool")
     p.add_argument("--owner", metavar="PID", type=int, default=0,
                    help="with --warm: the queue manager that keeps the guest (default: the parent process)")
-    p.add_argument("--await-job", metavar="WORK_DIR", type=Path,
-                   help="start now, then run the job whose folder in WORK_DIR stdin names (the queue"
-                        " manager's pre-started executor)")
+    p.add_argument("--serve-jobs", metavar="WORK_DIR", type=Path,
+                   help="be the queue manager's fork server: run each job whose folder in WORK_DIR stdin"
+                        " names, in a child forked from this process")
     p.add_argument("--preload", metavar="TYPE", action="append", default=[],
-                   help="with --await-job: load this machine type's backend while waiting (repeatable)")
+                   help="with --serve-jobs: load this machine type's backend first (repeatable)")
     p.add_argument("bundle_dir", metavar="BUNDLE_DIR", type=Path, nargs="?")
     args = p.parse_args(argv)
-    if [args.warm, args.bundle_dir, args.await_job].count(None) != 2:
-        p.error("give BUNDLE_DIR, --await-job WORK_DIR, or --warm MACHINE_FILE with --tester-config")
+    if [args.warm, args.bundle_dir, args.serve_jobs].count(None) != 2:
+        p.error("give BUNDLE_DIR, --serve-jobs WORK_DIR, or --warm MACHINE_FILE with --tester-config")
     if args.warm is not None and args.tester_config is None:
         p.error("--warm needs --tester-config (the pool is the tester's)")
     common.setup_logging(args.verbose, args.log_format)
@@ -177,15 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warm guest {record.name} ready")
         return 0
 
-    def work() -> int:
-        if args.warm is not None:
-            return warm()
+    def one_job(bundle_dir: Path) -> int:
         try:
-            bundle_dir = args.bundle_dir
-            if bundle_dir is None:
-                bundle_dir = await_job(args.await_job, args.preload)
-                if bundle_dir is None:
-                    return 0
             job = execute(bundle_dir, args.tester_config)
         except Interrupted as exc:
             print(f"{PROG}: stopped by {exc}; the guest was removed", file=sys.stderr)
@@ -193,8 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(job))
         return 0
 
+    def work() -> int:
+        if args.warm is not None:
+            return warm()
+        if args.serve_jobs is not None:
+            preload(args.preload)
+            try:
+                return forkserver.serve(args.serve_jobs, lambda bundle_dir: common.run(PROG, lambda: one_job(bundle_dir),
+                                                                                         args.verbose))
+            except Interrupted:   # asked to stop: the jobs are the queue manager's to stop
+                return 0
+        return one_job(args.bundle_dir)
+
     return common.run(PROG, work, args.verbose)
 
 
 if __name__ == "__main__":
-    common.exit_now(main())
+    exit_now(main())

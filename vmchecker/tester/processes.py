@@ -61,6 +61,29 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> bool:
     return True
 
 
+def wait_gone(pid: int, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds (None: no limit) for process ``pid``, which need
+    not be our child, to exit; True when it has (or no such process is left)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (AttributeError, OSError):   # no pidfd here: look every 50 ms
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pid_alive(pid):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        wait_ms = -1 if timeout is None else min(math.ceil(max(timeout, 0) * 1000), 2**31 - 1)
+        return bool(poller.poll(wait_ms))
+    finally:
+        os.close(fd)
+
+
 def _killpg(pgid: int, sig: int) -> bool:
     """Signal a process group; False when no process is left in it."""
     if pgid <= 1 or pgid == os.getpgid(0):

@@ -91,8 +91,7 @@ class QueueManager(Service):
         self._executor_command = list(_executor_command or default_executor_command(config))
         # Pre-started executors (tester/prestart.py) are the real executor's, as warm guests.
         prestart = _executor_command is None if _prestart is None else _prestart
-        self.executors = Executors(self._executor_command, config.work_dir, config.tester.slots if prestart else 0,
-                                   kill_grace)
+        self.executors = Executors(self._executor_command, config.work_dir, prestart, kill_grace)
         # Warm guests are the real executor's: a replaced executor gets none unless the
         # test names a warm-up command too.
         warm_command = _warm_command or (None if _executor_command else self._executor_command)
