@@ -3,7 +3,8 @@
 See docs/ARCHITECTURE.md. The storer uploads ``NAME.zip.part`` and renames
 it, so a complete bundle shows up as an inotify ``IN_MOVED_TO`` (or ``IN_CLOSE_WRITE``
 when written in place). Up to ``slots`` jobs run at once, each a thread supervising one
-executor subprocess (:mod:`vmchecker.tester.jobs`). The order of the end of a job is what
+executor process (:mod:`vmchecker.tester.jobs`), forked by the executors' fork server
+(:mod:`vmchecker.tester.prestart`). The order of the end of a job is what
 makes it crash-safe:
 
 1. the results are made durable in ``done/<jobid>/``, completion marker last;
@@ -89,7 +90,7 @@ class QueueManager(Service):
         self.kill_grace = kill_grace
         # Tests replace the executor with a small script; never a config key.
         self._executor_command = list(_executor_command or default_executor_command(config))
-        # Pre-started executors (tester/prestart.py) are the real executor's, as warm guests.
+        # The fork server (tester/prestart.py) is the real executor's, as warm guests are.
         prestart = _executor_command is None if _prestart is None else _prestart
         self.executors = Executors(self._executor_command, config.work_dir, prestart, kill_grace)
         # Warm guests are the real executor's: a replaced executor gets none unless the
