@@ -9,6 +9,7 @@ import socket
 import threading
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from tests.lab import netns, skip_unless_lab, sshd
@@ -236,6 +237,40 @@ def test_a_dead_connection_that_looks_alive_is_reopened_once(server, tmp_path, c
         monkeypatch.setattr(dead, "is_active", lambda: True)  # as if paramiko had not noticed yet
         link.ping()
         assert link.connects == 2 and link._client.get_transport() is not dead
+
+
+def test_operations_reuse_an_idle_sftp_channel_but_never_a_failed_or_a_busy_one(server, tmp_path, course_key,
+                                                                                  monkeypatch):
+    """Each operation has a channel of its own; one that ended cleanly serves the next
+    (three round trips less on a job's send and fetch), one that failed is closed."""
+    opened: list[int] = []
+    real_open = paramiko.SSHClient.open_sftp
+    monkeypatch.setattr(paramiko.SSHClient, "open_sftp", lambda self: opened.append(1) or real_open(self))
+    job = make_job(server, {"a.vmr": b"a"})
+    with link_to(server, tmp_path, course_key) as link:
+        for i in range(3):
+            link.fetch_results(str(job), ["a.vmr"], tmp_path / f"r{i}")
+        assert len(opened) == 1, "one after the other, the operations share one channel"
+        with pytest.raises(ResultRefused, match="no such file"):
+            link.fetch_results(str(job), ["ghost.vmr"], tmp_path / "r-ghost")
+        link.fetch_results(str(job), ["a.vmr"], tmp_path / "r-after")
+        assert len(opened) == 2, "the channel of a failed operation is not used again"
+
+        both_in = threading.Barrier(2, timeout=60)
+        channels: list[object] = []
+
+        def hold(sftp):   # two operations at once, each holding its channel until both are in
+            channels.append(sftp)
+            both_in.wait()
+            return sftp.listdir(str(job))
+
+        threads = [threading.Thread(target=link._run, args=("list", hold)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(channels) == 2 and channels[0] is not channels[1], "a busy channel is never shared"
+    assert (tmp_path / "r-after" / "a.vmr").read_bytes() == b"a"
 
 
 def test_threads_share_one_link(server, tmp_path, course_key):

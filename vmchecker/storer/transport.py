@@ -51,6 +51,7 @@ from vmchecker.fsutil import fsync_dir
 from vmchecker.storer import holdings as held
 from vmchecker.storer.holdings import Holdings
 from vmchecker.storer.result_fetch import MAX_RESULT_FILE, MAX_RESULT_TOTAL, check_name, download_all
+from vmchecker.storer.sftp_channels import SftpChannels
 from vmchecker.storer.ssh_failures import (
     RejectUnknown,
     connect_error,
@@ -139,6 +140,7 @@ class TesterLink:
         self.on_recovered: Callable[[TesterLink], object] | None = None
         self._lock = threading.Lock()
         self._client: paramiko.SSHClient | None = None
+        self._channels = SftpChannels()
 
     @classmethod
     def from_config(cls, course: CourseConfig, tester: str | Tester, **options: Any) -> TesterLink:
@@ -247,7 +249,8 @@ class TesterLink:
         client.close()
 
     def _run(self, what: str, operation: Callable[[paramiko.SFTPClient], T]) -> T:
-        """Run ``operation`` on a fresh SFTP channel; map failures to TransportError.
+        """Run ``operation`` on an SFTP channel of its own (an idle one reused,
+        :mod:`~vmchecker.storer.sftp_channels`); map failures to TransportError.
 
         A reused connection that turns out broken is reopened once and the whole
         operation repeated (every operation here is idempotent). A timeout is
@@ -259,12 +262,16 @@ class TesterLink:
                 self.last_error = exc.message
                 raise
             try:
-                sftp = client.open_sftp()
+                sftp, clean = self._channels.take(client), False
                 try:
                     sftp.get_channel().settimeout(self.operation_timeout)
                     result = operation(sftp)
+                    clean = True
                 finally:
-                    sftp.close()
+                    if clean:
+                        self._channels.give_back(client, sftp)
+                    else:
+                        sftp.close()
             except ResultRefused:
                 self.last_ok = time.time()  # the tester answered; it sent something wrong
                 raise
@@ -432,6 +439,7 @@ class TesterLink:
         """Close the connection (a later operation opens a new one)."""
         with self._lock:
             client, self._client = self._client, None
+        self._channels.clear()
         if client is not None:
             client.close()
 
