@@ -98,6 +98,21 @@ def test_warm_ups_use_idle_slots_and_stop_at_warm_guests_per_machine(tmp_path):
     assert w._running == []
 
 
+def test_while_a_job_runs_a_machine_keeps_one_warm_guest_and_the_rest_wait_for_an_idle_tester(tmp_path):
+    w = warmer_of(tmp_path, slots=3, warm_guests=2)
+    (control(tmp_path) / "go").touch()
+    w.note(machine())
+    w.top_up(idle_slots=2, running=[machine()])
+    assert len(w._running) == 1   # one in the making, not two beside the job
+    finish(w)
+    w.top_up(idle_slots=2, running=[machine()])
+    assert w._running == [] and len(w.pool.ready()) == 1
+    w.top_up(idle_slots=3)   # the job ended: the second is made now
+    assert len(w._running) == 1
+    finish(w)
+    assert len(w.pool.ready()) == 2
+
+
 def test_a_failed_warm_up_is_tried_again_only_after_the_next_job(tmp_path):
     w = warmer_of(tmp_path, slots=1)
     (control(tmp_path) / "fail").touch()

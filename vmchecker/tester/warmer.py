@@ -8,7 +8,9 @@ the next job of that machine skips revert and start.
 - **How many**: per machine up to ``tester.warm_guests`` (default: ``slots``; 0: none), no
   more than its backend can keep (:func:`~vmchecker.executor.warm.capacity`: one for a KVM
   snapshot domain, shared by the machines on it; one per VM of a VMware snapshot pool).
-- **When**: only while no bundle waits, and no more warm-ups at once than idle slots; each
+- **When**: only while no bundle waits, and no more warm-ups at once than idle slots;
+  while a job runs, no more than one guest per machine ready or in the making (a warm-up
+  competes with the job for the CPU), the rest once the tester is idle; each
   is a warm-up executor (``vmchecker-vm-executor --warm``) in its own process group, never
   counted in any job's time. A job never waits for a warm-up: it takes a guest that is
   ready or runs cold at once. A KVM snapshot machine and a VM of a VMware snapshot pool
@@ -43,7 +45,7 @@ from vmchecker.config import Machine, machine_to_dict, parse_machine
 from vmchecker.errors import VmcheckerError
 from vmchecker.executor import get_host
 from vmchecker.executor.hostcmds import pid_alive
-from vmchecker.executor.warm import WarmGuest, WarmPool, capacity, fingerprint, pool_key
+from vmchecker.executor.warm import UNLIMITED, WarmGuest, WarmPool, capacity, fingerprint, pool_key
 from vmchecker.tester import processes
 from vmchecker.tester_config import TesterConfig
 
@@ -98,7 +100,12 @@ class Warmer:
     def top_up(self, idle_slots: int, running: Iterable[Machine | None] = ()) -> None:
         """Start warm-ups, at most ``idle_slots`` at once, for the machines that have fewer
         ready guests than they should; none for a guest a job of ``running`` (the machines
-        of the jobs running here) holds now: a KVM snapshot domain."""
+        of the jobs running here) holds now: a KVM snapshot domain. While a job runs, a
+        machine is kept at one guest ready or in the making, the rest wait for an idle
+        tester: a warm-up competes with the running job for the CPU (its copy-in took
+        twice as long beside one)."""
+        running = list(running)
+        jobs_running = any(m is not None for m in running)
         self.reap()
         if not self.enabled or not self._recent or len(self._running) >= idle_slots:
             return
@@ -111,7 +118,7 @@ class Warmer:
         busy = {pool_key(m) for m in running if m is not None and capacity(m) == 1}
         for fp, machine in reversed(self._recent.items()):   # the latest machine first
             key = pool_key(machine)
-            wanted = min(self.per_machine, capacity(machine))
+            wanted = min(self.per_machine, capacity(machine), 1 if jobs_running else UNLIMITED)
             while (fp not in self._failed and key not in busy and counts.get(key, 0) < wanted
                    and len(self._running) < idle_slots):
                 self._start(fp, key, machine)
