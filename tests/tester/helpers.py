@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 import threading
 import xmlrpc.server
@@ -96,3 +98,11 @@ class RecordingStorer:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join()
+
+
+def kill_9(proc: subprocess.Popen) -> None:
+    """SIGKILL a queue manager started as a process (unless it ended), and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc.stderr.close()

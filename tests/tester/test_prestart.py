@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 
-from tests.tester.helpers import FAKE_COMMAND, make_bundle, make_tester
+from tests.tester.helpers import FAKE_COMMAND, kill_9, make_bundle, make_tester
 from tests.tester.test_queue_manager import (
     Background,
     assert_finished,
@@ -126,11 +126,6 @@ def test_the_fork_server_of_a_killed_queue_manager_exits(tmp_path):
     proc = start_process(cfg, "--prestart")
     try:
         server = one_server(cfg.work_dir)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        kill_9(proc)
     wait_for(lambda: not pid_alive(server), "the fork server to see the end of its input and exit")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tester.helpers import FAKE_COMMAND, KEY, RecordingStorer, make_bundle, make_tester
+from tests.tester.helpers import FAKE_COMMAND, KEY, RecordingStorer, kill_9, make_bundle, make_tester
 from tests.util import free_port, make_zip, pid_alive, wait_for
 from vmchecker import rpc
 from vmchecker.contract import TESTER_INFO
@@ -496,13 +495,8 @@ def test_kill_9_mid_job_then_restart_produces_the_results(tmp_path, prestart):
     try:
         wait_for(lambda: child_pid.exists() and child_pid.read_text(), "the job to start")
         executor = int(started.read_text())
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        kill_9(proc)
     assert pid_alive(executor), "the executor outlives a killed queue manager (its own session)"
 
     again = start_process(cfg, "--once")

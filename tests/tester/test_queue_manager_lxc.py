@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import lxc_unusable
-from tests.tester.helpers import HELLO_RUN, make_bundle, make_tester
+from tests.tester.helpers import HELLO_RUN, kill_9, make_bundle, make_tester
 from tests.util import HELLO_C, HELLO_MAKEFILE, wait_for
 from vmchecker.contract import STEP_FILES, TESTER_INFO
 from vmchecker.tester import processes, results
@@ -100,13 +99,8 @@ def test_kill_9_mid_job_leaves_no_clone_and_restart_produces_results(tmp_path):
     try:
         wait_for(lambda: clones_of(job_id), "the executor to clone the base container", timeout=120)
         wait_for(lambda: list(cfg.work_dir.glob(f"*/results/{RUN_STDOUT}")), "the run step to start", timeout=120)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        kill_9(proc)
 
     hello_bundle(cfg.queue_dir, job_id)   # the same job sent again, with a run step that ends
     again = queue_manager(cfg, "--once")
