@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sys
 
 from tests.tester.helpers import FAKE_COMMAND, kill_9, make_bundle, make_tester
 from tests.tester.test_queue_manager import (
@@ -23,8 +24,8 @@ from tests.tester.test_queue_manager import (
 )
 from tests.util import wait_for
 from vmchecker.executor.hostcmds import pid_alive
-from vmchecker.tester import processes
-from vmchecker.tester.forkserver import SERVE_OPTION
+from vmchecker.tester import prestart, processes
+from vmchecker.tester.forkserver import SERVE_OPTION, ServedProcess
 from vmchecker.tester.prestart import Executors
 
 __all__ = ["cleanups", "no_leftover_processes"]   # the autouse fixtures apply here too
@@ -89,7 +90,8 @@ def test_a_forked_executors_output_is_in_its_jobs_log(tmp_path):
     assert f"fake executor pid {pid} runs" in reason and "crashing as asked" in reason
 
 
-def test_a_fork_server_that_died_is_replaced(tmp_path, caplog):
+def test_a_fork_server_that_died_is_replaced(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(prestart, "RESTART_PAUSE", 0.2)
     caplog.set_level(logging.ERROR, logger="vmchecker.tester.prestart")
     cfg = make_tester(tmp_path / "tester", slots=1)
     with Background(qm(cfg, once=False, _prestart=True)):
@@ -129,3 +131,22 @@ def test_the_fork_server_of_a_killed_queue_manager_exits(tmp_path):
     finally:
         kill_9(proc)
     wait_for(lambda: not pid_alive(server), "the fork server to see the end of its input and exit")
+
+
+def test_a_fork_server_that_cannot_start_is_not_started_in_a_loop_and_jobs_start_cold(tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="vmchecker.tester.prestart")
+    work = tmp_path / "work"
+    work.mkdir()
+    broken = [sys.executable, "-c", "import sys; sys.exit(3)"]   # as an executor that cannot import
+    executors = Executors(broken, work, enabled=True, kill_grace=1)
+    try:
+        executors.top_up()
+        first = executors._server
+        wait_for(lambda: not first.alive(), "the broken server to end")
+        for _ in range(20):   # the queue manager's loop, turning
+            executors.top_up()
+        assert caplog.text.count("fork server pid") == 1 and executors._server is None
+        proc = executors.start(work / "job", work / "job.log")   # cold, as if there were no server
+        assert proc.wait() == 3 and not isinstance(proc, ServedProcess)
+    finally:
+        executors.stop()

@@ -128,7 +128,7 @@ def _fork(folder: Path, name: str, run: Callable[[Path], int], close: Sequence[i
         os.umask(0o022)
         code = run(folder / name)
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:
         traceback.print_exc()
     finally:

@@ -14,8 +14,9 @@ per server, not once per job.
   once its jobs have). The code is what was on disk when the server started: after an
   upgrade, restart the queue manager, as any daemon.
 - **Never needed**: a server that cannot start or that died is logged (its log is
-  ``work/.executor-server.log``) and started again at the next turn of the queue
-  manager's loop; meanwhile a job starts its executor cold, as when this is off.
+  ``work/.executor-server.log``) and started again after ``RESTART_PAUSE`` (one that
+  cannot start is not started in a loop); meanwhile a job starts its executor cold, as
+  when this is off.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from vmchecker.tester import processes
 from vmchecker.tester.forkserver import SERVER_LOG, ForkServer, ServedProcess
 
 log = logging.getLogger(__name__)
+
+RESTART_PAUSE = 5.0   # seconds between a fork server found dead and the next start
 
 
 class Executors:
@@ -45,6 +49,7 @@ class Executors:
         self._types: set[str] = set()
         self._lock = threading.Lock()
         self._stopped = False
+        self._failed_at: float | None = None   # when a server was found dead, or could not start
 
     def note(self, machine_type: str) -> None:
         """A job of ``machine_type`` ran here: the server should have loaded its backend."""
@@ -62,13 +67,17 @@ class Executors:
                 return
             if server is not None and not server.alive():
                 tail = server.log_tail()
-                log.error("the executors' fork server pid %d ended; starting another%s", server.pid,
-                          f":\n{tail}" if tail else "")
+                log.error("the executors' fork server pid %d ended; starting another in %g s%s", server.pid,
+                          RESTART_PAUSE, f":\n{tail}" if tail else "")
+                self._server, self._failed_at = None, time.monotonic()
+            if self._failed_at is not None and time.monotonic() - self._failed_at < RESTART_PAUSE:
+                return   # one that cannot start is not started in a loop; jobs start cold meanwhile
+            self._failed_at = None
             try:
                 self._server = ForkServer(self.command, self.work_dir, sorted(self._types), self.kill_grace)
-            except OSError as exc:   # e.g. out of processes: jobs start cold meanwhile
-                log.error("cannot start the executors' fork server: %s", exc)
-                self._server = None
+            except OSError as exc:   # e.g. out of processes
+                log.error("cannot start the executors' fork server: %s; trying again in %g s", exc, RESTART_PAUSE)
+                self._server, self._failed_at = None, time.monotonic()
         if server is not None and server.alive():
             server.retire()
 
