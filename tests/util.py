@@ -9,9 +9,10 @@ import socket
 import subprocess
 import tarfile
 import textwrap
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -198,3 +199,23 @@ def status_line(sock: socket.socket) -> bytes:
         answer += chunk
     return answer.split(b"\r\n", 1)[0]
 
+
+def side_by_side(job: Callable[[str], T], names: Iterable[str], barrier: threading.Barrier | None = None) -> dict[str, T]:
+    """Run ``job(name)`` for each of ``names`` at once, each in a thread of its own, and
+    wait for all. Each ends by aborting ``barrier``: its partner is past it already, or
+    must not wait for a job that failed. A job that raised has no entry in the result."""
+    results: dict[str, T] = {}
+
+    def one(name: str) -> None:
+        try:
+            results[name] = job(name)
+        finally:
+            if barrier is not None:
+                barrier.abort()
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

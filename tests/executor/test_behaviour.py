@@ -31,6 +31,7 @@ from tests.executor.docker_fixtures import DOCKER_IMAGE, docker_machine, image_h
 from tests.executor.helpers import BASE, HELLO_FILES, around_run_step, c_program, result_json, run_job, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, job_leftovers, kvm_machine, owned_domains, remove_leftover
 from tests.executor.vmware_fixtures import clone_leftovers, lab_images, reset, running_guests
+from tests.util import side_by_side
 from vmchecker.executor import base
 
 # Seconds two parallel jobs may wait for each other before their run steps (a guard:
@@ -273,19 +274,8 @@ def test_two_jobs_at_once(backend, tmp_path, monkeypatch):
     seen: list[int] = []
     barrier = threading.Barrier(2, action=lambda: seen.append(len(backend.guests())), timeout=BARRIER_WAIT)
     around_run_step(monkeypatch, backend.host, before=lambda results: barrier.wait())
-    results = {}
-
-    def one(name: str) -> None:
-        try:
-            results[name] = backend.run(tmp_path / name, backend.parallel, run="vmchecker-run ./hello\n", job_id=name, timeout=30)
-        finally:
-            barrier.abort()   # the partner is past the barrier already, or must not wait for this job
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = side_by_side(lambda name: backend.run(tmp_path / name, backend.parallel, run="vmchecker-run ./hello\n",
+                                                    job_id=name, timeout=30), ("a", "b"), barrier)
     for name in ("a", "b"):
         job, out = results[name]
         assert job.status == "done" and vmr(out, "run-stdout.vmr") == "Hello, world!\n", \

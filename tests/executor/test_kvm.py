@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 from tests.executor.helpers import around_run_step, make_bundle, run_job, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine, owned_domains
-from tests.util import wait_for
+from tests.util import side_by_side, wait_for
 from vmchecker.executor.warm import WarmPool
 
 pytestmark = pytest.mark.kvm
@@ -87,17 +86,8 @@ def test_kernel_messages_of_two_snapshot_jobs_stay_apart(kvm_host, tmp_path, mon
     machine = kvm_machine(kernel_messages=[f"exec tail -n0 -F {console}"])
     around_run_step(monkeypatch, kvm_host,   # each job's own line is in before the next job may start
                     after=lambda results: km_arrived(results, f"vmchecker-km-{results.parent.name}"))
-    results = {}
-
-    def one(name: str) -> None:
-        run = f"echo '<3>vmchecker-km-{name}' > /dev/kmsg\n"
-        results[name] = run_job(kvm_host, tmp_path / name, machine, run=run, job_id=name, timeout=30)
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = side_by_side(lambda name: run_job(kvm_host, tmp_path / name, machine, job_id=name, timeout=30,
+                                                run=f"echo '<3>vmchecker-km-{name}' > /dev/kmsg\n"), ("a", "b"))
     for name, other in (("a", "b"), ("b", "a")):
         job, out = results[name]
         assert job.status == "done", vmr(out, "vmchecker-stderr.vmr")

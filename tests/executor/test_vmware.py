@@ -21,7 +21,7 @@ pytest.importorskip("pyVmomi")
 
 from tests.executor.helpers import around_run_step, run_job, vmr  # noqa: E402
 from tests.executor.vmware_fixtures import clone_leftovers, running_guests  # noqa: E402
-from tests.util import free_port, wait_for  # noqa: E402
+from tests.util import free_port, side_by_side, wait_for  # noqa: E402
 from vmchecker.config import parse_machine  # noqa: E402
 from vmchecker.errors import ExecutorError  # noqa: E402
 from vmchecker.executor.vmware import VmwareHost  # noqa: E402
@@ -181,19 +181,7 @@ def test_linked_clones_run_side_by_side_and_are_destroyed(vmware_host, tmp_path,
     barrier = threading.Barrier(2, action=lambda: seen.append(running_guests(vmware_host)), timeout=BARRIER_WAIT)
     around_run_step(monkeypatch, vmware_host, before=lambda results: barrier.wait())
     machine = vmware_host.machine_keys(revert="linked-clone")
-    done = {}
-
-    def one(name: str) -> None:
-        try:
-            done[name] = run_job(vmware_host, tmp_path / name, machine, job_id=name)
-        finally:
-            barrier.abort()
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    done = side_by_side(lambda name: run_job(vmware_host, tmp_path / name, machine, job_id=name), ("a", "b"), barrier)
     names = set()
     for name in ("a", "b"):
         job, out = done[name]

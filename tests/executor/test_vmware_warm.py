@@ -29,7 +29,7 @@ pytest.importorskip("pyVmomi")
 
 from tests.executor.helpers import around_run_step, make_bundle, result_json, vmr  # noqa: E402
 from tests.executor.vmware_fixtures import clone_leftovers  # noqa: E402
-from tests.util import wait_for  # noqa: E402
+from tests.util import side_by_side, wait_for  # noqa: E402
 from vmchecker.executor import vmware_modes  # noqa: E402
 from vmchecker.executor.warm import WarmPool  # noqa: E402
 from vmchecker.tester import processes, results  # noqa: E402
@@ -110,19 +110,7 @@ def test_snapshot_warm_guest_serves_one_job_beside_a_cold_one(lab_host, tmp_path
     # warm VM, the other reverts the other VM of the pool, never the warm one.
     barrier = threading.Barrier(2, timeout=BARRIER_WAIT)
     around_run_step(monkeypatch, lab_host, before=lambda results: barrier.wait())
-    done = {}
-
-    def one(n: str) -> None:
-        try:
-            done[n] = job(lab_host, tmp_path / n, pool)
-        finally:
-            barrier.abort()
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    done = side_by_side(lambda n: job(lab_host, tmp_path / n, pool), ("a", "b"), barrier)
     monkeypatch.undo()
     third, out3 = job(lab_host, tmp_path / "c", pool)
 
