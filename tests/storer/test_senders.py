@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.util import HELLO_C, make_zip, wait_for, write_course
-from vmchecker import submit
-from vmchecker.contract import JobState, SubmissionStatus
+from tests.storer import test_dispatcher as dispatcher_tests
+from tests.util import wait_for, write_course
+from vmchecker.contract import JobState
 from vmchecker.errors import TransportError
-from vmchecker.storer import outcomes, transport
+from vmchecker.storer import transport
 from vmchecker.storer.courses import Courses
 from vmchecker.storer.dispatcher import Dispatcher
 from vmchecker.storer.journal import Journal
@@ -45,7 +45,9 @@ class GatedLink(transport.TesterLink):
         return f"{queue_dir}/{name}"
 
 
-class Setup:
+class Setup(dispatcher_tests.Setup):
+    """The dispatcher tests' set-up (queue, in_flight) with several testers, each behind a GatedLink."""
+
     def __init__(self, tmp_path: Path, testers: dict):
         write_course(tmp_path, extra={"storer": {"max_attempts": 3, "retry_delay": 0}, "testers": testers,
                                       "machines": {"linux": {"testers": sorted(testers)}}})
@@ -56,17 +58,6 @@ class Setup:
         self.links = {name: GatedLink.from_config(self.course.config, name) for name in testers}
         self.course.links.update(self.links)
 
-    def queue(self, account: str):
-        cfg = self.course.config
-        archive = make_zip(cfg.root / f"{account}.zip", {"hello.c": HELLO_C})
-        sub = submit.submit(cfg, "1-hello", account, archive, skip_time_checks=True)
-        job = self.journal.enqueue("so", "1-hello", account, sub.name, "linux")
-        outcomes.set_status(self.course, job, SubmissionStatus.QUEUED, (SubmissionStatus.SAVED,), claim=True,
-                            tester="")
-        return job
-
-    def in_flight(self) -> dict[str, str]:
-        return {job: t.name for t in self.course.scheduler.testers() for job in t.in_flight}
 
 
 def _tester(port: int, slots: int) -> dict:
