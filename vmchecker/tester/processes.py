@@ -39,36 +39,24 @@ def start(command: Sequence[str], output: IO[bytes], cwd: Path | None = None,
 def wait_exit(proc: subprocess.Popen, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for ``proc`` to exit; True when it did (reaped).
 
-    Woken by the exit itself (a pidfd), so the job's end is seen at once:
-    ``Popen.wait(timeout)`` looks every 50 ms instead. Where pidfds are missing (Linux
-    before 5.3) it falls back to that."""
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):   # no pidfd here, or the process is reaped already
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        if not poller.poll(min(math.ceil(max(timeout, 0) * 1000), 2**31 - 1)):
-            return False
-    finally:
-        os.close(fd)
+    Woken by the exit itself (:func:`wait_gone`'s pidfd), so the job's end is seen at
+    once: ``Popen.wait(timeout)`` looks every 50 ms instead."""
+    if not wait_gone(proc.pid, timeout):
+        return False
     proc.wait()
     return True
 
 
 def wait_gone(pid: int, timeout: float | None) -> bool:
     """Wait up to ``timeout`` seconds (None: no limit) for process ``pid``, which need
-    not be our child, to exit; True when it has (or no such process is left)."""
+    not be our child, to exit; True when it has (or no such process is left). Woken by
+    the exit itself, through a pidfd; where pidfds are missing (Linux before 5.3) it
+    looks every 50 ms."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return True
-    except (AttributeError, OSError):   # no pidfd here: look every 50 ms
+    except (AttributeError, OSError):
         deadline = None if timeout is None else time.monotonic() + timeout
         while pid_alive(pid):
             if deadline is not None and time.monotonic() >= deadline:
