@@ -8,7 +8,7 @@ BASE ?= vmchecker-base
 KVM_BASE ?= vmchecker-kvm-base
 STAMPS := .stamps
 
-.PHONY: all deps venv base kvm-base docker-base vmware-lab deb test lint demo demo-stop bench clean
+.PHONY: all deps venv base kvm-base docker-base vmware-lab tune-host deb test lint demo demo-stop bench clean
 
 all: venv
 
@@ -36,6 +36,10 @@ base: deps
 kvm-base: deps
 	kvm-resources/build-image.sh $(KVM_BASE)
 
+# The kernel's cgroup setting that makes LXC's attach cheap (tools/tune-host.sh says why).
+tune-host:
+	tools/tune-host.sh
+
 # The VMware lab server (tests/lab/vmware: a vSphere API server of ours, built offline).
 vmware-lab: deps
 	tests/lab/vmware/build.sh
@@ -53,16 +57,16 @@ deb:
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv base kvm-base docker-base vmware-lab lint
+test: venv tune-host base kvm-base docker-base vmware-lab lint
 	$(VENV)/bin/pytest tests
 
-demo: venv base kvm-base docker-base vmware-lab
+demo: venv tune-host base kvm-base docker-base vmware-lab
 	demo/demo.sh start
 
 demo-stop:
 	demo/demo.sh stop
 
-bench: venv base kvm-base docker-base vmware-lab
+bench: venv tune-host base kvm-base docker-base vmware-lab
 	$(VENV)/bin/python bench/executor.py
 	$(VENV)/bin/python bench/dispatch.py
 	$(VENV)/bin/python bench/commands.py

@@ -52,6 +52,7 @@ from tests.lab import lxc_unusable, sshd  # noqa: E402
 from tests.util import free_port, make_zip, stop_process, wait_for, wait_for_port, write_course  # noqa: E402
 from vmchecker import rpc  # noqa: E402
 from vmchecker.contract import GRADE_VMR, Stage, SubmissionStatus  # noqa: E402
+from vmchecker.executor.cgroups import migration_hint  # noqa: E402
 from vmchecker.repo import Repository, load_submission  # noqa: E402
 
 BASE = "vmchecker-base"
@@ -260,6 +261,7 @@ def main() -> int:
     prepare_docker()
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
           f" (1, 5, 15 min); {os.cpu_count()} cores", flush=True)
+    print(f"cgroup moves: {migration_hint() or 'cheap (favordynmods, tools/tune-host.sh)'}", flush=True)
     script = docker_script()
     ours: list[dict[str, float]] = []
     theirs: list[float] = []

@@ -40,6 +40,25 @@ def cgroup_mounts() -> dict[str, Path]:
     return mounts
 
 
+def migration_hint(mounts: str | None = None) -> str | None:
+    """Why moving a process into a guest's cgroup is slow on this host, or None: without
+    ``favordynmods`` on the cgroup2 mount, each move (one per LXC attach) waits for an
+    RCU grace period in the kernel, tens of milliseconds on an idle machine
+    (tools/tune-host.sh sets it). ``mounts``: the text of /proc/self/mounts (read if None)."""
+    if mounts is None:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = f.read()
+    for line in mounts.splitlines():
+        _dev, where, fstype, options, *_ = line.split()
+        if fstype == "cgroup2":
+            if "favordynmods" in options.split(","):
+                return None
+            return (f"cgroup2 at {where} is mounted without favordynmods: every step of an LXC job"
+                    f" waits for the kernel (tens of ms); run tools/tune-host.sh (mount -o"
+                    f" remount,favordynmods {where})")
+    return None
+
+
 def limit_items(limits: Limits) -> list[tuple[str, str]]:
     """The clone's cgroup config items for ``limits``: v1 keys where the controller is
     mounted as cgroup v1 (hybrid hosts), cgroup2 keys otherwise."""

@@ -49,6 +49,7 @@ from vmchecker import fsutil, rpc
 from vmchecker.contract import STAGE_STAT_PREFIX, Stage
 from vmchecker.errors import RpcError
 from vmchecker.executor import hostcmds
+from vmchecker.executor.cgroups import migration_hint
 from vmchecker.service import Service
 from vmchecker.tester import metrics, processes, results, storers
 from vmchecker.tester.jobs import Job, Outcome, job_id_from_name
@@ -133,6 +134,8 @@ class QueueManager(Service):
         self.recover()
         for machine_type in machine_types(cfg):
             self.executors.note(machine_type)
+            if machine_type == "lxc" and (hint := migration_hint()):
+                log.warning("%s", hint)
         watcher = None if self.once else QueueWatcher(cfg.queue_dir)  # before the scan: miss nothing
         self._watcher = watcher
         self._enqueue(self.backlog())
