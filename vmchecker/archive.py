@@ -39,9 +39,12 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from vmchecker.errors import ArchiveError
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
+if TYPE_CHECKING:
+    from typing import IO
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,18 @@ import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vmchecker.confparse import Size, When, build, check_id
 from vmchecker.errors import ConfigError
 
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
+if TYPE_CHECKING:
+    from typing import Any
+
 
 @dataclass(frozen=True)
 class Assignment:
+    """An assignment under ``assignments`` (over its ``defaults``): its deadline, machine, points and rules."""
     id: str
     deadline: When
     machine: str

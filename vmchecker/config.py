@@ -27,13 +27,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vmchecker import course_access, teams
 from vmchecker.assignments import Assignment, load_assignments
 from vmchecker.confparse import Size, When, build, check_id, parse_host_port, read_yaml
 from vmchecker.course_access import GroupCheck
 from vmchecker.errors import ConfigError, NotFound
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,14 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a guest user name, as usera
 
 @dataclass(frozen=True)
 class Holiday:
+    """A break in ``course.holidays``: time inside it does not count toward a submission's lateness."""
     start: When
     end: When
 
 
 @dataclass(frozen=True)
 class CourseInfo:
+    """The ``course`` section: who the course is, when it takes uploads, who takes part."""
     id: str
     name: str = ""
     repository: str = "repo"
@@ -76,6 +81,7 @@ class CourseInfo:
 
 @dataclass(frozen=True)
 class StorerSettings:
+    """The ``storer`` section: how the course's daemon reaches and picks its testers."""
     # Where testers call notify() and local commands queue_task(). Empty (the default):
     # the URL of the global file's daemon.listen, so the address is written in one place;
     # the daemon refuses a course whose value does not reach its listen address.
@@ -94,6 +100,7 @@ class StorerSettings:
 
 @dataclass(frozen=True)
 class Tester:
+    """A tester under ``testers``: the host that runs jobs, its queue folder and slots."""
     name: str
     host: str
     user: str
@@ -105,6 +112,7 @@ class Tester:
 
 @dataclass(frozen=True)
 class Limits:
+    """A machine's ``limits``: what one job may use in its guest."""
     memory_mb: int = 512
     pids: int = 256
     cpus: float = 1.0
@@ -214,6 +222,7 @@ class CourseConfig:
 
 @dataclass(frozen=True)
 class DaemonSettings:
+    """The global file's ``daemon`` section: where the storer daemon listens and keeps state."""
     listen: str = "127.0.0.1:19999"
     state: str = "/var/lib/vmchecker"
     # HOST:PORT to serve Prometheus metrics on (vmchecker/storer/metrics.py), apart from
@@ -223,6 +232,7 @@ class DaemonSettings:
 
 @dataclass(frozen=True)
 class GlobalConfig:
+    """The global file: the registered courses and the daemon."""
     path: Path
     courses: dict[str, Path]
     daemon: DaemonSettings

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Protocol
 
 from vmchecker.contract import ACCOUNT_RE
 from vmchecker.errors import ConfigError
@@ -26,21 +25,25 @@ DN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*=[^=]")    # the start of an LDAP DN:
 GroupCheck = Callable[[str, str], bool]
 
 
-class AccessRules(Protocol):
-    """The keys of a course's ``course`` section that say who takes part
-    (:class:`vmchecker.config.CourseInfo` has them): a protocol, so this module need not
-    import the schema that imports it."""
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
+if TYPE_CHECKING:   # only annotations name it: the type checker's view of a CourseInfo
+    from typing import Protocol
 
-    @property
-    def admins(self) -> list[str]: ...
-    @property
-    def students(self) -> list[str]: ...
-    @property
-    def students_file(self) -> str: ...
-    @property
-    def students_ldap_group(self) -> str: ...
-    @property
-    def open_to_all_users(self) -> bool: ...
+    class AccessRules(Protocol):
+        """The keys of a course's ``course`` section that say who takes part
+        (:class:`vmchecker.config.CourseInfo` has them): a protocol, so this module need not
+        import the schema that imports it."""
+
+        @property
+        def admins(self) -> list[str]: ...
+        @property
+        def students(self) -> list[str]: ...
+        @property
+        def students_file(self) -> str: ...
+        @property
+        def students_ldap_group(self) -> str: ...
+        @property
+        def open_to_all_users(self) -> bool: ...
 
 
 def admits(rules: AccessRules, listed: Collection[str], account: str, in_group: GroupCheck | None = None) -> bool:

@@ -13,7 +13,10 @@ import atexit
 import logging
 import os
 import sys
-from typing import NoReturn
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def exit_now(code: int | None) -> NoReturn:

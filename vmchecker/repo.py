@@ -29,13 +29,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vmchecker import fsutil
 from vmchecker.config import CourseConfig
 from vmchecker.confparse import format_datetime, parse_datetime, safe_dump, safe_load
 from vmchecker.contract import ACCOUNT_RE, ARCHIVE, GRADE_VMR, SUBMISSION_CONFIG, SubmissionStatus
 from vmchecker.errors import NotFound, VmcheckerError
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

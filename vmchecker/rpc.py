@@ -20,7 +20,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
@@ -28,8 +27,10 @@ from vmchecker import rpc_http
 from vmchecker.contract import ID_RE, JOB_ID_RE, ResultStatus
 from vmchecker.errors import CallRefused, RpcError, TryLater
 
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
 if TYPE_CHECKING:
     import xmlrpc.client
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any
 from xml.parsers import expat
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
+if TYPE_CHECKING:
+    from typing import Any
 
 MAXINT, MININT = 2**31 - 1, -(2**31)
 MAX_LINE = 65536          # as http.client: a status or header line longer than this is no answer

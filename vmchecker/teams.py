@@ -36,12 +36,15 @@ import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vmchecker import fsutil
 from vmchecker.confparse import read_yaml, safe_dump
 from vmchecker.contract import ACCOUNT_RE
 from vmchecker.errors import ConfigError, SubmissionRefused
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

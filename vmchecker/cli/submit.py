@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
 from vmchecker.cli import common
 from vmchecker.errors import SubmissionRefused
 
+TYPE_CHECKING = False   # typing.TYPE_CHECKING, without importing typing on a command's path
 if TYPE_CHECKING:
     import datetime as dt
 
