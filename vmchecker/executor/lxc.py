@@ -2,8 +2,9 @@
 
 Revert is free (the clone's writes go to an overlay upper folder, on a tmpfs of the
 job's disk quota, that cleanup unmounts; the base never changes), commands run through
-the binding's attach (no guest network or SSH), files travel as one tar stream through
-attach. Limits (memory, pids, CPU) are cgroup items set on the clone before it starts
+the binding's attach (no guest network or SSH), files are written and read from the host
+through the clone's root (:mod:`.lxc_files`; only the contract's check, ``vmchecker-step
+prepare``, runs in the guest). Limits (memory, pids, CPU) are cgroup items set on the clone before it starts
 (:mod:`.cgroups`); its capabilities, mounts and disk quota are :mod:`.lxc_clone`'s. A step that
 outlives its timeout, and whatever a step leaves running, is killed through the clone's
 cgroup; the pipes of an attached process are read by :mod:`.lxc_process`.
@@ -19,8 +20,6 @@ import contextlib
 import logging
 import os
 import signal
-import tarfile
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,7 +28,7 @@ import lxc  # the LXC binding (absolute: this module is vmchecker.executor.lxc)
 
 from vmchecker.config import Machine
 from vmchecker.errors import ExecutorError
-from vmchecker.executor import base, guest, interrupts, payload, results
+from vmchecker.executor import base, guest, interrupts, lxc_files, payload, results
 from vmchecker.executor.cgroups import GuestCgroup
 from vmchecker.executor.lxc_clone import base_identity, config_items, destroy, mount_disk
 from vmchecker.executor.lxc_process import Buffer, pump, step_result
@@ -38,10 +37,6 @@ from vmchecker.executor.warm import WarmGuest
 log = logging.getLogger(__name__)
 
 PREFIX = guest.GUEST_PREFIX
-
-# Runs in the guest as root: unpack the tar stream on stdin into $1 (owners by name: the
-# guest's passwd decides), then check the guest can keep the grading contract.
-COPY_IN = f'mkdir -p -- "$1" && cd -- "$1" && tar -xpf - && exec /bin/sh course/bin/{payload.STEP_PROGRAM} prepare'
 
 
 # --------------------------------------------------------------------------- VM, Host
@@ -57,6 +52,7 @@ class LxcVM(base.VM):
         self._cgroup: GuestCgroup | None = None
         self._user = (0, 0, "/root")
         self._children: set[int] = set()   # attached processes not reaped yet
+        self._root_fd: int | None = None      # the guest's root folder, for the copies
 
     # -- primitives
 
@@ -88,37 +84,24 @@ class LxcVM(base.VM):
         if not c.wait("RUNNING", timeout) or c.init_pid <= 0:
             raise ExecutorError(f"LXC container {self.name} was not running after {timeout} s")
         self._cgroup = GuestCgroup(c.init_pid)
+        self._close_root()
+        self._root_fd = lxc_files.open_root(c.init_pid, self.name)
 
     def copy_to(self, load: payload.Payload, guest_dir: str) -> None:
-        def write(stream: int, failure: list[BaseException]) -> None:
-            try:
-                with os.fdopen(stream, "wb") as f:
-                    load.write(f)
-            except (OSError, tarfile.TarError) as exc:
-                failure.append(exc)
-
-        read_end, write_end = os.pipe()
-        failure: list[BaseException] = []
-        feeder = threading.Thread(target=write, args=(write_end, failure), daemon=True)
         try:
-            status, timed_out, errors = self._root_command(
-                ["/bin/sh", "-c", COPY_IN, "sh", guest_dir], read_end, Buffer(64 * 1024), feeder)
-        except BaseException:
-            if not feeder.is_alive() and not feeder.ident:
-                os.close(write_end)
-            raise
-        if timed_out or status != 0 or failure:
-            reason = errors or (str(failure[0]) if failure else f"wait status {status}")
-            raise ExecutorError(f"copying the job's files into {guest_dir} in {self.name} failed: {reason}")
+            lxc_files.copy_in(self._root(), guest_dir, load)
+        except OSError as exc:
+            raise ExecutorError(f"copying the job's files into {guest_dir} in {self.name} failed: {exc}") from None
+        step = f"{guest_dir}/{payload.COURSE}/bin/{payload.STEP_PROGRAM}"
+        status, timed_out, errors = self._root_command(["/bin/sh", step, "prepare"], Buffer(64 * 1024))
+        if timed_out or status != 0:
+            raise ExecutorError(f"preparing {guest_dir} in {self.name} failed: {errors or f'wait status {status}'}")
 
     def copy_from(self, guest_dir: str, dest: Path, cap: int) -> None:
-        stream = Buffer(results.MAX_GUEST_VMRS * (cap + 2048) + 64 * 1024)
-        argv = ["/bin/sh", "-c", guest.COPY_OUT, "sh", guest_dir, str(cap + 1), str(results.MAX_GUEST_VMRS), "-"]
-        status, timed_out, errors = self._root_command(argv, None, stream)
-        if timed_out or status != 0 or stream.overflow:
-            raise ExecutorError(f"copying results out of {guest_dir} in {self.name} failed:"
-                                f" {errors or f'wait status {status}'}")
-        results.extract_vmrs(bytes(stream.data), dest, cap, self.name)
+        try:
+            lxc_files.copy_out(self._root(), guest_dir, dest, cap + 1, results.MAX_GUEST_VMRS)
+        except OSError as exc:
+            raise ExecutorError(f"copying results out of {guest_dir} in {self.name} failed: {exc}") from None
 
     def run(self, argv: list[str], cwd: str, timeout: float,
             stdout: results.CappedWriter, stderr: results.CappedWriter) -> results.StepResult:
@@ -127,7 +110,7 @@ class LxcVM(base.VM):
         err_r, err_w = os.pipe()
         started = time.monotonic()
         try:
-            pid = self._attach(argv, cwd, uid, gid, home, None, out_w, err_w)
+            pid = self._attach(argv, cwd, uid, gid, home, out_w, err_w)
         except BaseException:
             os.close(out_r)
             os.close(err_r)
@@ -160,6 +143,7 @@ class LxcVM(base.VM):
 
     def cleanup(self, failed: bool = False) -> str | None:
         self._reap_children()
+        self._close_root()
         c = self._c if self._c is not None else lxc.Container(self.name, self.lxcpath)
         destroy(c)
         self._c = None
@@ -172,27 +156,36 @@ class LxcVM(base.VM):
             raise ExecutorError(f"LXC container {self.name} was not created")
         return self._c
 
+    def _root(self) -> int:
+        if self._root_fd is None:
+            raise ExecutorError(f"LXC container {self.name} was not started")
+        return self._root_fd
+
+    def _close_root(self) -> None:
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+
     def _kill_guest_processes(self) -> None:
         if self._cgroup is not None:
             self._cgroup.kill_all()
 
     def _attach(self, argv: list[str], cwd: str, uid: int, gid: int, home: str,
-                stdin: int | None, stdout: int, stderr: int) -> int:
+                stdout: int, stderr: int) -> int:
         """Start ``argv`` in the guest; the pid (our child) is recorded until reaped,
         because the guest's init cannot exit while its zombie waits for us."""
-        null = os.open(os.devnull, os.O_RDONLY) if stdin is None else None
+        null = os.open(os.devnull, os.O_RDONLY)
         try:
             with interrupts.uninterruptible():
                 pid = self._container().attach(
                     _run_with_default_signals, argv, initial_cwd=cwd, uid=uid, gid=gid,
                     env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
                     extra_env_vars=[f"PATH={guest.GUEST_PATH}", f"HOME={home}", "LANG=C.UTF-8", "TERM=dumb"],
-                    stdin=stdin if stdin is not None else null, stdout=stdout, stderr=stderr)
+                    stdin=null, stdout=stdout, stderr=stderr)
                 if isinstance(pid, int) and pid > 0:
                     self._children.add(pid)
         finally:
-            if null is not None:
-                os.close(null)
+            os.close(null)
         if not isinstance(pid, int) or pid <= 0:
             raise ExecutorError(f"attaching to LXC container {self.name} failed")
         return pid
@@ -205,31 +198,26 @@ class LxcVM(base.VM):
                 os.waitpid(pid, 0)
             self._children.discard(pid)
 
-    def _root_command(self, argv: list[str], stdin: int | None, stdout: Buffer,
-                      feeder: threading.Thread | None = None) -> tuple[int, bool, str]:
-        """Run a command of ours as root in the guest under COPY_TIMEOUT, while
-        ``feeder`` (if any) writes its stdin. Returns (wait status, timed out, stderr)."""
+    def _root_command(self, argv: list[str], stdout: Buffer) -> tuple[int, bool, str]:
+        """Run a command of ours as root in the guest under COPY_TIMEOUT. Returns (wait
+        status, timed out, stderr)."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         errors = Buffer(64 * 1024)
         try:
-            pid = self._attach(argv, "/", 0, 0, "/root", stdin, out_w, err_w)
+            pid = self._attach(argv, "/", 0, 0, "/root", out_w, err_w)
         except BaseException:
             os.close(out_r)
             os.close(err_r)
             raise
         finally:
-            for fd in (out_w, err_w, *([stdin] if stdin is not None else [])):
-                os.close(fd)
-        if feeder is not None:
-            feeder.start()
+            os.close(out_w)
+            os.close(err_w)
         try:
             status, _rusage, timed_out = pump(pid, {out_r: stdout, err_r: errors}, guest.COPY_TIMEOUT,
                                                self._kill_guest_processes)
         finally:
             self._children.discard(pid)
-            if feeder is not None:
-                feeder.join()
         return status, timed_out, errors.text()
 
 

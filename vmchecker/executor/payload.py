@@ -18,7 +18,9 @@ code can never reach the grade (the grading contract of ``docs/ARCHITECTURE.md``
 
 Owners travel by name in the tar stream (the copy-in runs GNU tar as root without
 ``--numeric-owner``), so the guest's own /etc/passwd decides the ids; a name the guest
-does not know falls back to ``nobody`` for the student, never to root. The copy-in ends
+does not know falls back to ``nobody`` for the student, never to root (the LXC backend
+writes the same tree from the host by the same rules, :meth:`Payload.placement`, reading
+the guest's passwd and group itself: :mod:`.lxc_files`). The copy-in ends
 with ``vmchecker-step prepare``, which checks the student user exists and can reach the
 job folder, so a guest that cannot keep the contract fails the job instead of grading it.
 """
@@ -84,23 +86,29 @@ class Payload:
             tf.add(self.root, arcname=".", filter=self._owned)
 
     def _owned(self, info: tarfile.TarInfo) -> tarfile.TarInfo:
-        name = str(PurePosixPath(info.name))   # "." or "job/a.c"
-        if name in self.student_paths:
+        student, info.mode = self.placement(info.name, info.isdir(), info.mode)
+        if student:
             info.uid = info.gid = NOBODY
             info.uname = info.gname = self.student
-            return info
-        info.uid = info.gid = 0
-        info.uname = info.gname = self.trusted
+        else:
+            info.uid = info.gid = 0
+            info.uname = info.gname = self.trusted
+        return info
+
+    def placement(self, name: str, is_dir: bool, mode: int) -> tuple[bool, int]:
+        """(whether the student owns it, its mode) for the entry ``name`` ("." or
+        "job/a.c"): the rules of the module docstring, for every backend's copy-in."""
+        name = str(PurePosixPath(name))
+        if name in self.student_paths:
+            return True, mode
         top = name.split("/", 1)[0]
         if name == RESULTS:
-            info.mode = 0o700
-        elif name == JOB or (top == JOB and info.isdir()):
-            info.mode = 0o1777
-        elif info.isdir():
-            info.mode = 0o755
-        else:   # a course file or a test: read-only, executable where it was
-            info.mode = 0o555 if info.mode & 0o111 else 0o444
-        return info
+            return False, 0o700
+        if name == JOB or (top == JOB and is_dir):
+            return False, 0o1777
+        if is_dir:
+            return False, 0o755
+        return False, 0o555 if mode & 0o111 else 0o444   # a course file or a test: read-only
 
 
 def prepare_payload(bundle_dir: Path, work: Path, machine: Machine) -> Payload:
