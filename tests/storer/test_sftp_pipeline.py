@@ -12,6 +12,7 @@ from paramiko import sftp as proto
 from tests.storer import test_transport
 from tests.storer.test_transport import link_to
 from vmchecker.storer import sftp_pipeline
+from vmchecker.storer.sftp_pipeline import Answer
 
 server = test_transport.server          # fixtures shared with the transport tests
 course_key = test_transport.course_key
@@ -48,6 +49,22 @@ def test_a_batch_answered_out_of_order_is_put_back_in_order(server, tmp_path, co
 
     with link_to(server, tmp_path, course_key) as link:
         assert link._run("lstat in a batch", run) == [1, 2, 3]
+
+
+def test_a_batch_goes_out_in_one_send(server, tmp_path, course_key, monkeypatch):
+    folder = server.make_dir("batch")
+
+    def run(sftp: paramiko.SFTPClient) -> list[Answer]:
+        channel, sends = sftp.get_channel(), []
+        real_send = channel.send
+        with monkeypatch.context() as m:
+            m.setattr(channel, "send", lambda data: sends.append(len(data)) or real_send(data))
+            answers = sftp_pipeline.exchange(sftp, [(proto.CMD_LSTAT, (str(folder),))] * 5)
+        assert len(sends) == 1
+        return answers
+
+    with link_to(server, tmp_path, course_key) as link:
+        assert [kind for kind, _msg in link._run("lstat in a batch", run)] == [proto.CMD_ATTRS] * 5
 
 
 def test_status_errors_read_as_paramiko_raises_them(server, tmp_path, course_key):
