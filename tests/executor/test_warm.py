@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor.docker_fixtures import DOCKER_IMAGE, docker_machine
-from tests.executor.helpers import make_bundle, result_json, vmr
+from tests.executor.helpers import make_bundle, result_json, run_job, vmr
 from tests.executor.kvm_fixtures import KVM_STATE, kvm_machine
 from vmchecker.errors import ExecutorError
 from vmchecker.executor.warm import WarmPool
@@ -112,6 +112,38 @@ def test_lxc_warm_guest_gone_from_under_its_record_runs_cold(lxc_host, tmp_path)
 
     assert job1.status == "done" and result_json(out1)["warm_guest"] is False, job1.message
     assert pool.ready() == [] and pool.claimed() == []
+
+
+@pytest.mark.lxc
+def test_lxc_warm_guest_grades_like_a_cold_one(lxc_host, tmp_path):
+    """A warm clone was parked (the guest folder laid out, vmchecker-step's checks
+    passed); its job's copy-in only writes the job's files over that layout: the hello
+    builds from the student's files and earns the same grade as on a cold clone."""
+    pool = WarmPool(tmp_path / "warm").ensure()
+    assert lxc_host.prepare_warm(machine_of(tmp_path / "m"), pool, os.getpid())
+    bundle_dir, info = make_bundle(tmp_path / "warm1", job_id="warm1")
+    warm = lxc_host.test_submission(bundle_dir, info.machine, info, warm=pool)
+    cold, cold_dir = run_job(lxc_host, tmp_path / "cold1")
+
+    assert (warm.status, cold.status) == ("done", "done"), (warm.message, cold.message)
+    assert result_json(bundle_dir)["warm_guest"] is True and result_json(cold_dir)["warm_guest"] is False
+    assert warm.steps["build"].succeeded and warm.steps["run"].succeeded
+    assert vmr(bundle_dir, "grade.vmr") == vmr(cold_dir, "grade.vmr") != ""
+    assert vmr(bundle_dir, "run-stdout.vmr") == vmr(cold_dir, "run-stdout.vmr")
+
+
+@pytest.mark.lxc
+def test_lxc_warm_guest_is_not_made_where_the_student_cannot_reach_the_folder(lxc_host, tmp_path):
+    pool = WarmPool(tmp_path / "warm").ensure()
+    closed = {"guest_base_path": "/root/vmchecker"}   # /root is closed to the student
+
+    with pytest.raises(ExecutorError):
+        lxc_host.prepare_warm(machine_of(tmp_path / "m", **closed), pool, os.getpid())
+    job1, out1 = job(lxc_host, tmp_path / "cold", pool, **closed)
+
+    assert pool.ready() == [] and pool.claimed() == []
+    assert job1.status == "error" and result_json(out1)["warm_guest"] is False
+    assert "cannot work in /root/vmchecker/job" in vmr(out1, "vmchecker-stderr.vmr")
 
 
 # --------------------------------------------------------------------------- KVM

@@ -18,19 +18,17 @@ import os
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
-import zipfile
 from pathlib import Path
 
 import libvirt
 import libvirt_qemu
 
 from vmchecker.config import Machine
-from vmchecker.contract import ARCHIVE, TESTS
 from vmchecker.errors import ExecutorError
 from vmchecker.executor.kvm_agent import Agent
 from vmchecker.executor.kvm_guard import disk_path, serial_path
 from vmchecker.executor.kvm_vm import NAME_RE, KvmVM, base_image, domain_type, state_dir
-from vmchecker.executor.payload import Payload, prepare_payload
+from vmchecker.executor.payload import empty_payload
 from vmchecker.executor.warm import WarmGuest
 from vmchecker.fsutil import write_atomic
 
@@ -117,7 +115,7 @@ class SnapshotVM(KvmVM):
         with the course's programs, vmchecker-step's checks passed), so the job's own
         copy-in only unpacks its files over it: one program where a cold one starts three."""
         with tempfile.TemporaryDirectory(prefix="vmck-park-") as tmp:
-            self.copy_to(_empty_payload(Path(tmp), self.machine), self.machine.guest_base_path.rstrip("/"))
+            self.copy_to(empty_payload(Path(tmp), self.machine), self.machine.guest_base_path.rstrip("/"))
         write_atomic(self.token, self.name + "\n", 0o600)
 
     def detach(self) -> None:
@@ -278,17 +276,6 @@ class OverlayVM(KvmVM):
 
 
 MODES: dict[str, type[KvmVM]] = {"snapshot": SnapshotVM, "overlay": OverlayVM}
-
-
-def _empty_payload(work: Path, machine: Machine) -> Payload:
-    """The payload of a job whose archive and tests hold no file: the guest folder's
-    layout, the course's programs and the student's name, as every job of ``machine`` has."""
-    bundle = work / "bundle"
-    bundle.mkdir()
-    for name in (ARCHIVE, TESTS):
-        with zipfile.ZipFile(bundle / name, "w"):
-            pass
-    return prepare_payload(bundle, work, machine)
 
 
 def warm_token(machine: Machine) -> Path:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -53,6 +54,7 @@ class LxcVM(base.VM):
         self._user = (0, 0, "/root")
         self._children: set[int] = set()   # attached processes not reaped yet
         self._root_fd: int | None = None      # the guest's root folder, for the copies
+        self._parked = False                  # a warm guest's copy-in of a job without files is done
 
     # -- primitives
 
@@ -92,6 +94,9 @@ class LxcVM(base.VM):
             lxc_files.copy_in(self._root(), guest_dir, load)
         except OSError as exc:
             raise ExecutorError(f"copying the job's files into {guest_dir} in {self.name} failed: {exc}") from None
+        if self._parked:   # vmchecker-step's checks passed when it was parked, and nothing ran since
+            self._parked = False
+            return
         step = f"{guest_dir}/{payload.COURSE}/bin/{payload.STEP_PROGRAM}"
         status, timed_out, errors = self._root_command(["/bin/sh", step, "prepare"], Buffer(64 * 1024))
         if timed_out or status != 0:
@@ -133,12 +138,20 @@ class LxcVM(base.VM):
         parent = lxc.Container(self.machine.vm, self.lxcpath)
         return base_identity(parent) if parent.defined else None
 
+    def park(self) -> None:
+        """The copy-in of a job without files (the guest folder laid out with the course's
+        programs, vmchecker-step's checks passed), so the job's own copy-in only writes
+        its files and starts nothing in the guest."""
+        with tempfile.TemporaryDirectory(prefix="vmck-park-") as tmp:
+            self.copy_to(payload.empty_payload(Path(tmp), self.machine), self.machine.guest_base_path.rstrip("/"))
+
     def adopt(self, record: WarmGuest) -> bool:
         c = lxc.Container(record.name, self.lxcpath)
         if not (c.defined and c.running):
             return False
         self._user = _guest_user(lxc.Container(self.machine.vm, self.lxcpath), self.machine.guest_user)
         self.name, self._c = record.name, c
+        self._parked = True
         return True
 
     def cleanup(self, failed: bool = False) -> str | None:

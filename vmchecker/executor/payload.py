@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -169,3 +170,16 @@ def _overlay(src: Path, dst: Path) -> None:
         else:
             _remove(target)
             os.replace(entry, target)
+
+
+def empty_payload(work: Path, machine: Machine) -> Payload:
+    """The payload of a job whose archive and tests hold no file: the guest folder's
+    layout, the course's programs and the student's name, as every job of ``machine`` has.
+    A warm guest is parked with it (copied in, ``vmchecker-step prepare`` passed), so its
+    job's copy-in only adds the job's files."""
+    bundle = work / "bundle"
+    bundle.mkdir()
+    for name in (ARCHIVE, TESTS):
+        with zipfile.ZipFile(bundle / name, "w"):
+            pass
+    return prepare_payload(bundle, work, machine)
