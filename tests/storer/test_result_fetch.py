@@ -15,8 +15,7 @@ import pytest
 from paramiko import sftp as proto
 from paramiko.message import Message
 
-from tests.storer import test_transport
-from tests.storer.test_transport import link_to, make_job, refused_fetch
+from tests.storer.sftp_helpers import link_to, make_job, refused_fetch
 from vmchecker.errors import ResultRefused
 from vmchecker.storer import result_fetch
 
@@ -24,9 +23,6 @@ pytestmark = pytest.mark.usefixtures("no_lab_leftovers")
 
 FILES = {"build-stdout.vmr": b"gcc ok\n", "empty.vmr": b"", "result.json": b'{"status": "ok"}' * 100,
          "run-stdout.vmr": b"Hello, world!\n"}
-
-server = test_transport.server          # fixtures shared with the transport tests
-course_key = test_transport.course_key
 
 
 def after_batch(monkeypatch: pytest.MonkeyPatch, number: int, act) -> None:

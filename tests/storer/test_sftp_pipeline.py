@@ -9,13 +9,9 @@ import os
 import paramiko
 from paramiko import sftp as proto
 
-from tests.storer import test_transport
-from tests.storer.test_transport import link_to
+from tests.storer.sftp_helpers import link_to
 from vmchecker.storer import sftp_pipeline
 from vmchecker.storer.sftp_pipeline import Answer
-
-server = test_transport.server          # fixtures shared with the transport tests
-course_key = test_transport.course_key
 
 
 def test_answers_come_back_in_request_order_with_their_types(server, tmp_path, course_key):

@@ -13,6 +13,7 @@ import paramiko
 import pytest
 
 from tests.lab import netns, skip_unless_lab, sshd
+from tests.storer.sftp_helpers import known_hosts, link_to, make_job, refused_fetch
 from vmchecker.errors import ResultRefused, TransportError
 from vmchecker.storer import testers_admin, transport  # TesterLink not by name: pytest collects "Test*"
 from vmchecker.storer.transport import fetch_host_key
@@ -20,33 +21,6 @@ from vmchecker.storer.transport import fetch_host_key
 pytestmark = pytest.mark.usefixtures("no_lab_leftovers")
 
 BUNDLE = "so_1-hello_alice_17.zip"
-
-
-@pytest.fixture
-def course_key(tmp_path: Path) -> tuple[Path, str]:
-    """The course's key pair (generated as add_tester does) and its public line."""
-    key = tmp_path / "keys" / "id_ed25519"
-    return key, testers_admin.ensure_course_key(key, "vmchecker-test")
-
-
-@pytest.fixture
-def server(ssh_server: sshd.SshServer, course_key: tuple[Path, str]) -> sshd.SshServer:
-    ssh_server.authorize(testers_admin.authorized_keys_line(course_key[1]))
-    return ssh_server
-
-
-def known_hosts(tmp_path: Path, *lines: str) -> Path:
-    path = tmp_path / "keys" / "known_hosts"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in lines))
-    return path
-
-
-def link_to(server: sshd.SshServer, tmp_path: Path, course_key: tuple[Path, str], **options) -> transport.TesterLink:
-    kh = tmp_path / "keys" / "known_hosts"
-    if not kh.exists():
-        known_hosts(tmp_path, server.host_key_line())
-    return transport.TesterLink("t1", server.address, server.port, server.user, course_key[0], kh, **options)
 
 
 # --------------------------------------------------------------------------- bundles
@@ -110,13 +84,6 @@ def test_send_to_a_missing_queue_is_a_transport_error(server, tmp_path, course_k
 # --------------------------------------------------------------------------- results
 
 
-def make_job(server: sshd.SshServer, files: dict[str, bytes]) -> Path:
-    job = server.make_dir("done/17")
-    for name, data in files.items():
-        (job / name).write_bytes(data)
-    return job
-
-
 def test_results_are_fetched(server, tmp_path, course_key):
     files = {"build-stdout.vmr": b"gcc ok\n", "run-stdout.vmr": b"Hello, world!\n", "result.json": b"{}"}
     job = make_job(server, files)
@@ -135,15 +102,6 @@ def test_path_like_names_are_refused_before_connecting(tmp_path, course_key, nam
         link.fetch_results("/srv/done/17", ["ok.vmr", name], tmp_path / "results")
     assert link.connects == 0
     assert not (tmp_path / "results").exists()
-
-
-def refused_fetch(server, tmp_path, course_key, job: Path, names: list[str], **options) -> str:
-    results = tmp_path / "results"
-    with link_to(server, tmp_path, course_key, **options) as link, pytest.raises(ResultRefused) as err:
-        link.fetch_results(str(job), names, results)
-    assert list(results.iterdir()) == []  # all or nothing: the good file did not land either
-    assert os.listdir(tmp_path).count("results") == 1 and not [n for n in os.listdir(tmp_path) if "fetch" in n]
-    return err.value.message
 
 
 def test_symlink_is_refused(server, tmp_path, course_key):
