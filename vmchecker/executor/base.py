@@ -50,7 +50,7 @@ from vmchecker.errors import Interrupted, VmcheckerError
 from vmchecker.executor import guest
 from vmchecker.executor.hostcmds import PGIDS_SUFFIX, HostCommands
 from vmchecker.executor.interrupts import uninterruptible
-from vmchecker.executor.payload import GuestPaths, Payload, prepare_payload
+from vmchecker.executor.payload import GuestPaths, Payload, empty_payload, prepare_payload
 from vmchecker.executor.results import CappedWriter, JobResult, ResultFiles, StepResult
 from vmchecker.executor.warm import WarmGuest, WarmPool, capacity, fingerprint, new_record
 
@@ -113,6 +113,14 @@ class VM:
 
     def park(self) -> None:
         """The guest is ready: leave it waiting for a job (before its record is published)."""
+
+    def copy_in_empty(self) -> None:
+        """The copy-in of a job without files (:func:`.payload.empty_payload`): the guest
+        folder laid out with the course's programs, ``vmchecker-step prepare`` passed. A
+        backend whose copy-in starts programs in the guest parks a warm guest with it, so
+        its job's copy-in only adds the job's files."""
+        with tempfile.TemporaryDirectory(prefix="vmck-park-") as tmp:
+            self.copy_to(empty_payload(Path(tmp), self.machine), self.machine.guest_base_path.rstrip("/"))
 
     def detach(self) -> None:
         """Let go of a parked guest without destroying it (its record is published)."""

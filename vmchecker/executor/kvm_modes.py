@@ -16,7 +16,6 @@ import fcntl
 import logging
 import os
 import subprocess
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from vmchecker.errors import ExecutorError
 from vmchecker.executor.kvm_agent import Agent
 from vmchecker.executor.kvm_guard import disk_path, serial_path
 from vmchecker.executor.kvm_vm import NAME_RE, KvmVM, base_image, domain_type, state_dir
-from vmchecker.executor.payload import empty_payload
 from vmchecker.executor.warm import WarmGuest
 from vmchecker.fsutil import write_atomic
 
@@ -114,8 +112,7 @@ class SnapshotVM(KvmVM):
         """The copy-in of a job without files (the clock set, the guest folder laid out
         with the course's programs, vmchecker-step's checks passed), so the job's own
         copy-in only unpacks its files over it: one program where a cold one starts three."""
-        with tempfile.TemporaryDirectory(prefix="vmck-park-") as tmp:
-            self.copy_to(empty_payload(Path(tmp), self.machine), self.machine.guest_base_path.rstrip("/"))
+        self.copy_in_empty()
         write_atomic(self.token, self.name + "\n", 0o600)
 
     def detach(self) -> None:

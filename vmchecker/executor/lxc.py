@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -142,8 +141,7 @@ class LxcVM(base.VM):
         """The copy-in of a job without files (the guest folder laid out with the course's
         programs, vmchecker-step's checks passed), so the job's own copy-in only writes
         its files and starts nothing in the guest."""
-        with tempfile.TemporaryDirectory(prefix="vmck-park-") as tmp:
-            self.copy_to(payload.empty_payload(Path(tmp), self.machine), self.machine.guest_base_path.rstrip("/"))
+        self.copy_in_empty()
 
     def adopt(self, record: WarmGuest) -> bool:
         c = lxc.Container(record.name, self.lxcpath)

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vmchecker.errors import ExecutorError
+from vmchecker.executor import guest
 from vmchecker.executor.payload import NOBODY, Payload
 
 _SYS_OPENAT2 = 437                    # the same number on every architecture
@@ -144,8 +145,8 @@ class _Owners:
 
     def __init__(self, root_fd: int, load: Payload):
         passwd, group = (_guest_file(root_fd, f"/etc/{n}") for n in ("passwd", "group"))
-        self.student = (_id(passwd, load.student, NOBODY), _id(group, load.student, NOBODY))
-        self.trusted = (_id(passwd, load.trusted, 0), _id(group, load.trusted, 0))
+        self.student = _ids(passwd, group, load.student, NOBODY)
+        self.trusted = _ids(passwd, group, load.trusted, 0)
 
 
 def _guest_file(root_fd: int, path: str) -> str:
@@ -157,13 +158,12 @@ def _guest_file(root_fd: int, path: str) -> str:
         return f.read()
 
 
-def _id(table: str, name: str, default: int) -> int:
-    """The id of ``name`` in passwd- or group-format ``table`` (its third field)."""
-    for line in table.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
-            return int(fields[2])
-    return default
+def _ids(passwd: str, group: str, name: str, default: int) -> tuple[int, int]:
+    """(uid, gid) of the user and the group called ``name``, each ``default`` if unknown."""
+    user = guest.passwd_entry(passwd, name)
+    gid = next((int(fields[2]) for fields in (line.split(":") for line in group.splitlines())
+                if len(fields) >= 3 and fields[0] == name and fields[2].isdigit()), default)
+    return (user[0] if user is not None else default), gid
 
 
 def _make_dirs(root_fd: int, path: str) -> None:

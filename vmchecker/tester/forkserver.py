@@ -203,8 +203,7 @@ class ForkServer:
 
     def stop(self) -> None:
         """End the server: it takes no more jobs, reaps its children and exits."""
-        with self._send_lock, contextlib.suppress(OSError):
-            self._proc.stdin.close()
+        self.retire()
         if not processes.wait_exit(self._proc, self.kill_grace):
             processes.kill_child(self._proc, self.kill_grace)
         self._reader.join(self.kill_grace)
